@@ -1,0 +1,353 @@
+//! What each command does. `main.rs` only parses arguments and calls in here.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command as Process, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::agent::{self, socket, Agent, AgentOptions, KeyReport, StatusReport};
+use crate::cli::{AgentArgs, Cli, Command, ListArgs, MockCommand, StatusArgs, TokenArgs};
+use crate::client;
+use crate::paths;
+use crate::prompt::{Prompter, SystemPrompter};
+use crate::token::mock::{InitOptions, MockToken};
+use crate::token::owner::{OwnerOptions, TokenHandle};
+use crate::token::{piv, Token, TokenError, TokenKind};
+
+/// Errors a command reports; each says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Socket(#[from] socket::SocketError),
+    #[error(transparent)]
+    Client(#[from] client::ClientError),
+    #[error("{0}")]
+    Message(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppError {
+    /// Exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        1
+    }
+}
+
+pub fn run(cli: Cli) -> Result<(), AppError> {
+    match cli.command {
+        Command::Agent(args) => run_agent(args),
+        Command::List(args) => list(args),
+        Command::Status(args) => status(args),
+        Command::Mock(cmd) => mock(cmd),
+    }
+}
+
+fn mock_dir(state_dir: Option<PathBuf>) -> PathBuf {
+    state_dir.unwrap_or_else(paths::default_mock_dir)
+}
+
+/// Open the tokens a command names, directly (no agent in between).
+pub fn open_tokens(args: &TokenArgs) -> Result<Vec<Box<dyn Token>>, AppError> {
+    match args.token {
+        TokenKind::Mock => Ok(vec![Box::new(MockToken::open(&mock_dir(args.state_dir.clone()))?)]),
+        TokenKind::Piv => Ok(piv::open_all()?),
+    }
+}
+
+fn mock(cmd: MockCommand) -> Result<(), AppError> {
+    match cmd {
+        MockCommand::Init { state_dir, force, serial } => {
+            let dir = mock_dir(state_dir);
+            let path = MockToken::init(&dir, &InitOptions { force, serial })?;
+            let mut token = MockToken::open(&dir)?;
+            let info = token.info()?;
+            println!("Created a mock TEST token (serial {}) in {}", info.serial, path.display());
+            println!("Its private keys are stored there in plain text: never use them for anything real.");
+            println!("PIN 123456, PUK 12345678. Start an agent on it: keytap agent --token mock --state-dir {}", dir.display());
+            Ok(())
+        }
+        MockCommand::Unplug { state_dir } => {
+            let dir = existing_mock(state_dir)?;
+            std::fs::write(dir.join("unplugged"), b"")?;
+            println!("mock token unplugged");
+            Ok(())
+        }
+        MockCommand::Plug { state_dir } => {
+            let dir = existing_mock(state_dir)?;
+            match std::fs::remove_file(dir.join("unplugged")) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            println!("mock token plugged in");
+            Ok(())
+        }
+        MockCommand::Touch { mode, state_dir } => {
+            mode.parse::<crate::token::mock::TouchMode>().map_err(AppError::Message)?;
+            let dir = existing_mock(state_dir)?;
+            std::fs::write(dir.join("touch"), format!("{mode}\n"))?;
+            println!("mock touch: {mode}");
+            Ok(())
+        }
+        MockCommand::Imported { slot, undo, state_dir } => {
+            let dir = existing_mock(state_dir)?;
+            MockToken::open(&dir)?.set_attestable(slot, undo)?;
+            println!("slot {slot}: {}", if undo { "generated on the token (attestable)" } else { "imported (not attestable)" });
+            Ok(())
+        }
+    }
+}
+
+fn existing_mock(state_dir: Option<PathBuf>) -> Result<PathBuf, AppError> {
+    let dir = mock_dir(state_dir);
+    MockToken::open(&dir)?;
+    Ok(dir)
+}
+
+fn reports_from_tokens(tokens: Vec<Box<dyn Token>>) -> Result<Vec<KeyReport>, AppError> {
+    let mut keys = Vec::new();
+    for mut token in tokens {
+        keys.extend(token.keys()?.iter().map(KeyReport::from));
+    }
+    Ok(keys)
+}
+
+fn list(args: ListArgs) -> Result<(), AppError> {
+    let keys = match client::keytap_agent() {
+        Some((_, status)) => {
+            if status.locked {
+                return Err(AppError::Message("the agent is locked; unlock it with `ssh-add -X`".into()));
+            }
+            status.tokens.into_iter().flat_map(|t| t.keys).collect()
+        }
+        None => reports_from_tokens(open_tokens(&args.token)?)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&keys).expect("keys serialise"));
+        return Ok(());
+    }
+    if keys.is_empty() {
+        println!("no keys on any token; create one with `keytap setup --slot 9a`");
+    }
+    for k in &keys {
+        println!(
+            "{}/{}  {:<8} pin={:<6} touch={:<6} {}",
+            k.serial, k.slot, k.algorithm, k.pin_policy, k.touch_policy, k.fingerprint
+        );
+        println!("  {}", k.authorized_key);
+    }
+    Ok(())
+}
+
+fn status(args: StatusArgs) -> Result<(), AppError> {
+    let path = std::env::var_os("SSH_AUTH_SOCK")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(socket::default_socket_path);
+    let report: Result<StatusReport, client::ClientError> =
+        client::AgentClient::connect(&path).and_then(|mut c| c.status());
+    let report = match report {
+        Ok(r) => r,
+        Err(client::ClientError::Refused) => {
+            return Err(AppError::Message(format!(
+                "{} is an agent, but not keytap; point SSH_AUTH_SOCK at keytap's socket",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("status serialises"));
+        return Ok(());
+    }
+    println!("agent: running (keytap {}, pid {}) at {}", report.version, report.pid, path.display());
+    println!("locked: {}", if report.locked { "yes (unlock with `ssh-add -X`)" } else { "no" });
+    if report.tokens.is_empty() {
+        println!("tokens: none");
+    }
+    for t in &report.tokens {
+        match (t.present, t.serial) {
+            (true, Some(serial)) => println!(
+                "token {}: serial {serial}, {}, firmware {}, {} keys",
+                t.label,
+                t.model.as_deref().unwrap_or("?"),
+                t.firmware.as_deref().unwrap_or("?"),
+                t.keys.len()
+            ),
+            _ => println!("token {}: not present", t.label),
+        }
+    }
+    Ok(())
+}
+
+/// `keytap agent`.
+pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
+    if !args.foreground && !args.daemon_child {
+        return start_in_background(&args);
+    }
+    if args.daemon_child {
+        let _ = nix::unistd::setsid();
+    }
+    init_agent_logging(&args)?;
+    let prompter: Arc<dyn Prompter> =
+        Arc::new(SystemPrompter::new(args.pin_file.clone(), args.pinentry.clone(), args.askpass.clone()));
+    let owner_options = OwnerOptions {
+        idle_release: (args.release_after > 0).then(|| Duration::from_secs(args.release_after)),
+        ..OwnerOptions::default()
+    };
+    let tokens: Vec<(String, Box<dyn Token>)> = match args.token.token {
+        TokenKind::Mock => {
+            let dir = mock_dir(args.token.state_dir.clone());
+            if !dir.join(crate::token::mock::STATE_FILE).exists() {
+                MockToken::init(&dir, &InitOptions::default())?;
+                tracing::warn!(dir = %dir.display(), "created a new mock TEST token (PIN 123456); its keys are software keys on disk");
+            }
+            tracing::warn!(dir = %dir.display(), "serving the MOCK TEST token: software keys, not a hardware token");
+            vec![("mock".into(), Box::new(MockToken::open(&dir)?) as Box<dyn Token>)]
+        }
+        TokenKind::Piv => piv::open_all()?.into_iter().enumerate().map(|(i, t)| (format!("piv{i}"), t)).collect(),
+    };
+    let handles: Vec<TokenHandle> = tokens
+        .into_iter()
+        .map(|(label, token)| TokenHandle::spawn(label, token, prompter.clone(), owner_options.clone()))
+        .collect();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    raise_fd_limit();
+    let (std_listener, socket_path) = match socket::from_systemd()? {
+        Some(listener) => (listener, None),
+        None => {
+            let path = args.socket.clone().unwrap_or_else(socket::default_socket_path);
+            (socket::bind(&path)?, Some(path))
+        }
+    };
+    std_listener.set_nonblocking(true)?;
+    if let Some(path) = &socket_path {
+        let pid = std::process::id();
+        if args.daemon_child {
+            // The parent waits for this line, prints the shell commands and exits.
+            println!("READY {pid} {}", path.display());
+            let _ = std::io::stdout().flush();
+        } else {
+            print!("{}", shell_commands(path, pid, args.csh));
+            let _ = std::io::stdout().flush();
+        }
+        tracing::info!(socket = %path.display(), pid, "listening");
+    } else {
+        tracing::info!("listening on a socket from systemd");
+    }
+    let options = AgentOptions {
+        timeouts: agent::frame::FrameTimeouts {
+            idle: Duration::from_secs(args.idle_timeout.max(1)),
+            ..AgentOptions::default().timeouts
+        },
+        ..AgentOptions::default()
+    };
+    let agent = Arc::new(Agent::new(handles, options));
+    let result = runtime.block_on(async {
+        let listener = tokio::net::UnixListener::from_std(std_listener)?;
+        let hup_agent = agent.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: releasing tokens for other programs");
+                for t in hup_agent.tokens() {
+                    t.release();
+                }
+            }
+        });
+        agent.serve(listener, shutdown_signal()).await;
+        Ok::<(), std::io::Error>(())
+    });
+    if let Some(path) = &socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("agent stopped");
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    result.map_err(AppError::from)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// Serve hundreds of clients: lift the soft open-file limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard);
+    }
+}
+
+/// The lines `eval $(keytap agent)` runs, as ssh-agent prints them.
+pub fn shell_commands(socket: &Path, pid: u32, csh: bool) -> String {
+    if csh {
+        format!("setenv SSH_AUTH_SOCK {};\nsetenv SSH_AGENT_PID {pid};\necho Agent pid {pid};\n", socket.display())
+    } else {
+        format!(
+            "SSH_AUTH_SOCK={}; export SSH_AUTH_SOCK;\nSSH_AGENT_PID={pid}; export SSH_AGENT_PID;\necho Agent pid {pid};\n",
+            socket.display()
+        )
+    }
+}
+
+fn init_agent_logging(args: &AgentArgs) -> Result<(), AppError> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYTAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.daemon_child {
+        let path = args.log_file.clone().unwrap_or_else(|| paths::state_home().join("agent.log"));
+        if let Some(dir) = path.parent() {
+            crate::token::mock::create_private_dir(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| AppError::Message(format!("cannot open the log file {}: {e}", path.display())))?;
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init();
+    } else {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
+    Ok(())
+}
+
+/// Start a detached copy of this agent and print its environment once its socket is ready.
+fn start_in_background(args: &AgentArgs) -> Result<(), AppError> {
+    let exe = std::env::current_exe()?;
+    let mut child = Process::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--daemon-child")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let parts: Vec<&str> = line.trim_end().splitn(3, ' ').collect();
+    match parts.as_slice() {
+        ["READY", pid, path] => {
+            let pid: u32 = pid.parse().map_err(|_| AppError::Message("agent start: bad READY line".into()))?;
+            print!("{}", shell_commands(Path::new(path), pid, args.csh));
+            Ok(())
+        }
+        _ => {
+            let mut err = String::new();
+            if let Some(stderr) = child.stderr.take() {
+                let _ = BufReader::new(stderr).read_line(&mut err);
+            }
+            let _ = child.wait();
+            Err(AppError::Message(format!("the agent did not start: {}", err.trim())))
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! PIV attestation: proofs that a key was generated on a token, and their verification.
+
+pub mod mock;

@@ -1,0 +1,14 @@
+//! keytap: an ssh-agent whose private keys never leave hardware tokens.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod app;
+pub mod attest;
+pub mod cli;
+pub mod client;
+pub mod paths;
+pub mod peer;
+pub mod prompt;
+pub mod purpose;
+pub mod signature;
+pub mod token;

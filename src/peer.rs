@@ -1,0 +1,131 @@
+//! Who is on the other end of an agent connection.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// A connected client process, from SO_PEERCRED and /proc.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PeerInfo {
+    pub pid: Option<i32>,
+    pub uid: u32,
+    /// Resolved executable path, when readable.
+    pub exe: Option<PathBuf>,
+    /// Command line, joined with spaces.
+    pub cmdline: Option<String>,
+    /// Parent chain, nearest first: `["git", "zsh"]`.
+    pub parents: Vec<String>,
+}
+
+impl PeerInfo {
+    /// Describe the peer of a connected Unix socket.
+    pub fn from_stream(stream: &tokio::net::UnixStream) -> std::io::Result<PeerInfo> {
+        let cred = stream.peer_cred()?;
+        let pid = cred.pid();
+        let mut peer = PeerInfo { pid, uid: cred.uid(), ..Default::default() };
+        if let Some(pid) = pid {
+            peer.exe = process_exe(pid);
+            peer.cmdline = process_cmdline(pid);
+            peer.parents = parent_chain(pid, 8);
+        }
+        Ok(peer)
+    }
+
+    /// Short program name: the executable's file name, or "unknown".
+    pub fn program(&self) -> String {
+        self.exe
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    /// `ssh <- git <- zsh`
+    pub fn chain(&self) -> String {
+        std::iter::once(self.program()).chain(self.parents.iter().cloned()).collect::<Vec<_>>().join(" <- ")
+    }
+}
+
+impl fmt::Display for PeerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "{} (pid {pid})", self.program()),
+            None => write!(f, "{} (pid unknown)", self.program()),
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn process_exe(pid: i32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+#[cfg(target_os = "linux")]
+fn process_cmdline(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let parts: Vec<String> =
+        raw.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// Parent process names from /proc/PID/stat, stopping at init.
+#[cfg(target_os = "linux")]
+fn parent_chain(pid: i32, max: usize) -> Vec<String> {
+    let mut chain = Vec::new();
+    let mut current = pid;
+    while chain.len() < max {
+        let Some(ppid) = proc_stat(current).map(|(_, ppid)| ppid) else { break };
+        if ppid <= 1 {
+            break;
+        }
+        let name = process_exe(ppid)
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .or_else(|| proc_stat(ppid).map(|(comm, _)| comm))
+            .unwrap_or_else(|| format!("pid {ppid}"));
+        chain.push(name);
+        current = ppid;
+    }
+    chain
+}
+
+/// (comm, ppid) from /proc/PID/stat; comm may contain spaces and parentheses.
+#[cfg(target_os = "linux")]
+fn proc_stat(pid: i32) -> Option<(String, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    let ppid = stat[close + 2..].split_whitespace().nth(1)?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_exe(_pid: i32) -> Option<PathBuf> {
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_cmdline(_pid: i32) -> Option<String> {
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+fn parent_chain(_pid: i32, _max: usize) -> Vec<String> {
+    Vec::new()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_this_process_and_its_parents() {
+        let me = std::process::id() as i32;
+        assert!(process_exe(me).is_some());
+        assert!(process_cmdline(me).is_some());
+        let (_, ppid) = proc_stat(me).unwrap();
+        assert!(ppid > 0);
+        assert!(parent_chain(me, 8).len() <= 8);
+    }
+}

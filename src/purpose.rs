@@ -1,0 +1,251 @@
+//! What a sign request is for, read from the data to be signed (pure functions).
+//!
+//! Layouts: SSH user authentication (RFC 4252 section 7 plus OpenSSH's hostbound method) and
+//! SSHSIG (`PROTOCOL.sshsig`). Anything else is `Raw`.
+
+use ssh_encoding::{Decode, Reader};
+use ssh_key::public::KeyData;
+
+const SSH_MSG_USERAUTH_REQUEST: u8 = 50;
+const SSHSIG_MAGIC: &[u8; 6] = b"SSHSIG";
+
+/// The purpose of one signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// Logging in to an SSH server.
+    SshAuth {
+        user: String,
+        /// `publickey` or `publickey-hostbound-v00@openssh.com`.
+        method: String,
+        /// The server host key, for the hostbound method.
+        host_key: Option<KeyData>,
+    },
+    /// An SSHSIG signature (git commits, `ssh-keygen -Y sign`) in a namespace.
+    SshSig { namespace: String, hash: String },
+    /// Anything else, e.g. a chain-of-trust document.
+    Raw,
+}
+
+/// Why data that looks like a userauth request is not acceptable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PurposeError {
+    #[error("the userauth request names a different public key than the one asked to sign")]
+    KeyMismatch,
+    #[error("malformed userauth request: {0}")]
+    MalformedAuth(&'static str),
+    #[error("malformed SSHSIG data: {0}")]
+    MalformedSshSig(&'static str),
+}
+
+impl Purpose {
+    /// The policy name of this purpose: `ssh-auth`, `sshsig:<namespace>` or `raw`.
+    pub fn name(&self) -> String {
+        match self {
+            Purpose::SshAuth { .. } => "ssh-auth".into(),
+            Purpose::SshSig { namespace, .. } => format!("sshsig:{namespace}"),
+            Purpose::Raw => "raw".into(),
+        }
+    }
+
+    /// A phrase for prompts: "log in as alice", "sign a git commit".
+    pub fn describe(&self) -> String {
+        match self {
+            Purpose::SshAuth { user, .. } => format!("log in over SSH as {user}"),
+            Purpose::SshSig { namespace, .. } if namespace == "git" => "sign a git commit or tag".into(),
+            Purpose::SshSig { namespace, .. } => format!("make an SSH signature in namespace {namespace:?}"),
+            Purpose::Raw => "sign raw data".into(),
+        }
+    }
+}
+
+/// Classify the data of a sign request for `key`.
+///
+/// Data that parses completely as a userauth request is `SshAuth` (and must name `key`); data
+/// starting with the SSHSIG magic must be a well-formed SSHSIG preamble; all else is `Raw`.
+pub fn classify(data: &[u8], key: &KeyData) -> Result<Purpose, PurposeError> {
+    if data.starts_with(SSHSIG_MAGIC) {
+        return parse_sshsig(&data[SSHSIG_MAGIC.len()..]);
+    }
+    match parse_userauth(data) {
+        Some(Ok(auth)) => {
+            if &auth.key != key {
+                return Err(PurposeError::KeyMismatch);
+            }
+            Ok(Purpose::SshAuth { user: auth.user, method: auth.method, host_key: auth.host_key })
+        }
+        Some(Err(e)) => Err(e),
+        None => Ok(Purpose::Raw),
+    }
+}
+
+struct UserAuth {
+    user: String,
+    method: String,
+    key: KeyData,
+    host_key: Option<KeyData>,
+}
+
+/// `None` when the data is not shaped like a userauth request at all; `Some(Err)` when it is
+/// (session id, byte 50, "ssh-connection") but is malformed.
+fn parse_userauth(data: &[u8]) -> Option<Result<UserAuth, PurposeError>> {
+    let mut r = data;
+    let session_id = Vec::<u8>::decode(&mut r).ok()?;
+    if session_id.is_empty() || session_id.len() > 128 {
+        return None;
+    }
+    if u8::decode(&mut r).ok()? != SSH_MSG_USERAUTH_REQUEST {
+        return None;
+    }
+    let user = String::decode(&mut r).ok()?;
+    if String::decode(&mut r).ok()? != "ssh-connection" {
+        return None;
+    }
+    Some(parse_userauth_tail(&mut r, user))
+}
+
+fn parse_userauth_tail(r: &mut &[u8], user: String) -> Result<UserAuth, PurposeError> {
+    let bad = PurposeError::MalformedAuth;
+    let method = String::decode(r).map_err(|_| bad("method"))?;
+    let hostbound = match method.as_str() {
+        "publickey" => false,
+        "publickey-hostbound-v00@openssh.com" => true,
+        _ => return Err(bad("unknown method")),
+    };
+    if u8::decode(r).map_err(|_| bad("has-signature flag"))? != 1 {
+        return Err(bad("has-signature flag is not set"));
+    }
+    let _algorithm = String::decode(r).map_err(|_| bad("algorithm"))?;
+    let key = r.read_prefixed(KeyData::decode).map_err(|_| bad("public key"))?;
+    let host_key = if hostbound {
+        Some(r.read_prefixed(KeyData::decode).map_err(|_| bad("host key"))?)
+    } else {
+        None
+    };
+    if !r.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(UserAuth { user, method, key, host_key })
+}
+
+fn parse_sshsig(mut r: &[u8]) -> Result<Purpose, PurposeError> {
+    let bad = PurposeError::MalformedSshSig;
+    let namespace = String::decode(&mut r).map_err(|_| bad("namespace"))?;
+    if namespace.is_empty() {
+        return Err(bad("empty namespace"));
+    }
+    let _reserved = Vec::<u8>::decode(&mut r).map_err(|_| bad("reserved"))?;
+    let hash = String::decode(&mut r).map_err(|_| bad("hash algorithm"))?;
+    if hash != "sha256" && hash != "sha512" {
+        return Err(bad("hash algorithm is not sha256 or sha512"));
+    }
+    let digest = Vec::<u8>::decode(&mut r).map_err(|_| bad("message hash"))?;
+    let expected = if hash == "sha256" { 32 } else { 64 };
+    if digest.len() != expected {
+        return Err(bad("message hash has the wrong length"));
+    }
+    if !r.is_empty() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(Purpose::SshSig { namespace, hash })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssh_encoding::Encode;
+    use ssh_key::{Algorithm, PrivateKey};
+
+    fn key() -> KeyData {
+        PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).unwrap().public_key().key_data().clone()
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+        s.encode(out).unwrap();
+    }
+
+    fn userauth(key: &KeyData, method: &str, host: Option<&KeyData>, has_sig: u8) -> Vec<u8> {
+        let mut d = Vec::new();
+        put_str(&mut d, &[7u8; 32]);
+        d.push(50);
+        put_str(&mut d, b"alice");
+        put_str(&mut d, b"ssh-connection");
+        put_str(&mut d, method.as_bytes());
+        d.push(has_sig);
+        put_str(&mut d, b"ssh-ed25519");
+        key.encode_prefixed(&mut d).unwrap();
+        if let Some(h) = host {
+            h.encode_prefixed(&mut d).unwrap();
+        }
+        d
+    }
+
+    fn sshsig(ns: &str, hash: &str, len: usize) -> Vec<u8> {
+        let mut d = b"SSHSIG".to_vec();
+        put_str(&mut d, ns.as_bytes());
+        put_str(&mut d, b"");
+        put_str(&mut d, hash.as_bytes());
+        put_str(&mut d, &vec![1u8; len]);
+        d
+    }
+
+    #[test]
+    fn userauth_publickey() {
+        let k = key();
+        let p = classify(&userauth(&k, "publickey", None, 1), &k).unwrap();
+        assert_eq!(p, Purpose::SshAuth { user: "alice".into(), method: "publickey".into(), host_key: None });
+        assert_eq!(p.name(), "ssh-auth");
+    }
+
+    #[test]
+    fn userauth_hostbound_carries_host_key() {
+        let (k, h) = (key(), key());
+        let p = classify(&userauth(&k, "publickey-hostbound-v00@openssh.com", Some(&h), 1), &k).unwrap();
+        assert!(matches!(p, Purpose::SshAuth { host_key: Some(ref hk), .. } if hk == &h));
+    }
+
+    #[test]
+    fn userauth_for_another_key_is_refused() {
+        let (k, other) = (key(), key());
+        assert_eq!(classify(&userauth(&other, "publickey", None, 1), &k), Err(PurposeError::KeyMismatch));
+    }
+
+    #[test]
+    fn userauth_with_trailing_bytes_or_bad_fields_is_malformed() {
+        let k = key();
+        let mut d = userauth(&k, "publickey", None, 1);
+        d.push(0);
+        assert!(matches!(classify(&d, &k), Err(PurposeError::MalformedAuth(_))));
+        assert!(matches!(classify(&userauth(&k, "password", None, 1), &k), Err(PurposeError::MalformedAuth(_))));
+        assert!(matches!(classify(&userauth(&k, "publickey", None, 0), &k), Err(PurposeError::MalformedAuth(_))));
+        let hb = userauth(&k, "publickey-hostbound-v00@openssh.com", None, 1);
+        assert!(matches!(classify(&hb, &k), Err(PurposeError::MalformedAuth(_))));
+        let truncated = &userauth(&k, "publickey", None, 1)[..60];
+        assert!(matches!(classify(truncated, &k), Err(PurposeError::MalformedAuth(_))));
+    }
+
+    #[test]
+    fn sshsig_namespaces() {
+        let k = key();
+        assert_eq!(classify(&sshsig("git", "sha512", 64), &k).unwrap().name(), "sshsig:git");
+        assert_eq!(classify(&sshsig("file", "sha256", 32), &k).unwrap().name(), "sshsig:file");
+        assert!(matches!(classify(&sshsig("git", "md5", 16), &k), Err(PurposeError::MalformedSshSig(_))));
+        assert!(matches!(classify(&sshsig("git", "sha256", 64), &k), Err(PurposeError::MalformedSshSig(_))));
+        assert!(matches!(classify(&sshsig("", "sha256", 32), &k), Err(PurposeError::MalformedSshSig(_))));
+        let mut d = sshsig("git", "sha256", 32);
+        d.push(1);
+        assert!(matches!(classify(&d, &k), Err(PurposeError::MalformedSshSig(_))));
+        assert!(matches!(classify(b"SSHSIG", &k), Err(PurposeError::MalformedSshSig(_))));
+    }
+
+    #[test]
+    fn everything_else_is_raw() {
+        let k = key();
+        assert_eq!(classify(b"", &k).unwrap(), Purpose::Raw);
+        assert_eq!(classify(b"{\"chainOfTrustVersion\": 1}", &k).unwrap(), Purpose::Raw);
+        assert_eq!(classify(&[0, 0, 0, 0, 50], &k).unwrap(), Purpose::Raw);
+        let mut not_auth = Vec::new();
+        put_str(&mut not_auth, &[1u8; 32]);
+        not_auth.push(51);
+        assert_eq!(classify(&not_auth, &k).unwrap(), Purpose::Raw);
+    }
+}

@@ -1,0 +1,259 @@
+//! The one seam for hardware: every token (mock, PIV, later FIDO) implements [`Token`].
+//!
+//! A `Token` is owned by exactly one thread (see [`owner`]); its methods block, which is fine
+//! there and never allowed inside a tokio task.
+
+pub mod mock;
+pub mod owner;
+pub mod piv;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use ssh_key::public::KeyData;
+use zeroize::Zeroizing;
+
+/// A PIN held only in a zeroizing buffer.
+pub type Pin = Zeroizing<String>;
+
+/// A PIV key slot (9a, 9c, 9d, 9e, retired 82-95).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Slot(pub u8);
+
+impl Slot {
+    pub const AUTHENTICATION: Slot = Slot(0x9a);
+    pub const SIGNATURE: Slot = Slot(0x9c);
+    pub const KEY_MANAGEMENT: Slot = Slot(0x9d);
+    pub const CARD_AUTHENTICATION: Slot = Slot(0x9e);
+
+    pub fn is_valid(self) -> bool {
+        matches!(self.0, 0x9a | 0x9c | 0x9d | 0x9e | 0x82..=0x95)
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}", self.0)
+    }
+}
+
+impl std::str::FromStr for Slot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().trim_start_matches("0x").to_ascii_lowercase();
+        let slot = u8::from_str_radix(&t, 16)
+            .map(Slot)
+            .map_err(|_| format!("invalid slot {s:?}: use 9a, 9c, 9d, 9e or 82-95"))?;
+        if slot.is_valid() {
+            Ok(slot)
+        } else {
+            Err(format!("invalid slot {s:?}: use 9a, 9c, 9d, 9e or 82-95"))
+        }
+    }
+}
+
+impl TryFrom<String> for Slot {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Slot> for String {
+    fn from(s: Slot) -> String {
+        s.to_string()
+    }
+}
+
+/// Key algorithms a token slot can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyAlgorithm {
+    P256,
+    P384,
+    Ed25519,
+    Rsa2048,
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyAlgorithm::P256 => "p256",
+            KeyAlgorithm::P384 => "p384",
+            KeyAlgorithm::Ed25519 => "ed25519",
+            KeyAlgorithm::Rsa2048 => "rsa2048",
+        })
+    }
+}
+
+/// When the token wants its PIN for a slot (PIV pin policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PinPolicy {
+    Never,
+    Once,
+    Always,
+}
+
+/// When the token wants a touch for a slot (PIV touch policy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TouchPolicy {
+    Never,
+    Always,
+    /// One touch is valid for 15 seconds.
+    Cached,
+}
+
+impl fmt::Display for PinPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PinPolicy::Never => "never",
+            PinPolicy::Once => "once",
+            PinPolicy::Always => "always",
+        })
+    }
+}
+
+impl fmt::Display for TouchPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TouchPolicy::Never => "never",
+            TouchPolicy::Always => "always",
+            TouchPolicy::Cached => "cached",
+        })
+    }
+}
+
+/// One key on a token, as listed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyInfo {
+    pub serial: u32,
+    pub slot: Slot,
+    pub algorithm: KeyAlgorithm,
+    pub pin_policy: PinPolicy,
+    pub touch_policy: TouchPolicy,
+    pub public_key: KeyData,
+}
+
+impl KeyInfo {
+    /// `SHA256:...` fingerprint of the public key, as `ssh-add -l` prints it.
+    pub fn fingerprint(&self) -> String {
+        self.public_key.fingerprint(ssh_key::HashAlg::Sha256).to_string()
+    }
+
+    /// The `authorized_keys` line for this key.
+    pub fn authorized_key(&self) -> String {
+        let key = ssh_key::PublicKey::new(self.public_key.clone(), self.comment());
+        key.to_openssh().expect("encoding a public key cannot fail")
+    }
+
+    /// The comment shown by `ssh-add -l`: where the key lives.
+    pub fn comment(&self) -> String {
+        format!("keytap {}/{}", self.serial, self.slot)
+    }
+}
+
+/// What the token is asked to sign with: it hashes (or pads) the message itself, as a card does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignScheme {
+    EcdsaSha256,
+    EcdsaSha384,
+    Ed25519,
+    RsaPkcs1Sha256,
+    RsaPkcs1Sha512,
+}
+
+/// Facts about a token itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub serial: u32,
+    /// "mock" or "YubiKey 5 NFC" and so on.
+    pub model: String,
+    /// Firmware version, e.g. (5, 4, 3).
+    pub firmware: (u8, u8, u8),
+}
+
+/// A slot's attestation: the certificate for the slot key and the f9 certificate that signed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attestation {
+    pub slot_certificate_der: Vec<u8>,
+    pub intermediate_der: Vec<u8>,
+}
+
+/// A fresh key to put in a slot.
+#[derive(Clone, Copy, Debug)]
+pub struct GenerateRequest {
+    pub slot: Slot,
+    pub algorithm: KeyAlgorithm,
+    pub pin_policy: PinPolicy,
+    pub touch_policy: TouchPolicy,
+}
+
+/// Errors a token can report. Each carries what the user can do next.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token not present: {0}; plug it in (or `keytap mock plug` for the mock) and retry")]
+    NotPresent(String),
+    #[error("no key in slot {0}; create one with `keytap setup --slot {0}`")]
+    NoKey(Slot),
+    #[error("the token needs its PIN ({retries} tries left)")]
+    PinRequired { retries: u8 },
+    #[error("wrong PIN, {retries} tries left; check the PIN before trying again")]
+    WrongPin { retries: u8 },
+    #[error("PIN is blocked; unblock it with the PUK (`ykman piv access unblock-pin`)")]
+    PinBlocked,
+    #[error("only one PIN try is left; keytap will not spend it. Unblock or reset the PIN with the PUK (`ykman piv access change-pin` with the right PIN, or `ykman piv access unblock-pin`)")]
+    PinLastRetry,
+    #[error("no PIN was given: {0}")]
+    PinUnavailable(String),
+    #[error("touch was not given in time; touch the token when it blinks and retry")]
+    TouchTimeout,
+    #[error("touch was refused on the token")]
+    TouchDenied,
+    #[error("slot {slot} holds a {alg} key, which cannot sign {scheme:?}")]
+    UnsupportedScheme { slot: Slot, alg: KeyAlgorithm, scheme: SignScheme },
+    #[error("slot {0} already holds a key; pass --force to replace it")]
+    SlotOccupied(Slot),
+    #[error("this key cannot be attested: {0}")]
+    NotAttestable(String),
+    #[error("not supported by this token: {0}")]
+    Unsupported(String),
+    #[error("token error: {0}")]
+    Other(String),
+}
+
+pub type TokenResult<T> = Result<T, TokenError>;
+
+/// The hardware seam. Kept small on purpose: everything else (PIN prompts, touch notices,
+/// policy) lives above it and is shared by every implementation.
+pub trait Token: Send {
+    /// Serial, model and firmware. Also the presence check: fails with `NotPresent` when unplugged.
+    fn info(&mut self) -> TokenResult<TokenInfo>;
+    /// Every slot that holds a key.
+    fn keys(&mut self) -> TokenResult<Vec<KeyInfo>>;
+    /// PIN retries left, without spending one.
+    fn pin_retries(&mut self) -> TokenResult<u8>;
+    /// Verify the PIN; a wrong PIN spends one retry and reports how many are left.
+    fn verify_pin(&mut self, pin: &Pin) -> TokenResult<()>;
+    /// Sign `message` (the token hashes or pads it per `scheme`); returns the token's raw form:
+    /// DER for ECDSA, 64 bytes for Ed25519, the PKCS#1 v1.5 signature for RSA.
+    /// Fails with `PinRequired` when the slot's PIN policy is not yet satisfied.
+    fn sign(&mut self, slot: Slot, scheme: SignScheme, message: &[u8]) -> TokenResult<Vec<u8>>;
+    /// Attestation certificate for a slot (PIV INS 0xF9) and the f9 certificate.
+    fn attest(&mut self, slot: Slot) -> TokenResult<Attestation>;
+    /// Generate a key on the token.
+    fn generate(&mut self, request: GenerateRequest, force: bool) -> TokenResult<KeyInfo>;
+    /// Drop any connection to the device so other programs can use it; the next call reconnects.
+    fn release(&mut self) {}
+}
+
+/// Which kind of token a command uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenKind {
+    /// A software test token kept in a state directory. Not for real keys.
+    Mock,
+    /// YubiKeys (and other PIV cards) over PC/SC.
+    Piv,
+}

@@ -1,0 +1,298 @@
+//! One owner thread per token. All card I/O, PIN prompts and touch waits happen here, so the
+//! async agent never blocks; it talks to the owner through a [`TokenHandle`].
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::{KeyInfo, SignScheme, Slot, Token, TokenError, TokenInfo, TokenResult, TouchPolicy};
+use crate::prompt::{PinRequest, Prompter};
+
+/// How long a touch may be pending before the user is told about it.
+const TOUCH_NOTICE_DELAY: Duration = Duration::from_secs(1);
+
+/// Why a signature is wanted, for PIN prompts and touch notices.
+#[derive(Clone, Debug, Default)]
+pub struct SignContext {
+    /// "git (pid 4242)".
+    pub requester: String,
+    /// "sign a commit (sshsig:git)".
+    pub purpose: String,
+}
+
+/// The token and everything needed to use it, owned by one thread (or, for one-shot CLI
+/// commands without an agent, by the caller).
+pub struct Owner {
+    pub token: Box<dyn Token>,
+    pub prompter: Arc<dyn Prompter>,
+    info: Option<TokenInfo>,
+}
+
+impl Owner {
+    pub fn new(token: Box<dyn Token>, prompter: Arc<dyn Prompter>) -> Self {
+        Owner { token, prompter, info: None }
+    }
+
+    fn serial(&mut self) -> u32 {
+        if self.info.is_none() {
+            self.info = self.token.info().ok();
+        }
+        self.info.as_ref().map(|i| i.serial).unwrap_or(0)
+    }
+
+    /// Make sure the PIN is verified, asking for it when needed. Never spends the last retry.
+    pub fn ensure_pin(&mut self, retries: u8, context: &SignContext) -> TokenResult<()> {
+        let serial = self.serial();
+        let mut retries = retries;
+        let mut error = None;
+        loop {
+            if retries <= 1 {
+                return Err(TokenError::PinLastRetry);
+            }
+            let request = PinRequest {
+                serial,
+                retries,
+                reason: format!("{} wants to {}", context.requester, context.purpose),
+                error: error.take(),
+            };
+            let pin = self
+                .prompter
+                .pin(&request)
+                .map_err(|e| TokenError::PinUnavailable(e.to_string()))?
+                .ok_or_else(|| TokenError::PinUnavailable("PIN entry was cancelled".into()))?;
+            match self.token.verify_pin(&pin) {
+                Ok(()) => return Ok(()),
+                Err(TokenError::WrongPin { retries: left }) => {
+                    tracing::warn!(serial, retries_left = left, "wrong PIN");
+                    retries = left;
+                    error = Some(format!("Wrong PIN ({left} tries left)."));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sign, asking for the PIN and announcing a pending touch as needed.
+    pub fn sign(&mut self, key: &KeyInfo, scheme: SignScheme, data: &[u8], context: &SignContext) -> TokenResult<Vec<u8>> {
+        let serial = self.serial();
+        let mut pin_asked = false;
+        loop {
+            let notice = (key.touch_policy != TouchPolicy::Never).then(|| {
+                TouchNotice::start(
+                    self.prompter.clone(),
+                    format!("Touch YubiKey {serial} to let {} {}", context.requester, context.purpose),
+                )
+            });
+            let result = self.token.sign(key.slot, scheme, data);
+            drop(notice);
+            match result {
+                Err(TokenError::PinRequired { retries }) if !pin_asked => {
+                    pin_asked = true;
+                    self.ensure_pin(retries, context)?;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Tells the user about a pending touch if the token has not answered within a second.
+struct TouchNotice {
+    cancel: Option<mpsc::Sender<()>>,
+}
+
+impl TouchNotice {
+    fn start(prompter: Arc<dyn Prompter>, message: String) -> Self {
+        let (cancel, cancelled) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = cancelled.recv_timeout(TOUCH_NOTICE_DELAY) {
+                prompter.notify(&message);
+            }
+        });
+        TouchNotice { cancel: Some(cancel) }
+    }
+}
+
+impl Drop for TouchNotice {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            let _ = cancel.send(());
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Owner) + Send>;
+
+enum Message {
+    Run(Job),
+    Refresh,
+    Release,
+}
+
+/// What the agent sees of a token: a cached key list and a queue to its owner thread.
+#[derive(Clone)]
+pub struct TokenHandle {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Message>,
+}
+
+struct Shared {
+    keys: RwLock<Arc<Vec<KeyInfo>>>,
+    info: RwLock<Option<TokenInfo>>,
+    label: String,
+}
+
+/// Owner thread settings.
+#[derive(Clone, Debug)]
+pub struct OwnerOptions {
+    /// How often an idle owner re-reads the key list (presence, replaced keys).
+    pub refresh_every: Duration,
+    /// Release the device after this long without use (None: keep it).
+    pub idle_release: Option<Duration>,
+}
+
+impl Default for OwnerOptions {
+    fn default() -> Self {
+        OwnerOptions { refresh_every: Duration::from_secs(2), idle_release: None }
+    }
+}
+
+impl TokenHandle {
+    /// Start the owner thread for a token.
+    pub fn spawn(label: String, token: Box<dyn Token>, prompter: Arc<dyn Prompter>, options: OwnerOptions) -> TokenHandle {
+        let shared = Arc::new(Shared { keys: RwLock::new(Arc::new(Vec::new())), info: RwLock::new(None), label });
+        let (tx, rx) = mpsc::channel::<Message>();
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("token-{}", shared.label))
+            .spawn(move || owner_loop(Owner::new(token, prompter), rx, thread_shared, options))
+            .expect("spawning a token owner thread");
+        let handle = TokenHandle { shared, tx };
+        handle.request_refresh();
+        handle
+    }
+
+    pub fn label(&self) -> &str {
+        &self.shared.label
+    }
+
+    /// Keys as last seen by the owner; never waits for the device.
+    pub fn keys(&self) -> Arc<Vec<KeyInfo>> {
+        self.shared.keys.read().expect("keys lock").clone()
+    }
+
+    /// Token facts as last seen; `None` while absent.
+    pub fn info(&self) -> Option<TokenInfo> {
+        self.shared.info.read().expect("info lock").clone()
+    }
+
+    /// Run `f` on the owner thread and wait for its result.
+    pub async fn run<R, F>(&self, f: F) -> TokenResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Owner) -> R + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |owner| {
+            let _ = reply.send(f(owner));
+        });
+        self.tx
+            .send(Message::Run(job))
+            .map_err(|_| TokenError::Other("the token's owner thread has stopped; restart keytap".into()))?;
+        answer.await.map_err(|_| TokenError::Other("the token's owner thread failed; see the agent log".into()))
+    }
+
+    /// Sign with `key` on the owner thread.
+    pub async fn sign(&self, key: KeyInfo, scheme: SignScheme, data: Vec<u8>, context: SignContext) -> TokenResult<Vec<u8>> {
+        self.run(move |owner| owner.sign(&key, scheme, &data, &context)).await?
+    }
+
+    /// Ask the owner to re-read the key list soon.
+    pub fn request_refresh(&self) {
+        let _ = self.tx.send(Message::Refresh);
+    }
+
+    /// Re-read the key list now and wait for it (messages are handled in order).
+    pub async fn refresh(&self) -> Arc<Vec<KeyInfo>> {
+        let _ = self.tx.send(Message::Refresh);
+        let _ = self.run(|_| ()).await;
+        self.keys()
+    }
+
+    /// Let go of the device so other programs can use it.
+    pub fn release(&self) {
+        let _ = self.tx.send(Message::Release);
+    }
+
+    /// Find the key with this public key.
+    pub fn find(&self, public_key: &ssh_key::public::KeyData) -> Option<KeyInfo> {
+        self.keys().iter().find(|k| &k.public_key == public_key).cloned()
+    }
+
+    /// The slot's key, if listed.
+    pub fn key_in_slot(&self, slot: Slot) -> Option<KeyInfo> {
+        self.keys().iter().find(|k| k.slot == slot).cloned()
+    }
+}
+
+fn owner_loop(mut owner: Owner, rx: mpsc::Receiver<Message>, shared: Arc<Shared>, options: OwnerOptions) {
+    let mut last_use = Instant::now();
+    let mut released = false;
+    loop {
+        let message = match rx.recv_timeout(options.refresh_every) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                if let Some(idle) = options.idle_release {
+                    if !released && last_use.elapsed() >= idle {
+                        tracing::info!(token = %shared.label, "idle: releasing the token");
+                        owner.token.release();
+                        released = true;
+                        continue;
+                    }
+                }
+                if released {
+                    continue;
+                }
+                Message::Refresh
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        match message {
+            Message::Run(job) => {
+                last_use = Instant::now();
+                released = false;
+                job(&mut owner);
+            }
+            Message::Refresh => refresh(&mut owner, &shared),
+            Message::Release => {
+                tracing::info!(token = %shared.label, "releasing the token for other programs");
+                owner.token.release();
+                owner.info = None;
+                released = true;
+            }
+        }
+    }
+}
+
+fn refresh(owner: &mut Owner, shared: &Shared) {
+    let listed = owner.token.info().and_then(|info| Ok((info, owner.token.keys()?)));
+    let (info, keys) = match listed {
+        Ok((info, keys)) => (Some(info), keys),
+        Err(e) => {
+            let had_keys = !shared.keys.read().expect("keys lock").is_empty();
+            if had_keys {
+                tracing::warn!(token = %shared.label, "token unavailable: {e}");
+            }
+            (None, Vec::new())
+        }
+    };
+    owner.info = info.clone();
+    let changed = **shared.keys.read().expect("keys lock") != keys;
+    if changed {
+        tracing::info!(token = %shared.label, keys = keys.len(), "token keys changed");
+        *shared.keys.write().expect("keys lock") = Arc::new(keys);
+    }
+    *shared.info.write().expect("info lock") = info;
+}
