@@ -28,6 +28,8 @@ pub enum AppError {
     Message(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Cot(#[from] crate::cot::CotError),
 }
 
 impl AppError {
@@ -43,6 +45,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::List(args) => list(args),
         Command::Status(args) => status(args),
         Command::Mock(cmd) => mock(cmd),
+        Command::Cot(cmd) => Ok(crate::cot::run(cmd)?),
     }
 }
 

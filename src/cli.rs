@@ -24,6 +24,9 @@ pub enum Command {
     /// Manage the mock (TEST) token.
     #[command(subcommand)]
     Mock(MockCommand),
+    /// Chain of trust for CI workers (Taskcluster-compatible): sign a task run, verify one.
+    #[command(subcommand)]
+    Cot(CotCommand),
 }
 
 /// Which token a command uses; the same defaults as the agent.
@@ -130,4 +133,80 @@ pub enum MockCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CotCommand {
+    /// Hash a task run's artifacts, write chain-of-trust.json and sign it through the agent.
+    Sign(CotSignArgs),
+    /// Verify a chain-of-trust document, its signature and (optionally) the artifacts.
+    Verify(CotVerifyArgs),
+    /// Print the base64 raw 32-byte Ed25519 public key (Taskcluster's form) of the signing key.
+    Pubkey(CotPubkeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CotSignArgs {
+    /// Directory holding the task run's artifacts (names are paths relative to it).
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: PathBuf,
+    /// The task definition (JSON) as the queue returned it.
+    #[arg(long, value_name = "FILE")]
+    pub task: PathBuf,
+    #[arg(long, value_name = "ID")]
+    pub task_id: String,
+    #[arg(long, value_name = "N")]
+    pub run_id: u64,
+    #[arg(long, value_name = "G")]
+    pub worker_group: String,
+    #[arg(long, value_name = "W")]
+    pub worker_id: String,
+    /// Worker environment (JSON object) to embed [default: {}].
+    #[arg(long, value_name = "FILE")]
+    pub environment: Option<PathBuf>,
+    /// Agent key: a slot (9c), SERIAL/SLOT (12345678/9c) or a SHA256: fingerprint
+    /// [default: the first Ed25519 key, else the first ECDSA key].
+    #[arg(long, value_name = "K")]
+    pub key: Option<String>,
+    /// Where to write chain-of-trust.json and its signature [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Also list sha512 digests.
+    #[arg(long)]
+    pub sha512: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CotVerifyArgs {
+    /// The chain-of-trust.json to verify (its exact bytes are what is checked).
+    #[arg(long, value_name = "FILE")]
+    pub cot: PathBuf,
+    /// Detached signature [default: FILE.sig, else FILE.sshsig].
+    #[arg(long, value_name = "FILE")]
+    pub sig: Option<PathBuf>,
+    /// Trusted worker key: base64 of the raw 32-byte Ed25519 public key (repeatable).
+    #[arg(long, value_name = "B64", num_args = 1.., required_unless_present = "allowed_signers")]
+    pub trusted_key: Vec<String>,
+    /// OpenSSH allowed_signers file of trusted keys (namespace chain-of-trust).
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+    /// Downloaded artifacts: each must be listed and match every listed digest.
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// The task id the document must be for.
+    #[arg(long, value_name = "ID")]
+    pub task_id: Option<String>,
+    /// Also require every listed artifact to be present in --artifacts.
+    #[arg(long, requires = "artifacts")]
+    pub strict: bool,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CotPubkeyArgs {
+    /// Agent key, as for `keytap cot sign --key` [default: the first Ed25519 key].
+    #[arg(long, value_name = "K")]
+    pub key: Option<String>,
 }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod attest;
 pub mod cli;
 pub mod client;
+pub mod cot;
 pub mod paths;
 pub mod peer;
 pub mod prompt;
