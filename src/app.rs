@@ -316,7 +316,9 @@ fn init_agent_logging(args: &AgentArgs) -> Result<(), AppError> {
             .map_err(|e| AppError::Message(format!("cannot open the log file {}: {e}", path.display())))?;
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init();
     } else {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        use std::io::IsTerminal;
+        let ansi = std::io::stderr().is_terminal();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
     }
     Ok(())
 }
