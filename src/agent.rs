@@ -300,15 +300,10 @@ impl Agent {
     }
 
     async fn handle(&self, conn: &mut Connection, body: &[u8]) -> Reply {
-        let mut reader = body;
-        let request = match Request::decode(&mut reader) {
-            Ok(request) if reader.is_empty() => request,
-            Ok(request) => {
-                tracing::warn!(peer = %conn.peer, message = request.message_id(), "trailing bytes after the message; refused");
-                return Reply::Send(failure());
-            }
+        let request = match parse_request(body) {
+            Ok(request) => request,
             Err(e) => {
-                tracing::warn!(peer = %conn.peer, message = body[0], "malformed or unsupported message: {e}");
+                tracing::warn!(peer = %conn.peer, message = body.first().copied().unwrap_or(0), "{e}; refused");
                 return Reply::Send(failure());
             }
         };
@@ -545,14 +540,7 @@ impl Agent {
 /// Record a session binding as OpenSSH's agent does: verified, at most 16, none after a
 /// binding for authentication, and never the same session id for a different host key.
 fn session_bind(conn: &mut Connection, ext: &Extension) -> Result<(), String> {
-    let mut reader = ext.details.as_ref();
-    let bind = ssh_agent_lib::proto::extension::SessionBind::decode(&mut reader).map_err(|e| format!("malformed: {e}"))?;
-    if !reader.is_empty() {
-        return Err("trailing bytes".into());
-    }
-    if bind.session_id.is_empty() || bind.session_id.len() > 128 {
-        return Err(format!("session id of {} bytes", bind.session_id.len()));
-    }
+    let bind = parse_session_bind(ext.details.as_ref())?;
     bind.verify_signature().map_err(|e| format!("host key signature does not verify: {e}"))?;
     for existing in &conn.bindings {
         if !existing.forwarded {
@@ -592,4 +580,59 @@ fn check_binding(conn: &Connection, purpose: &Purpose, data: &[u8]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Decode one frame body as a request; trailing bytes are an error.
+pub fn parse_request(body: &[u8]) -> Result<Request, String> {
+    let mut reader = body;
+    let request = Request::decode(&mut reader).map_err(|e| format!("malformed or unsupported message: {e}"))?;
+    if !reader.is_empty() {
+        return Err(format!("trailing bytes after message {}", request.message_id()));
+    }
+    Ok(request)
+}
+
+/// Decode the details of a `session-bind@openssh.com` extension (signature not yet checked).
+pub fn parse_session_bind(details: &[u8]) -> Result<ssh_agent_lib::proto::extension::SessionBind, String> {
+    let mut reader = details;
+    let bind = ssh_agent_lib::proto::extension::SessionBind::decode(&mut reader).map_err(|e| format!("malformed: {e}"))?;
+    if !reader.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    if bind.session_id.is_empty() || bind.session_id.len() > 128 {
+        return Err(format!("session id of {} bytes", bind.session_id.len()));
+    }
+    Ok(bind)
+}
+
+/// Run untrusted bytes through every decoder a client can reach: framing, request decoding,
+/// session-bind parsing and purpose classification. Shared by the fuzz target and the
+/// corpus replay test; it must never panic.
+pub fn exercise_decoders(input: &[u8]) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let timeouts = FrameTimeouts { idle: Duration::from_secs(1), frame: Duration::from_secs(1) };
+    let mut reader = input;
+    runtime.block_on(async {
+        while let Ok(body) = frame::read_frame(&mut reader, timeouts).await {
+            match parse_request(&body) {
+                Ok(Request::SignRequest(req)) => {
+                    let key = match &req.credential {
+                        PublicCredential::Key(k) => k.clone(),
+                        PublicCredential::Cert(c) => c.public_key().clone(),
+                    };
+                    let _ = signature::scheme_for(&key, req.flags);
+                    if let Ok(purpose) = purpose::classify(&req.data, &key) {
+                        let _ = purpose.name();
+                        let _ = purpose.describe();
+                    }
+                }
+                Ok(Request::Extension(ext)) if ext.name == EXT_SESSION_BIND => {
+                    if let Ok(bind) = parse_session_bind(ext.details.as_ref()) {
+                        let _ = bind.verify_signature();
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
 }
