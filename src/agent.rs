@@ -342,18 +342,16 @@ impl Agent {
         })
     }
 
-    fn all_keys(&self) -> Vec<(TokenHandle, KeyInfo)> {
-        self.tokens.iter().flat_map(|t| t.keys().iter().map(|k| (t.clone(), k.clone())).collect::<Vec<_>>()).collect()
-    }
-
     fn identities(&self) -> Vec<u8> {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
         let ids = self
-            .all_keys()
-            .into_iter()
-            .map(|(_, k)| Identity { credential: PublicCredential::Key(k.public_key.clone()), comment: k.comment() })
+            .tokens
+            .iter()
+            .flat_map(|t| {
+                t.keys().iter().map(|k| Identity { credential: PublicCredential::Key(k.public_key.clone()), comment: k.comment() }).collect::<Vec<_>>()
+            })
             .collect();
         encode(Response::IdentitiesAnswer(ids))
     }
@@ -411,7 +409,7 @@ impl Agent {
             PublicCredential::Key(k) => k.clone(),
             PublicCredential::Cert(c) => c.public_key().clone(),
         };
-        let Some((token, key)) = self.all_keys().into_iter().find(|(_, k)| k.public_key == key_data) else {
+        let Some((token, key)) = self.tokens.iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) else {
             record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
             return Err(Refusal::Denied("no token holds this key".into()));
         };
