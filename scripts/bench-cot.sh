@@ -3,12 +3,13 @@
 # single-process `sha256sum` over the same tree: 1 GiB in 1,000 files by default, page cache
 # warm, several rounds, medians. A measurement, never a test.
 #
-#   scripts/bench-cot.sh [ROUNDS]        (env: FILES, FILE_MIB, CARGO_TARGET_DIR)
+#   scripts/bench-cot.sh [ROUNDS]        (env: FILES, TOTAL_MIB, CARGO_TARGET_DIR)
 set -euo pipefail
 
 ROUNDS=${1:-5}
 FILES=${FILES:-1000}
-FILE_MIB=${FILE_MIB:-1}
+TOTAL_MIB=${TOTAL_MIB:-1024}
+FILE_BYTES=$(( (TOTAL_MIB << 20) / FILES ))
 cd "$(dirname "$0")/.."
 TARGET=${CARGO_TARGET_DIR:-target}
 
@@ -37,10 +38,10 @@ for _ in $(seq 200); do
     sleep 0.05
 done
 
-echo "creating $FILES files of $FILE_MIB MiB in $WORK/artifacts ..." >&2
+echo "creating $FILES files of $FILE_BYTES bytes in $WORK/artifacts ..." >&2
 mkdir -p "$WORK/artifacts/public/build"
 for i in $(seq -w 1 "$FILES"); do
-    head -c "$((FILE_MIB << 20))" /dev/urandom >"$WORK/artifacts/public/build/part-$i.bin"
+    head -c "$FILE_BYTES" /dev/urandom >"$WORK/artifacts/public/build/part-$i.bin"
 done
 printf '%s' '{"taskGroupId":"Zb7Qn2yBRPGZ0ZIcn-HnwQ","workerType":"bench","dependencies":[],"scopes":[],"payload":{}}' >"$WORK/task.json"
 # Warm the page cache so both sides read from memory: this compares hashing, not the disk.
@@ -74,11 +75,11 @@ grep -q "$one" "$WORK/out/chain-of-trust.json" || { echo "digest mismatch agains
 sha_med=$(printf '%s\n' "${sha_times[@]}" | median)
 cot_med=$(printf '%s\n' "${cot_times[@]}" | median)
 ratio=$(echo "$sha_med / $cot_med" | bc -l)
-mib=$((FILES * FILE_MIB))
+mib=$(echo "$FILES * $FILE_BYTES / 1048576" | bc -l)
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
-printf 'tree: %d files, %d MiB; rounds: %d\n' "$FILES" "$mib" "$ROUNDS"
+printf 'tree: %d files, %.0f MiB; rounds: %d\n' "$FILES" "$mib" "$ROUNDS"
 printf 'median sha256sum:        %.3f s (%.0f MiB/s)\n' "$sha_med" "$(echo "$mib / $sha_med" | bc -l)"
 printf 'median keytap cot sign:  %.3f s (%.0f MiB/s)\n' "$cot_med" "$(echo "$mib / $cot_med" | bc -l)"
 printf 'speed-up: %.2fx\n' "$ratio"

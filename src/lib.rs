@@ -4,11 +4,13 @@
 pub mod agent;
 pub mod app;
 pub mod attest;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod cot;
 pub mod paths;
 pub mod peer;
+pub mod policy;
 pub mod prompt;
 pub mod purpose;
 pub mod signature;

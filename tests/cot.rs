@@ -1,94 +1,18 @@
 //! `keytap cot`: signing through a real mock-token agent, checked by independent verifiers
 //! (Python `cryptography`, `ssh-keygen -Y verify`), and keytap's verifier on good and bad input.
 
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
+use support::KEYTAP;
 
-const KEYTAP: &str = env!("CARGO_BIN_EXE_keytap");
-const SERIAL: &str = "12345678";
+const SERIAL: u32 = support::MOCK_SERIAL;
 
-/// A `keytap agent --token mock` on a temporary socket, stopped on drop.
-struct MockAgent {
-    child: Child,
-    dir: tempfile::TempDir,
-    socket: PathBuf,
-}
-
-impl MockAgent {
-    fn start() -> MockAgent {
-        let dir = tempfile::tempdir().unwrap();
-        // The agent refuses a socket in a directory other users can enter.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        let state = dir.path().join("mock");
-        let init = Command::new(KEYTAP)
-            .args(["mock", "init", "--serial", SERIAL, "--state-dir"])
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
-        let pin = dir.path().join("pin");
-        std::fs::write(&pin, "123456\n").unwrap();
-        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let socket = dir.path().join("agent.sock");
-        let child = Command::new(KEYTAP)
-            .args(["agent", "--token", "mock", "--foreground", "--state-dir"])
-            .arg(&state)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--pin-file")
-            .arg(&pin)
-            .env("KEYTAP_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        while !socket.exists() {
-            assert!(started.elapsed() < Duration::from_secs(20), "the agent did not create its socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // The token's keys are read on the owner thread after the socket appears.
-        loop {
-            let listed = Command::new("ssh-add").arg("-L").env("SSH_AUTH_SOCK", &socket).output().unwrap();
-            if listed.status.success() && text(&listed.stdout).lines().count() >= 4 {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(20), "the agent did not list the mock token's keys");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        MockAgent { child, dir, socket }
-    }
-
-    fn keytap(&self) -> Command {
-        let mut c = Command::new(KEYTAP);
-        c.env("SSH_AUTH_SOCK", &self.socket);
-        c
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("mock")
-    }
-
-    /// The agent's public key line for a slot, as `ssh-add -L` prints it.
-    fn public_key_line(&self, slot: &str) -> String {
-        let out = Command::new("ssh-add").arg("-L").env("SSH_AUTH_SOCK", &self.socket).output().unwrap();
-        assert!(out.status.success());
-        let text = String::from_utf8(out.stdout).unwrap();
-        let comment = format!("keytap {SERIAL}/{slot}");
-        text.lines().find(|l| l.ends_with(&comment)).unwrap_or_else(|| panic!("no {comment} in {text}")).to_string()
-    }
-}
-
-impl Drop for MockAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+type MockAgent = support::Agent;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -255,7 +179,7 @@ fn ecdsa_key_writes_sshsig_that_ssh_keygen_verifies() {
     assert!(!run.out().join("chain-of-trust.json.sig").exists());
 
     let allowed = run.dir.path().join("allowed_signers");
-    let line = agent.public_key_line("9a");
+    let line = agent.key_line("9a");
     let mut parts = line.split_whitespace();
     let (kind, b64) = (parts.next().unwrap(), parts.next().unwrap());
     std::fs::write(&allowed, format!("worker-1@office namespaces=\"chain-of-trust\" {kind} {b64}\n")).unwrap();
@@ -283,7 +207,7 @@ fn ecdsa_key_writes_sshsig_that_ssh_keygen_verifies() {
     ok(&out);
     assert!(text(&out.stdout).contains("signed by worker-1@office (SHA256:"), "{}", text(&out.stdout));
     // An allowed_signers file without this key rejects it.
-    let other = agent.public_key_line("9d");
+    let other = agent.key_line("9d");
     std::fs::write(&allowed, format!("someone {}\n", other.rsplit_once(' ').unwrap().0)).unwrap();
     let out = verify(&run.cot(), &["--allowed-signers", allowed.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
@@ -563,7 +487,7 @@ fn refusals_write_nothing_and_say_what_to_do() {
     let agent = MockAgent::start();
     let run = Run::new();
     // The token refuses the touch: the agent refuses, nothing is written.
-    let touch = Command::new(KEYTAP).args(["mock", "touch", "deny", "--state-dir"]).arg(agent.state_dir()).output().unwrap();
+    let touch = Command::new(KEYTAP).args(["mock", "touch", "deny", "--state-dir"]).arg(&agent.state_dir).output().unwrap();
     ok(&touch);
     let out = run.sign(&agent, &[]);
     assert_eq!(out.status.code(), Some(1));
@@ -594,10 +518,33 @@ fn refusals_write_nothing_and_say_what_to_do() {
 
     // A task definition without what verifiers require is not signed.
     std::fs::write(run.dir.path().join("task.json"), br#"{"payload": {}}"#).unwrap();
-    let touch = Command::new(KEYTAP).args(["mock", "touch", "approve", "--state-dir"]).arg(agent.state_dir()).output().unwrap();
+    let touch = Command::new(KEYTAP).args(["mock", "touch", "approve", "--state-dir"]).arg(&agent.state_dir).output().unwrap();
     ok(&touch);
     let out = run.sign(&agent, &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("the document would not pass verification: required field task.dependencies is missing"), "{}", text(&out.stderr));
     assert!(!run.cot().exists());
+}
+
+#[test]
+fn the_agents_purpose_policy_applies() {
+    // A CoT key limited to `raw` signs Taskcluster's .sig; an SSHSIG in namespace
+    // chain-of-trust is refused for a key limited to git signatures.
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("config.toml");
+    std::fs::write(&cfg, "[[key]]\nmatch = \"slot:9c\"\nallow = [\"raw\"]\n\n[[key]]\nmatch = \"slot:9a\"\nallow = [\"sshsig:git\"]\n").unwrap();
+    let agent = support::Agent::start_with(support::AgentOptions {
+        args: vec!["--config".into(), cfg.to_str().unwrap().into()],
+        ..Default::default()
+    });
+    let run = Run::new();
+    ok(&run.sign(&agent, &["--key", "9c"]));
+    let sig = std::fs::read(run.out().join("chain-of-trust.json.sig")).unwrap();
+    let out = run.sign(&agent, &["--key", "9a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("the agent refused to sign with ecdsa-sha2-nistp256"), "{}", text(&out.stderr));
+    agent.wait_log("sshsig:chain-of-trust");
+    // The refused run left the earlier signature alone and wrote no .sshsig.
+    assert_eq!(std::fs::read(run.out().join("chain-of-trust.json.sig")).unwrap(), sig);
+    assert!(!run.out().join("chain-of-trust.json.sshsig").exists());
 }
