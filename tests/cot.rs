@@ -110,7 +110,7 @@ fn ed25519_signature_is_what_python_cryptography_and_keytap_verify() {
     let run = Run::new();
     let out = run.sign(&agent, &[]);
     ok(&out);
-    assert!(text(&out.stderr).contains(&format!("signing with ssh-ed25519 SHA256:")), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("signing with ssh-ed25519 SHA256:"), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains(&format!("(keytap {SERIAL}/9c)")), "{}", text(&out.stderr));
     let sig = run.out().join("chain-of-trust.json.sig");
     assert_eq!(std::fs::read(&sig).unwrap().len(), 64);
@@ -173,7 +173,7 @@ fn ecdsa_key_writes_sshsig_that_ssh_keygen_verifies() {
     let run = Run::new();
     let out = run.sign(&agent, &["--key", "9a"]);
     ok(&out);
-    assert!(text(&out.stderr).contains(&format!("ecdsa-sha2-nistp256 SHA256:")), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("ecdsa-sha2-nistp256 SHA256:"), "{}", text(&out.stderr));
     let sshsig = run.out().join("chain-of-trust.json.sshsig");
     assert!(std::fs::read_to_string(&sshsig).unwrap().starts_with("-----BEGIN SSH SIGNATURE-----"));
     assert!(!run.out().join("chain-of-trust.json.sig").exists());

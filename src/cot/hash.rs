@@ -74,7 +74,7 @@ pub fn collect(root: &Path, exclude: &[PathBuf]) -> Result<Vec<FileEntry>, HashE
     if !root_real.is_dir() {
         return Err(HashError::Root {
             path: root.to_path_buf(),
-            source: std::io::Error::new(ErrorKind::NotADirectory, "not a directory"),
+            source: std::io::Error::other("not a directory"),
         });
     }
     let mut files = Vec::new();
@@ -149,7 +149,7 @@ pub fn hash_file(name: &str, path: &Path, algorithms: Algorithms, progress: Opti
     let meta = file.metadata().map_err(unreadable)?;
     if !meta.is_file() {
         if meta.is_dir() {
-            return Err(unreadable(std::io::Error::new(ErrorKind::IsADirectory, "is a directory")));
+            return Err(unreadable(std::io::Error::other("is a directory")));
         }
         return Err(HashError::NotRegular { path: name.to_string() });
     }

@@ -204,7 +204,7 @@ mod tests {
         let ed = key(Algorithm::Ed25519, "keytap 1/9c");
         let keys = vec![p256.clone(), ed.clone()];
         assert_eq!(select_key(&keys, None).unwrap().comment, "keytap 1/9c");
-        assert_eq!(select_key(&[p256.clone()], None).unwrap().comment, "keytap 1/9a");
+        assert_eq!(select_key(std::slice::from_ref(&p256), None).unwrap().comment, "keytap 1/9a");
         assert!(select_key(&[], None).is_err());
         let sel = KeySelector::Fingerprint(p256.fingerprint());
         assert_eq!(select_key(&keys, Some(&sel)).unwrap().comment, "keytap 1/9a");
