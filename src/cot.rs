@@ -123,7 +123,9 @@ fn sign_command(args: CotSignArgs) -> Result<(), CotError> {
             list.join("; ")
         )));
     }
-    let signature = sign::sign_document(&mut client, &key, &bytes)?;
+    // Hashing a big tree can outlast the agent's idle timeout: sign on a fresh connection.
+    drop(client);
+    let signature = sign::sign_document(&mut connect()?, &key, &bytes)?;
     write_file(&cot_path, &bytes)?;
     let sig_path = out.join(format!("{COT_FILE}.{}", signature.extension()));
     write_file(&sig_path, signature.bytes())?;

@@ -548,3 +548,38 @@ fn the_agents_purpose_policy_applies() {
     assert_eq!(std::fs::read(run.out().join("chain-of-trust.json.sig")).unwrap(), sig);
     assert!(!run.out().join("chain-of-trust.json.sshsig").exists());
 }
+
+#[test]
+fn output_inside_the_artifact_directory_is_not_listed() {
+    let agent = MockAgent::start();
+    let run = Run::new();
+    let out_dir = run.artifacts().join("public");
+    let sign = |extra: &[&str]| {
+        agent
+            .keytap()
+            .args(["cot", "sign", "--artifacts"])
+            .arg(run.artifacts())
+            .arg("--task")
+            .arg(run.dir.path().join("task.json"))
+            .args(["--task-id", TASK_ID, "--run-id", "1", "--worker-group", "office", "--worker-id", "worker-1", "--out"])
+            .arg(&out_dir)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    ok(&sign(&[]));
+    // Signing again (now with the ECDSA key) must neither list the first run's files nor keep
+    // its stale .sig next to the new document.
+    ok(&sign(&["--key", "9a"]));
+    let cot = out_dir.join("chain-of-trust.json");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&cot).unwrap()).unwrap();
+    let names: Vec<&String> = doc["artifacts"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["public/build/target.tar.gz", "public/logs/certified.log"]);
+    assert!(!out_dir.join("chain-of-trust.json.sig").exists());
+    let allowed = run.dir.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("w {}\n", agent.key_line("9a"))).unwrap();
+    // The verifier skips the document and signature lying among the artifacts.
+    let out = verify(&cot, &["--allowed-signers", allowed.to_str().unwrap(), "--artifacts", run.artifacts().to_str().unwrap(), "--strict"]);
+    ok(&out);
+    assert!(text(&out.stdout).contains("2 of 2 listed artifact(s) present and matching"), "{}", text(&out.stdout));
+}
