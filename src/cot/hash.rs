@@ -142,6 +142,17 @@ fn walk_error(root: &Path, e: walkdir::Error) -> HashError {
 
 /// Hash one file, streaming. Opening and reading errors name the artifact.
 pub fn hash_file(name: &str, path: &Path, algorithms: Algorithms, progress: Option<&ProgressBar>) -> Result<Digests, HashError> {
+    hash_file_with(&mut vec![0u8; BUFFER], name, path, algorithms, progress)
+}
+
+/// `hash_file` with a caller's buffer, so a worker thread reuses one buffer for many files.
+fn hash_file_with(
+    buffer: &mut [u8],
+    name: &str,
+    path: &Path,
+    algorithms: Algorithms,
+    progress: Option<&ProgressBar>,
+) -> Result<Digests, HashError> {
     let unreadable = |source| HashError::Unreadable { path: name.to_string(), source };
     let mut file = File::open(path).map_err(unreadable)?;
     // An open that succeeds on something that is not a regular file (a directory, a FIFO
@@ -155,9 +166,8 @@ pub fn hash_file(name: &str, path: &Path, algorithms: Algorithms, progress: Opti
     }
     let mut sha256 = algorithms.sha256.then(Sha256::new);
     let mut sha512 = algorithms.sha512.then(Sha512::new);
-    let mut buffer = vec![0u8; BUFFER];
     loop {
-        let n = match file.read(&mut buffer) {
+        let n = match file.read(buffer) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -184,7 +194,10 @@ pub fn hash_all(files: &[FileEntry], algorithms: Algorithms) -> Result<BTreeMap<
     let progress = progress_bar(files);
     let result = files
         .par_iter()
-        .map(|f| hash_file(&f.name, &f.path, algorithms, progress.as_ref()).map(|d| (f.name.clone(), d)))
+        .map_init(
+            || vec![0u8; BUFFER],
+            |buffer, f| hash_file_with(buffer, &f.name, &f.path, algorithms, progress.as_ref()).map(|d| (f.name.clone(), d)),
+        )
         .collect::<Result<BTreeMap<_, _>, _>>();
     if let Some(p) = progress {
         p.finish_and_clear();
