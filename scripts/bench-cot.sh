@@ -48,6 +48,7 @@ printf '%s' '{"taskGroupId":"Zb7Qn2yBRPGZ0ZIcn-HnwQ","workerType":"bench","depen
 cat "$WORK"/artifacts/public/build/* >/dev/null
 
 now() { date +%s.%N; }
+calc() { awk "BEGIN { print $1 }"; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 sign() {
@@ -67,9 +68,9 @@ for r in $(seq "$ROUNDS"); do
     # The same on one thread: separates the parallel speed-up from the hash implementation's.
     RAYON_NUM_THREADS=1 sign
     t3=$(now)
-    s=$(echo "$t1 - $t0" | bc -l)
-    c=$(echo "$t2 - $t1" | bc -l)
-    o=$(echo "$t3 - $t2" | bc -l)
+    s=$(calc "$t1 - $t0")
+    c=$(calc "$t2 - $t1")
+    o=$(calc "$t3 - $t2")
     sha_times+=("$s")
     cot_times+=("$c")
     one_times+=("$o")
@@ -85,14 +86,14 @@ grep -q "$one" "$WORK/out/chain-of-trust.json" || { echo "digest mismatch agains
 sha_med=$(printf '%s\n' "${sha_times[@]}" | median)
 cot_med=$(printf '%s\n' "${cot_times[@]}" | median)
 one_med=$(printf '%s\n' "${one_times[@]}" | median)
-ratio=$(echo "$sha_med / $cot_med" | bc -l)
-mib=$(echo "$FILES * $FILE_BYTES / 1048576" | bc -l)
+ratio=$(calc "$sha_med / $cot_med")
+mib=$(calc "$FILES * $FILE_BYTES / 1048576")
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
 printf 'tree: %d files, %.0f MiB; rounds: %d\n' "$FILES" "$mib" "$ROUNDS"
-printf 'median sha256sum:        %.3f s (%.0f MiB/s)\n' "$sha_med" "$(echo "$mib / $sha_med" | bc -l)"
-printf 'median keytap cot sign:  %.3f s (%.0f MiB/s)\n' "$cot_med" "$(echo "$mib / $cot_med" | bc -l)"
-printf 'median keytap, 1 thread: %.3f s (%.0f MiB/s)\n' "$one_med" "$(echo "$mib / $one_med" | bc -l)"
+printf 'median sha256sum:        %.3f s (%.0f MiB/s)\n' "$sha_med" "$(calc "$mib / $sha_med")"
+printf 'median keytap cot sign:  %.3f s (%.0f MiB/s)\n' "$cot_med" "$(calc "$mib / $cot_med")"
+printf 'median keytap, 1 thread: %.3f s (%.0f MiB/s)\n' "$one_med" "$(calc "$mib / $one_med")"
 printf 'speed-up over sha256sum: %.2fx (1 thread: %.2fx; parallel over 1 thread: %.2fx)\n' \
-    "$ratio" "$(echo "$sha_med / $one_med" | bc -l)" "$(echo "$one_med / $cot_med" | bc -l)"
+    "$ratio" "$(calc "$sha_med / $one_med")" "$(calc "$one_med / $cot_med")"
