@@ -3,6 +3,7 @@
 //! Every request is handled on the tokio runtime without blocking; anything that touches a
 //! token goes to that token's owner thread (see `token::owner`).
 
+pub mod attest_ext;
 pub mod frame;
 pub mod lock;
 pub mod socket;
@@ -323,7 +324,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -342,6 +343,7 @@ impl Agent {
                 json.encode(&mut details).expect("encoding to a vec");
                 encode(Response::ExtensionResponse(Extension { name: EXT_STATUS.into(), details: details.into() }))
             }
+            attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
             other => {
                 tracing::info!(peer = %conn.peer, extension = other, "unknown extension");
                 failure()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::token::{Slot, TokenKind};
+use crate::token::{PinPolicy, Slot, TokenKind, TouchPolicy};
 
 #[derive(Parser, Debug)]
 #[command(name = "keytap", version, about = "An ssh-agent whose keys never leave hardware tokens")]
@@ -24,6 +24,8 @@ pub enum Command {
     /// Manage the mock (TEST) token.
     #[command(subcommand)]
     Mock(MockCommand),
+    /// Prove which YubiKey key this worker holds (PIV attestation), or verify such a proof.
+    Attest(AttestArgs),
 }
 
 /// Which token a command uses; the same defaults as the agent.
@@ -130,4 +132,81 @@ pub enum MockCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+}
+
+/// `keytap attest`: write a proof; `keytap attest verify`: check one.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AttestArgs {
+    #[command(subcommand)]
+    pub command: Option<AttestCommand>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// The slot whose key to attest.
+    #[arg(long, default_value = "9a")]
+    pub slot: Slot,
+    /// Use the token with this serial (when several are plugged in).
+    #[arg(long)]
+    pub serial: Option<u32>,
+    /// The verifier's challenge (e.g. from the worker manager).
+    #[arg(long, required = true)]
+    pub nonce: Option<String>,
+    /// Worker pool id the proof is for.
+    #[arg(long, required = true, value_name = "P")]
+    pub worker_pool: Option<String>,
+    /// Worker group the proof is for.
+    #[arg(long, required = true, value_name = "G")]
+    pub worker_group: Option<String>,
+    /// Worker id the proof is for.
+    #[arg(long, required = true, value_name = "W")]
+    pub worker_id: Option<String>,
+    /// Write the proof here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Without an agent: read the PIN from this file (mode 0600) [default: $CREDENTIALS_DIRECTORY/keytap-pin, else pinentry].
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AttestCommand {
+    /// Verify a proof; prints the verified claims as JSON, exits non-zero with the reason.
+    Verify(AttestVerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AttestVerifyArgs {
+    /// The proof JSON (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub proof: PathBuf,
+    /// Trusted root certificates (PEM or DER files); never built in.
+    #[arg(long, required = true, num_args = 1.., value_name = "PEM")]
+    pub roots: Vec<PathBuf>,
+    /// Extra intermediate certificates (firmware 5.7.4+ chains).
+    #[arg(long, num_args = 1.., value_name = "PEM")]
+    pub intermediates: Vec<PathBuf>,
+    /// The nonce this proof must answer.
+    #[arg(long)]
+    pub nonce: String,
+    /// Accepted token serials, comma-separated [default: any token chaining to the roots].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub allow_serial: Vec<u32>,
+    /// Weakest acceptable PIN policy.
+    #[arg(long, value_enum)]
+    pub require_pin: Option<PinPolicy>,
+    /// Weakest acceptable touch policy.
+    #[arg(long, value_enum)]
+    pub require_touch: Option<TouchPolicy>,
+    /// Oldest acceptable proof (90s, 5m, 1h).
+    #[arg(long, default_value = "5m", value_parser = crate::attest::parse_duration)]
+    pub max_age: std::time::Duration,
+    /// The worker pool the proof must name.
+    #[arg(long, value_name = "P")]
+    pub worker_pool: Option<String>,
+    /// The worker group the proof must name.
+    #[arg(long, value_name = "G")]
+    pub worker_group: Option<String>,
+    /// The worker id the proof must name.
+    #[arg(long, value_name = "W")]
+    pub worker_id: Option<String>,
 }
