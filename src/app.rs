@@ -43,7 +43,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::List(args) => list(args),
         Command::Status(args) => status(args),
         Command::Mock(cmd) => mock(cmd),
-        Command::Attest(args) => crate::attest::command::run(args),
+        Command::Attest(args) => crate::attest::command::run(*args),
     }
 }
 

@@ -25,7 +25,7 @@ pub enum Command {
     #[command(subcommand)]
     Mock(MockCommand),
     /// Prove which YubiKey key this worker holds (PIV attestation), or verify such a proof.
-    Attest(AttestArgs),
+    Attest(Box<AttestArgs>),
 }
 
 /// Which token a command uses; the same defaults as the agent.
