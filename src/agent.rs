@@ -283,8 +283,9 @@ impl Agent {
         tracing::debug!(peer = %peer, "connected");
         let mut conn = Connection { peer, bindings: Vec::new() };
         loop {
+            // Zeroized after use: a frame may carry a lock passphrase.
             let body = match frame::read_frame(&mut stream, self.options.timeouts).await {
-                Ok(body) => body,
+                Ok(body) => Zeroizing::new(body),
                 Err(FrameError::Closed) => return,
                 Err(e) => {
                     tracing::info!(peer = %conn.peer, "closing connection: {e}");
