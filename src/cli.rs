@@ -24,8 +24,29 @@ pub enum Command {
     /// Manage the mock (TEST) token.
     #[command(subcommand)]
     Mock(MockCommand),
+    /// Print the audit log readably.
+    Log(LogArgs),
     /// Prove which YubiKey key this worker holds (PIV attestation), or verify such a proof.
     Attest(Box<AttestArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Keep printing new records as they are written.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only records since this time: RFC 3339 (2026-11-22T10:00:00Z) or an age (10m, 2h, 1d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records for this key: a SHA256 fingerprint, a slot (9a) or SERIAL/SLOT.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Audit log file [default: $XDG_STATE_HOME/keytap/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Print the raw JSON lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which token a command uses; the same defaults as the agent.
@@ -73,6 +94,15 @@ pub struct AgentArgs {
     /// Release the token after this long without use (seconds; 0 = never).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub release_after: u64,
+    /// Policy file [default: $XDG_CONFIG_HOME/keytap/config.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Audit log [default: $XDG_STATE_HOME/keytap/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many bytes.
+    #[arg(long, default_value_t = 10 * 1024 * 1024, value_name = "BYTES")]
+    pub audit_max_bytes: u64,
     /// Internal: the detached child of a background start.
     #[arg(long, hide = true)]
     pub daemon_child: bool,

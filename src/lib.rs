@@ -4,10 +4,12 @@
 pub mod agent;
 pub mod app;
 pub mod attest;
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod paths;
 pub mod peer;
+pub mod policy;
 pub mod prompt;
 pub mod purpose;
 pub mod signature;

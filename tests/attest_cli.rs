@@ -19,7 +19,7 @@ impl Setup {
     fn new() -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let s = Setup { dir };
-        Cmd::new(BIN).args(["mock", "init", "--serial", SERIAL, "--state-dir"]).arg(s.mock()).assert().success();
+        s.keytap().args(["mock", "init", "--serial", SERIAL, "--state-dir"]).arg(s.mock()).assert().success();
         std::fs::write(s.pin(), "123456\n").unwrap();
         std::fs::set_permissions(s.pin(), std::fs::Permissions::from_mode(0o600)).unwrap();
         s
@@ -32,6 +32,12 @@ impl Setup {
     }
     fn pin(&self) -> PathBuf {
         self.path("pin")
+    }
+    /// `keytap` with its state and config kept inside the test's directory.
+    fn keytap(&self) -> Cmd {
+        let mut cmd = Cmd::new(BIN);
+        cmd.env("XDG_STATE_HOME", self.path("state")).env("XDG_CONFIG_HOME", self.path("config"));
+        cmd
     }
     fn root(&self) -> PathBuf {
         self.mock().join("attestation-root.pem")
@@ -58,6 +64,8 @@ impl AgentProcess {
             .arg("--pin-file")
             .arg(s.pin())
             .env_remove("SSH_AUTH_SOCK")
+            .env("XDG_STATE_HOME", s.path("state"))
+            .env("XDG_CONFIG_HOME", s.path("config"))
             .env("KEYTAP_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -87,8 +95,8 @@ impl Drop for AgentProcess {
     }
 }
 
-fn attest_cmd(worker_id: &str, out: &Path) -> Cmd {
-    let mut cmd = Cmd::new(BIN);
+fn attest_cmd(s: &Setup, worker_id: &str, out: &Path) -> Cmd {
+    let mut cmd = s.keytap();
     cmd.args(["attest", "--slot", "9a", "--nonce", "n-123", "--worker-pool", "proj/pool", "--worker-group", "dc1"])
         .args(["--worker-id", worker_id, "--out"])
         .arg(out);
@@ -96,7 +104,7 @@ fn attest_cmd(worker_id: &str, out: &Path) -> Cmd {
 }
 
 fn verify_cmd(s: &Setup, proof: &Path) -> Cmd {
-    let mut cmd = Cmd::new(BIN);
+    let mut cmd = s.keytap();
     cmd.args(["attest", "verify", "--proof"]).arg(proof).arg("--roots").arg(s.root());
     cmd.args(["--nonce", "n-123", "--worker-pool", "proj/pool", "--worker-group", "dc1", "--max-age", "5m"]);
     cmd
@@ -110,7 +118,7 @@ fn claims(stdout: &[u8]) -> serde_json::Value {
 fn attest_directly_then_verify() {
     let s = Setup::new();
     let proof = s.path("proof.json");
-    let out = attest_cmd("w-1", &proof)
+    let out = attest_cmd(&s, "w-1", &proof)
         .env_remove("SSH_AUTH_SOCK")
         .args(["--token", "mock", "--state-dir"])
         .arg(s.mock())
@@ -148,8 +156,8 @@ fn attest_directly_then_verify() {
         let err = String::from_utf8_lossy(&denied.stderr);
         assert!(err.contains("proof rejected") && err.contains(reason), "{extra:?}: {err}");
     }
-    let mut cmd = Cmd::new(BIN);
-    let denied = cmd
+    let denied = s
+        .keytap()
         .args(["attest", "verify", "--proof"])
         .arg(&proof)
         .arg("--roots")
@@ -168,7 +176,7 @@ fn attest_through_the_agent_then_verify() {
     let agent = AgentProcess::start(&s);
     let proof = s.path("proof.json");
     // A --state-dir with no mock token: only the agent can answer.
-    let out = attest_cmd("w-9", &proof)
+    let out = attest_cmd(&s, "w-9", &proof)
         .env("SSH_AUTH_SOCK", &agent.socket)
         .args(["--token", "mock", "--state-dir"])
         .arg(s.path("no-token-here"))
@@ -184,8 +192,8 @@ fn attest_through_the_agent_then_verify() {
     assert!(log.contains("signed") && log.contains("purpose=raw"), "agent log:\n{log}");
 
     // An imported key cannot be attested, through the agent either.
-    Cmd::new(BIN).args(["mock", "imported", "9a", "--state-dir"]).arg(s.mock()).assert().success();
-    let denied = attest_cmd("w-9", &s.path("proof2.json"))
+    s.keytap().args(["mock", "imported", "9a", "--state-dir"]).arg(s.mock()).assert().success();
+    let denied = attest_cmd(&s, "w-9", &s.path("proof2.json"))
         .env("SSH_AUTH_SOCK", &agent.socket)
         .assert()
         .failure()
