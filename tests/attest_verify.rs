@@ -346,3 +346,131 @@ print('signed-by-f9 ok')
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }
 }
+
+/// Certificates made by a second implementation (Python `cryptography`) in the shapes of real
+/// Yubico chains: an RSA root with pathlen 0 (the U2F root quirk) over an RSA f9 certificate
+/// without basicConstraints; and a firmware-5.7.4-like chain EC root -> intermediate -> f9.
+/// The attested keys are P-384 (a serial with its top bit set, FIPS form factor) and signed
+/// by Python too, so the whole proof comes from outside keytap.
+const PY_CHAINS: &str = r#"
+import sys, datetime
+from cryptography import x509
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa, ec
+out = sys.argv[1]
+def name(cn): return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def cert(subject, issuer, pub, key, h, exts=()):
+    b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer)).public_key(pub)
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(datetime.datetime(2016, 3, 14)).not_valid_after(datetime.datetime(2052, 4, 17)))
+    for e, crit in exts: b = b.add_extension(e, critical=crit)
+    return b.sign(key, h)
+def save(n, c): open(f"{out}/{n}.der", "wb").write(c.public_bytes(serialization.Encoding.DER))
+def yubico(serial, fw, pin, touch, ff):
+    raw = lambda n, v: (x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.41482.3." + n), v), False)
+    s = serial.to_bytes(5, "big").lstrip(b"\0")
+    if s[0] & 0x80: s = b"\0" + s
+    return [raw("3", bytes(fw)), raw("7", b"\x02" + bytes([len(s)]) + s), raw("8", bytes([pin, touch])), raw("9", bytes([ff]))]
+# Chain A: U2F-style RSA root (pathlen 0) -> RSA f9 without basicConstraints -> P-384 slot key.
+root = rsa.generate_private_key(65537, 2048)
+f9 = rsa.generate_private_key(65537, 2048)
+slot = ec.generate_private_key(ec.SECP384R1())
+save("a-root", cert("Test U2F Root CA Serial 457200631", "Test U2F Root CA Serial 457200631", root.public_key(), root, hashes.SHA256(),
+                    [(x509.BasicConstraints(ca=True, path_length=0), True)]))
+save("a-f9", cert("Test PIV Attestation", "Test U2F Root CA Serial 457200631", f9.public_key(), root, hashes.SHA256()))
+save("a-att", cert("YubiKey PIV Attestation 9c", "Test PIV Attestation", slot.public_key(), f9, hashes.SHA256(),
+                   yubico(0x9abcdef0, [5, 7, 4], 3, 2, 0x83)))
+open(f"{out}/a-key.pem", "wb").write(slot.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+# Chain B: EC P-384 root -> P-256 intermediate -> RSA f9 -> P-384 slot key.
+root2 = ec.generate_private_key(ec.SECP384R1())
+inter = ec.generate_private_key(ec.SECP256R1())
+f92 = rsa.generate_private_key(65537, 2048)
+save("b-root", cert("Test Attestation Root 1", "Test Attestation Root 1", root2.public_key(), root2, hashes.SHA384(),
+                    [(x509.BasicConstraints(ca=True, path_length=None), True)]))
+save("b-inter", cert("Test PIV Attestation B 1", "Test Attestation Root 1", inter.public_key(), root2, hashes.SHA384(),
+                     [(x509.BasicConstraints(ca=True, path_length=None), True)]))
+save("b-f9", cert("Test PIV Attestation", "Test PIV Attestation B 1", f92.public_key(), inter, hashes.SHA256()))
+save("b-att", cert("YubiKey PIV Attestation 9a", "Test PIV Attestation", slot.public_key(), f92, hashes.SHA256(),
+                   yubico(12345678, [5, 7, 4], 2, 1, 0x03)))
+"#;
+
+const PY_SIGN: &str = r#"
+import sys
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+key = serialization.load_pem_private_key(open(sys.argv[1], "rb").read(), None)
+sys.stdout.buffer.write(key.sign(open(sys.argv[2], "rb").read(), ec.ECDSA(hashes.SHA384())))
+"#;
+
+fn python(args: &[&std::ffi::OsStr]) -> Vec<u8> {
+    let out = std::process::Command::new("python3").args(args).output().expect("python3 runs");
+    assert!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// A proof around certificates made elsewhere, signed by Python with the slot key.
+fn foreign_proof(dir: &Path, prefix: &str, slot: &str, serial: u32, pin: PinPolicy, touch: TouchPolicy) -> Vec<u8> {
+    let att = std::fs::read(dir.join(format!("{prefix}-att.der"))).unwrap();
+    let timestamp = now();
+    let message = keytap::attest::canonical_bytes(&keytap::attest::SignedFields {
+        nonce: NONCE,
+        worker: &worker(),
+        timestamp,
+        slot,
+        serial,
+        attestation_der: &att,
+    });
+    let msg_path = dir.join(format!("{prefix}-message"));
+    std::fs::write(&msg_path, &message).unwrap();
+    let sig = python(&["-c".as_ref(), PY_SIGN.as_ref(), dir.join("a-key.pem").as_os_str(), msg_path.as_os_str()]);
+    let proof = Proof {
+        kind: "yubikey-piv-attestation/v1".into(),
+        slot: slot.into(),
+        serial,
+        firmware: "5.7.4".into(),
+        pin_policy: pin,
+        touch_policy: touch,
+        attestation_certificate: b64e(&att),
+        intermediate_certificate: b64e(&std::fs::read(dir.join(format!("{prefix}-f9.der"))).unwrap()),
+        nonce: NONCE.into(),
+        worker_pool: worker().worker_pool,
+        worker_group: worker().worker_group,
+        worker_id: worker().worker_id,
+        timestamp,
+        signature_algorithm: "ecdsa-sha384".into(),
+        signature: b64e(&sig),
+    };
+    json(&proof)
+}
+
+#[test]
+fn yubico_shaped_chains_from_another_implementation_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    python(&["-c".as_ref(), PY_CHAINS.as_ref(), dir.path().as_os_str()]);
+    let read = |n: &str| std::fs::read(dir.path().join(format!("{n}.der"))).unwrap();
+
+    // Chain A: RSA, root pathlen 0, f9 without basicConstraints: tolerated.
+    let proof = foreign_proof(dir.path(), "a", "9c", 0x9abcdef0, PinPolicy::Always, TouchPolicy::Always);
+    let mut opts = options(vec![read("a-root")]);
+    opts.allow_serials = Some(vec![0x9abcdef0]);
+    opts.require_pin = Some(PinPolicy::Always);
+    opts.require_touch = Some(TouchPolicy::Always);
+    let claims = verify_proof(&proof, &opts).unwrap_or_else(|e| panic!("chain A: {e}"));
+    assert_eq!((claims.serial, claims.firmware.as_str(), claims.form_factor, claims.fips), (0x9abcdef0, "5.7.4", Some(0x83), true));
+    assert_eq!(claims.key_algorithm.to_string(), "p384");
+    assert_eq!(claims.chain, ["CN=YubiKey PIV Attestation 9c", "CN=Test PIV Attestation", "CN=Test U2F Root CA Serial 457200631"]);
+
+    // Chain B needs its intermediate: refused without, accepted with.
+    let proof = foreign_proof(dir.path(), "b", "9a", 12345678, PinPolicy::Once, TouchPolicy::Never);
+    let mut opts = options(vec![read("b-root")]);
+    let err = verify_proof(&proof, &opts).unwrap_err();
+    assert!(matches!(err, AttestError::UntrustedChain(_)), "{err:?}");
+    opts.intermediates = vec![read("b-inter")];
+    let claims = verify_proof(&proof, &opts).unwrap_or_else(|e| panic!("chain B: {e}"));
+    assert_eq!(claims.chain.len(), 4);
+    assert_eq!(claims.chain[3], "CN=Test Attestation Root 1");
+    // Chain B's root does not vouch for chain A's f9, and the reverse.
+    let proof_a = foreign_proof(dir.path(), "a", "9c", 0x9abcdef0, PinPolicy::Always, TouchPolicy::Always);
+    assert!(matches!(verify_proof(&proof_a, &opts).unwrap_err(), AttestError::UntrustedChain(_)));
+}
