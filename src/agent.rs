@@ -3,6 +3,7 @@
 //! Every request is handled on the tokio runtime without blocking; anything that touches a
 //! token goes to that token's owner thread (see `token::owner`).
 
+pub mod cert_ext;
 pub mod frame;
 pub mod lock;
 pub mod socket;
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use ssh_agent_lib::proto::{Extension, Identity, PublicCredential, Request, Response, SignRequest};
+use ssh_agent_lib::proto::{Extension, PublicCredential, Request, Response, SignRequest};
 use ssh_encoding::{Decode, Encode};
 use ssh_key::public::KeyData;
 use tokio::net::{UnixListener, UnixStream};
@@ -40,6 +41,10 @@ pub struct AgentOptions {
     pub timeouts: FrameTimeouts,
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
+    /// Directory of `*-cert.pub` certificates to offer (None: only `keytap cert add`).
+    pub cert_dir: Option<std::path::PathBuf>,
+    /// Hide a plain key while it has a valid certificate.
+    pub certs_only: bool,
 }
 
 impl Default for AgentOptions {
@@ -47,6 +52,8 @@ impl Default for AgentOptions {
         AgentOptions {
             timeouts: FrameTimeouts { idle: Duration::from_secs(300), frame: Duration::from_secs(10) },
             max_connections: 4096,
+            cert_dir: None,
+            certs_only: false,
         }
     }
 }
@@ -57,6 +64,7 @@ pub struct Agent {
     lock: AgentLock,
     options: AgentOptions,
     uid: u32,
+    certs: cert_ext::AgentCerts,
 }
 
 /// One `session-bind@openssh.com` record.
@@ -140,7 +148,8 @@ fn failure() -> Vec<u8> {
 
 impl Agent {
     pub fn new(tokens: Vec<TokenHandle>, options: AgentOptions) -> Agent {
-        Agent { tokens, lock: AgentLock::default(), options, uid: nix::unistd::geteuid().as_raw() }
+        let certs = cert_ext::AgentCerts::new(options.cert_dir.clone(), options.certs_only);
+        Agent { tokens, lock: AgentLock::default(), options, uid: nix::unistd::geteuid().as_raw(), certs }
     }
 
     pub fn tokens(&self) -> &[TokenHandle] {
@@ -262,11 +271,8 @@ impl Agent {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
-        let ids = self
-            .all_keys()
-            .into_iter()
-            .map(|(_, k)| Identity { credential: PublicCredential::Key(k.public_key.clone()), comment: k.comment() })
-            .collect();
+        let keys: Vec<KeyInfo> = self.all_keys().into_iter().map(|(_, k)| k).collect();
+        let ids = self.certs.identities(&keys);
         encode(Response::IdentitiesAnswer(ids))
     }
 
@@ -278,7 +284,14 @@ impl Agent {
         }
         let key_data = match &req.credential {
             PublicCredential::Key(k) => k.clone(),
-            PublicCredential::Cert(c) => c.public_key().clone(),
+            PublicCredential::Cert(c) => {
+                let keys: Vec<KeyInfo> = self.all_keys().into_iter().map(|(_, k)| k).collect();
+                if let Err(reason) = self.certs.signable(c, &keys) {
+                    tracing::warn!(peer = %conn.peer, "sign refused: {reason}");
+                    return failure();
+                }
+                c.public_key().clone()
+            }
         };
         let Some((token, key)) = self.all_keys().into_iter().find(|(_, k)| k.public_key == key_data) else {
             tracing::warn!(peer = %conn.peer, key = %key_data.fingerprint(ssh_key::HashAlg::Sha256), "sign refused: no token holds this key");
@@ -292,7 +305,7 @@ impl Agent {
                 return failure();
             }
         };
-        let purpose = match purpose::classify(&req.data, &key.public_key) {
+        let purpose = match purpose::classify_credential(&req.data, &req.credential) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(peer = %conn.peer, key = %fingerprint, "sign refused: {e}");
@@ -323,7 +336,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, cert_ext::EXT_CERT] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -341,6 +354,16 @@ impl Agent {
                 let mut details = Vec::new();
                 json.encode(&mut details).expect("encoding to a vec");
                 encode(Response::ExtensionResponse(Extension { name: EXT_STATUS.into(), details: details.into() }))
+            }
+            cert_ext::EXT_CERT => {
+                let reply = if self.lock.is_locked() {
+                    cert_ext::CertReply { error: Some("the agent is locked; unlock it with `ssh-add -X`".into()), ..Default::default() }
+                } else {
+                    let keys: Vec<KeyInfo> = self.all_keys().into_iter().map(|(_, k)| k).collect();
+                    self.certs.handle(ext.details.as_ref(), &keys)
+                };
+                let details = cert_ext::encode_reply(&reply);
+                encode(Response::ExtensionResponse(Extension { name: cert_ext::EXT_CERT.into(), details: details.into() }))
             }
             other => {
                 tracing::info!(peer = %conn.peer, extension = other, "unknown extension");

@@ -4,8 +4,10 @@
 pub mod agent;
 pub mod app;
 pub mod attest;
+pub mod cert;
 pub mod cli;
 pub mod client;
+pub mod git_signing;
 pub mod paths;
 pub mod peer;
 pub mod prompt;
