@@ -32,55 +32,27 @@ pub enum Command {
     Git(GitCommand),
     /// Print a key's public line to paste into GitHub, GitLab or authorized_keys.
     AuthorizedKey(AuthorizedKeyArgs),
-}
-
-#[derive(Subcommand, Debug)]
-pub enum CertCommand {
-    /// Hand a certificate (`*-cert.pub` from `ssh-keygen -s`) to the running agent.
-    Add {
-        file: PathBuf,
-    },
-    /// Certificates the agent holds, with their validity.
-    List {
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Forget a certificate added with `keytap cert add`, by file or key id.
-    Remove {
-        #[arg(value_name = "FILE|KEYID")]
-        target: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum GitCommand {
-    /// Set gpg.format=ssh, user.signingkey and gpg.ssh.allowedSignersFile for a token key.
-    Setup(GitSetupArgs),
+    /// Print the audit log readably.
+    Log(LogArgs),
 }
 
 #[derive(Args, Debug)]
-pub struct GitSetupArgs {
-    #[command(flatten)]
-    pub token: TokenArgs,
-    /// The key: a slot (9c) or a fingerprint (SHA256:...) [default: 9c if present, else 9a].
-    #[arg(long, value_name = "SLOT|FINGERPRINT")]
+pub struct LogArgs {
+    /// Keep printing new records as they are written.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only records since this time: RFC 3339 (2026-11-22T10:00:00Z) or an age (10m, 2h, 1d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records for this key: a SHA256 fingerprint, a slot (9a) or SERIAL/SLOT.
+    #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
-    /// Write to the global git config instead of this repository's.
+    /// Audit log file [default: $XDG_STATE_HOME/keytap/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Print the raw JSON lines.
     #[arg(long)]
-    pub global: bool,
-    /// Also set commit.gpgsign=true and tag.gpgsign=true.
-    #[arg(long)]
-    pub sign_commits: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct AuthorizedKeyArgs {
-    #[command(flatten)]
-    pub token: TokenArgs,
-    /// The key: a slot (9a) or a fingerprint (SHA256:...) [default: 9a if present, else the first].
-    #[arg(long, value_name = "SLOT|FINGERPRINT")]
-    pub key: Option<String>,
+    pub json: bool,
 }
 
 /// Which token a command uses; the same defaults as the agent.
@@ -128,6 +100,15 @@ pub struct AgentArgs {
     /// Release the token after this long without use (seconds; 0 = never).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub release_after: u64,
+    /// Policy file [default: $XDG_CONFIG_HOME/keytap/config.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Audit log [default: $XDG_STATE_HOME/keytap/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many bytes.
+    #[arg(long, default_value_t = 10 * 1024 * 1024, value_name = "BYTES")]
+    pub audit_max_bytes: u64,
     /// Offer the certificates in this directory (`*-cert.pub`) [default: $XDG_CONFIG_HOME/keytap/certs].
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,
@@ -194,4 +175,53 @@ pub enum MockCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Hand a certificate (`*-cert.pub` from `ssh-keygen -s`) to the running agent.
+    Add {
+        file: PathBuf,
+    },
+    /// Certificates the agent holds, with their validity.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a certificate added with `keytap cert add`, by file or key id.
+    Remove {
+        #[arg(value_name = "FILE|KEYID")]
+        target: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GitCommand {
+    /// Set gpg.format=ssh, user.signingkey and gpg.ssh.allowedSignersFile for a token key.
+    Setup(GitSetupArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GitSetupArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// The key: a slot (9c) or a fingerprint (SHA256:...) [default: 9c if present, else 9a].
+    #[arg(long, value_name = "SLOT|FINGERPRINT")]
+    pub key: Option<String>,
+    /// Write to the global git config instead of this repository's.
+    #[arg(long)]
+    pub global: bool,
+    /// Also set commit.gpgsign=true and tag.gpgsign=true.
+    #[arg(long)]
+    pub sign_commits: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizedKeyArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// The key: a slot (9a) or a fingerprint (SHA256:...) [default: 9a if present, else the first].
+    #[arg(long, value_name = "SLOT|FINGERPRINT")]
+    pub key: Option<String>,
 }

@@ -229,7 +229,7 @@ mod tests {
         assert!(matches!(classify(&userauth(&k, "publickey", None, 0), &k), Err(PurposeError::MalformedAuth(_))));
         let hb = userauth(&k, "publickey-hostbound-v00@openssh.com", None, 1);
         assert!(matches!(classify(&hb, &k), Err(PurposeError::MalformedAuth(_))));
-        let truncated = &userauth(&k, "publickey", None, 1)[..60];
+        let truncated = &userauth(&k, "publickey", None, 1)[..85];
         assert!(matches!(classify(truncated, &k), Err(PurposeError::MalformedAuth(_))));
     }
 
