@@ -75,15 +75,27 @@ pub fn classify_credential(data: &[u8], credential: &PublicCredential) -> Result
     }
     match parse_userauth(data) {
         Some(Ok(auth)) => {
-            let mut blob = Vec::new();
-            credential.encode(&mut blob).map_err(|_| PurposeError::KeyMismatch)?;
-            if auth.key != blob {
+            if !names_same_key(&auth.key, credential) {
                 return Err(PurposeError::KeyMismatch);
             }
             Ok(Purpose::SshAuth { user: auth.user, method: auth.method, host_key: auth.host_key })
         }
         Some(Err(e)) => Err(e),
         None => Ok(Purpose::Raw),
+    }
+}
+
+/// Does the userauth key blob name the key asked to sign? The same blob, or a certificate for
+/// that plain key: ssh signs a certificate login with the plain key when it has one (always so
+/// for `CertificateFile` beside an agent-held key, as gomote does).
+fn names_same_key(blob: &[u8], credential: &PublicCredential) -> bool {
+    let mut encoded = Vec::new();
+    if credential.encode(&mut encoded).is_ok() && encoded == blob {
+        return true;
+    }
+    match credential {
+        PublicCredential::Key(k) => ssh_key::Certificate::from_bytes(blob).is_ok_and(|c| c.public_key() == k),
+        PublicCredential::Cert(_) => false,
     }
 }
 
@@ -254,10 +266,13 @@ mod tests {
         put_str(&mut data, &cert.to_bytes().unwrap());
         let cred = PublicCredential::Cert(Box::new(cert));
         assert!(matches!(classify_credential(&data, &cred), Ok(Purpose::SshAuth { .. })));
-        // The same key, another certificate, or the plain key: not what the request names.
+        // Another certificate for the same key is not what the request names.
         let other = PublicCredential::Cert(Box::new(other_cert));
         assert_eq!(classify_credential(&data, &other), Err(PurposeError::KeyMismatch));
-        assert_eq!(classify(&data, &subject), Err(PurposeError::KeyMismatch));
+        // ssh signs a certificate login with the plain key (CertificateFile + agent key): fine
+        // for that key, refused for any other.
+        assert!(matches!(classify(&data, &subject), Ok(Purpose::SshAuth { .. })));
+        assert_eq!(classify(&data, &key()), Err(PurposeError::KeyMismatch));
     }
 
     #[test]
