@@ -134,6 +134,16 @@ fn gomote_shape_certificate_file_beside_the_agent_held_key() {
     assert!(sshd.log_text().contains("ID go_build"), "{}", sshd.log_text());
     agent.wait_log("signed");
 
+    // gomote's own file layout (docs/gomote.md): the token's public key where gomote expects
+    // its key pair, and the certificate beside it; ssh picks up `<key>-cert.pub` by itself.
+    let gomote = tempfile::tempdir().unwrap();
+    let id = gomote.path().join("id_ed25519");
+    std::fs::copy(&key, &id).unwrap();
+    std::fs::copy(&key, id.with_extension("pub")).unwrap();
+    std::fs::copy(&cert, gomote.path().join("id_ed25519-cert.pub")).unwrap();
+    let out = login(&sshd, &agent, &["-o", "IdentitiesOnly=yes", "-i", id.to_str().unwrap()]);
+    assert!(out.status.success(), "gomote layout: {}\n{}", text(&out), sshd.log_text());
+
     // The same command with a certificate from another CA is refused by the server.
     let other = Ca::new();
     let wrong = other.sign(&key, "go_build", &user(), "-1m:+5m");
@@ -371,4 +381,35 @@ fn base64_decode(s: &str) -> Vec<u8> {
 fn base64_encode(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+#[test]
+fn sign_requests_naming_a_certificate_need_one_the_agent_offers() {
+    use keytap::client::AgentClient;
+    use ssh_agent_lib::proto::{PublicCredential, Request, Response, SignRequest};
+
+    let agent = Agent::start();
+    let ca = Ca::new();
+    let key = agent.key_file("9e");
+    let cert_path = ca.sign(&key, "rsa", &user(), "-1m:+5m");
+    let cert = ssh_key::Certificate::read_file(&cert_path).unwrap();
+    let sign = |flags: u32| {
+        let mut client = AgentClient::connect(&agent.socket).unwrap();
+        let request = SignRequest { credential: PublicCredential::Cert(Box::new(cert.clone())), data: b"raw data".to_vec(), flags };
+        client.request(&Request::SignRequest(request)).unwrap()
+    };
+    assert_eq!(sign(0x04), Response::Failure, "a certificate the agent never got");
+    agent.wait_log("was never given to this agent");
+    keytap_ok(&agent, &["cert", "add", cert_path.to_str().unwrap()]);
+    match sign(0x04) {
+        Response::SignResponse(sig) => assert_eq!(sig.algorithm().as_str(), "rsa-sha2-512", "the RSA flag picks the hash"),
+        other => panic!("{other:?}"),
+    }
+    match sign(0x02) {
+        Response::SignResponse(sig) => assert_eq!(sig.algorithm().as_str(), "rsa-sha2-256"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sign(0), Response::Failure, "SHA-1 is refused for certificates too");
+    keytap_ok(&agent, &["cert", "remove", cert_path.to_str().unwrap()]);
+    assert_eq!(sign(0x04), Response::Failure, "removed");
 }
