@@ -527,6 +527,14 @@ impl Agent {
                     let keys: Vec<KeyInfo> = self.all_keys().into_iter().map(|(_, k)| k).collect();
                     self.certs.handle(ext.details.as_ref(), &keys)
                 };
+                // Changes to what the agent offers are audited; listing is not.
+                if !matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List)) {
+                    let decision = if reply.error.is_some() { "deny" } else { "allow" };
+                    let written = self.audit(event_record("cert", &conn.peer, decision, reply.error.as_deref().unwrap_or(""))).await;
+                    if !written {
+                        return failure();
+                    }
+                }
                 let details = cert_ext::encode_reply(&reply);
                 encode(Response::ExtensionResponse(Extension { name: cert_ext::EXT_CERT.into(), details: details.into() }))
             }

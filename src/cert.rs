@@ -222,7 +222,7 @@ impl CertStore {
                 out.push(e);
             }
         }
-        out.sort_by(|a, b| b.cert.valid_before().cmp(&a.cert.valid_before()));
+        out.sort_by_key(|e| std::cmp::Reverse(e.cert.valid_before()));
         out
     }
 
@@ -397,8 +397,8 @@ mod tests {
     fn certificates_whose_key_left_the_token_are_not_offered() {
         let f = fixture();
         let mut store = CertStore::default();
-        store.add(entry(cert(&f.ca, &f.on_token, "id", 100, 200, CertType::User)), 100, &[f.on_token.clone()]).unwrap();
-        assert!(store.offerable(150, &[f.other.clone()]).is_empty());
+        store.add(entry(cert(&f.ca, &f.on_token, "id", 100, 200, CertType::User)), 100, std::slice::from_ref(&f.on_token)).unwrap();
+        assert!(store.offerable(150, std::slice::from_ref(&f.other)).is_empty());
         assert!(store.offerable(150, &[]).is_empty());
     }
 
