@@ -83,7 +83,7 @@ fn certificate_is_listed_logs_in_and_disappears_when_it_expires() {
     let out = login(&sshd, &agent, &[]);
     assert!(!out.status.success(), "{}", text(&out));
 
-    let valid_for = 12;
+    let valid_for = 20;
     let cert = ca.sign(&key, "ci-worker", &user(), &format!("-1m:+{valid_for}s"));
     let signed_at = now();
     let out = keytap_ok(&agent, &["cert", "add", cert.to_str().unwrap()]);
@@ -252,6 +252,15 @@ fn certificates_in_the_directory_are_offered_without_a_command() {
     let out = login(&sshd, &agent, &[]);
     assert!(out.status.success(), "{}\n{}", text(&out), sshd.log_text());
     agent.wait_log("broken-cert.pub");
+    // A certificate in the directory for a key on no token is logged with its file, not offered.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let stranger = elsewhere.path().join("stranger");
+    assert!(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&stranger).status().unwrap().success());
+    let foreign = ca.sign(&stranger.with_extension("pub"), "foreign", &user(), "-1m:+5m");
+    std::fs::copy(&foreign, certs.join("foreign-cert.pub")).unwrap();
+    let listed = agent.public_keys();
+    assert_eq!(listed.iter().filter(|l| l.contains("-cert-v01")).count(), 1, "{listed:?}");
+    agent.wait_log("foreign-cert.pub: certificate \"foreign\" is for key SHA256:");
     // Removing the file (the directory mtime changes) stops the offer.
     std::fs::remove_file(certs.join("worker-cert.pub")).unwrap();
     let listed = agent.public_keys();

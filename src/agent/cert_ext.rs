@@ -129,15 +129,23 @@ pub struct AgentCerts {
     store: Mutex<CertStore>,
     dir: Option<Mutex<DirWatch>>,
     certs_only: bool,
+    /// Directory problems already logged: a bad file is reported once, not at every listing.
+    warned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl AgentCerts {
     pub fn new(dir: Option<PathBuf>, certs_only: bool) -> AgentCerts {
-        AgentCerts { store: Mutex::new(CertStore::default()), dir: dir.map(|d| Mutex::new(DirWatch::new(d))), certs_only }
+        AgentCerts { store: Mutex::new(CertStore::default()), dir: dir.map(|d| Mutex::new(DirWatch::new(d))), certs_only, warned: Mutex::default() }
+    }
+
+    fn warn_once(&self, message: String) {
+        if self.warned.lock().expect("warned lock").insert(message.clone()) {
+            tracing::warn!("{message}");
+        }
     }
 
     /// Pick up directory changes and forget expired added certificates.
-    fn refresh(&self, now: u64) {
+    fn refresh(&self, now: u64, keys: &[KeyData]) {
         let mut store = self.store.lock().expect("cert store lock");
         for gone in store.prune_expired(now) {
             tracing::info!(key_id = gone.cert.key_id(), name = %gone.name, "certificate expired; no longer offered");
@@ -145,7 +153,12 @@ impl AgentCerts {
         if let Some(dir) = &self.dir {
             if let Some((entries, skipped)) = dir.lock().expect("cert dir lock").poll(Instant::now()) {
                 for s in skipped {
-                    tracing::warn!(file = %s.path.display(), "certificate file skipped: {}", s.reason);
+                    self.warn_once(format!("certificate file skipped: {}", s.reason));
+                }
+                for e in &entries {
+                    if let Err(problem) = cert::check_usable(&e.cert, &e.name, now, keys) {
+                        self.warn_once(format!("certificate file not offered: {problem}"));
+                    }
                 }
                 store.set_dir_entries(entries);
             }
@@ -155,8 +168,8 @@ impl AgentCerts {
     /// The identities to list at this moment: certificates first, then plain keys.
     pub fn identities(&self, keys: &[KeyInfo]) -> Vec<Identity> {
         let now = cert::unix_now();
-        self.refresh(now);
         let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
+        self.refresh(now, &key_data);
         let store = self.store.lock().expect("cert store lock");
         let offerable = store.offerable(now, &key_data);
         cert::plan(&key_data, &offerable, self.certs_only)
@@ -177,9 +190,9 @@ impl AgentCerts {
     /// May this certificate sign now? Only one the agent offers at this moment.
     pub fn signable(&self, certificate: &ssh_key::Certificate, keys: &[KeyInfo]) -> Result<(), String> {
         let now = cert::unix_now();
-        self.refresh(now);
-        let blob = certificate.to_bytes().map_err(|e| e.to_string())?;
         let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
+        self.refresh(now, &key_data);
+        let blob = certificate.to_bytes().map_err(|e| e.to_string())?;
         let store = self.store.lock().expect("cert store lock");
         if store.signable(&blob, now, &key_data).is_some() {
             return Ok(());
@@ -194,8 +207,8 @@ impl AgentCerts {
     /// Answer a `keytap-cert@keytap.dev` request.
     pub fn handle(&self, details: &[u8], keys: &[KeyInfo]) -> CertReply {
         let now = cert::unix_now();
-        self.refresh(now);
         let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
+        self.refresh(now, &key_data);
         let op = match CertOp::decode(details) {
             Ok(op) => op,
             Err(e) => return CertReply { error: Some(format!("malformed request: {e}")), ..CertReply::default() },
