@@ -293,8 +293,9 @@ impl Agent {
         tracing::debug!(peer = %peer, "connected");
         let mut conn = Connection { peer, bindings: Vec::new() };
         loop {
+            // Zeroized after use: a frame may carry a lock passphrase.
             let body = match frame::read_frame(&mut stream, self.options.timeouts).await {
-                Ok(body) => body,
+                Ok(body) => Zeroizing::new(body),
                 Err(FrameError::Closed) => return,
                 Err(e) => {
                     tracing::info!(peer = %conn.peer, "closing connection: {e}");
@@ -352,15 +353,12 @@ impl Agent {
         })
     }
 
-    fn all_keys(&self) -> Vec<(TokenHandle, KeyInfo)> {
-        self.tokens.iter().flat_map(|t| t.keys().iter().map(|k| (t.clone(), k.clone())).collect::<Vec<_>>()).collect()
-    }
-
     fn identities(&self) -> Vec<u8> {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
-        let keys: Vec<KeyInfo> = self.all_keys().into_iter().map(|(_, k)| k).collect();
+        let lists: Vec<_> = self.tokens.iter().map(|t| t.keys()).collect();
+        let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
         let ids = self.certs.identities(&keys);
         encode(Response::IdentitiesAnswer(ids))
     }
@@ -418,12 +416,13 @@ impl Agent {
             PublicCredential::Key(k) => k.clone(),
             PublicCredential::Cert(c) => {
                 // Only a certificate this agent offers right now may sign.
-                let keys: Vec<KeyInfo> = self.all_keys().into_iter().map(|(_, k)| k).collect();
+                let lists: Vec<_> = self.tokens.iter().map(|t| t.keys()).collect();
+                let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
                 self.certs.signable(c, &keys).map_err(Refusal::Denied)?;
                 c.public_key().clone()
             }
         };
-        let Some((token, key)) = self.all_keys().into_iter().find(|(_, k)| k.public_key == key_data) else {
+        let Some((token, key)) = self.tokens.iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) else {
             record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
             return Err(Refusal::Denied("no token holds this key".into()));
         };
@@ -524,7 +523,8 @@ impl Agent {
                 let reply = if self.lock.is_locked() {
                     cert_ext::CertReply { error: Some("the agent is locked; unlock it with `ssh-add -X`".into()), ..Default::default() }
                 } else {
-                    let keys: Vec<KeyInfo> = self.all_keys().into_iter().map(|(_, k)| k).collect();
+                    let lists: Vec<_> = self.tokens.iter().map(|t| t.keys()).collect();
+                    let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
                     self.certs.handle(ext.details.as_ref(), &keys)
                 };
                 // Changes to what the agent offers are audited; listing is not.

@@ -145,7 +145,7 @@ impl AgentCerts {
     }
 
     /// Pick up directory changes and forget expired added certificates.
-    fn refresh(&self, now: u64, keys: &[KeyData]) {
+    fn refresh(&self, now: u64, keys: &[&KeyInfo]) {
         let mut store = self.store.lock().expect("cert store lock");
         for gone in store.prune_expired(now) {
             tracing::info!(key_id = gone.cert.key_id(), name = %gone.name, "certificate expired; no longer offered");
@@ -155,8 +155,9 @@ impl AgentCerts {
                 for s in skipped {
                     self.warn_once(format!("certificate file skipped: {}", s.reason));
                 }
+                let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
                 for e in &entries {
-                    if let Err(problem) = cert::check_usable(&e.cert, &e.name, now, keys) {
+                    if let Err(problem) = cert::check_usable(&e.cert, &e.name, now, &key_data) {
                         self.warn_once(format!("certificate file not offered: {problem}"));
                     }
                 }
@@ -166,11 +167,15 @@ impl AgentCerts {
     }
 
     /// The identities to list at this moment: certificates first, then plain keys.
-    pub fn identities(&self, keys: &[KeyInfo]) -> Vec<Identity> {
+    pub fn identities(&self, keys: &[&KeyInfo]) -> Vec<Identity> {
         let now = cert::unix_now();
-        let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
-        self.refresh(now, &key_data);
+        self.refresh(now, keys);
         let store = self.store.lock().expect("cert store lock");
+        if store.all().next().is_none() {
+            // The common case: no certificates at all.
+            return keys.iter().map(|k| Identity { credential: PublicCredential::Key(k.public_key.clone()), comment: k.comment() }).collect();
+        }
+        let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
         let offerable = store.offerable(now, &key_data);
         cert::plan(&key_data, &offerable, self.certs_only)
             .into_iter()
@@ -188,10 +193,10 @@ impl AgentCerts {
     }
 
     /// May this certificate sign now? Only one the agent offers at this moment.
-    pub fn signable(&self, certificate: &ssh_key::Certificate, keys: &[KeyInfo]) -> Result<(), String> {
+    pub fn signable(&self, certificate: &ssh_key::Certificate, keys: &[&KeyInfo]) -> Result<(), String> {
         let now = cert::unix_now();
+        self.refresh(now, keys);
         let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
-        self.refresh(now, &key_data);
         let blob = certificate.to_bytes().map_err(|e| e.to_string())?;
         let store = self.store.lock().expect("cert store lock");
         if store.signable(&blob, now, &key_data).is_some() {
@@ -205,10 +210,10 @@ impl AgentCerts {
     }
 
     /// Answer a `keytap-cert@keytap.dev` request.
-    pub fn handle(&self, details: &[u8], keys: &[KeyInfo]) -> CertReply {
+    pub fn handle(&self, details: &[u8], keys: &[&KeyInfo]) -> CertReply {
         let now = cert::unix_now();
+        self.refresh(now, keys);
         let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
-        self.refresh(now, &key_data);
         let op = match CertOp::decode(details) {
             Ok(op) => op,
             Err(e) => return CertReply { error: Some(format!("malformed request: {e}")), ..CertReply::default() },

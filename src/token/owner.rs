@@ -28,11 +28,13 @@ pub struct Owner {
     pub token: Box<dyn Token>,
     pub prompter: Arc<dyn Prompter>,
     info: Option<TokenInfo>,
+    notifier: TouchNotifier,
 }
 
 impl Owner {
     pub fn new(token: Box<dyn Token>, prompter: Arc<dyn Prompter>) -> Self {
-        Owner { token, prompter, info: None }
+        let notifier = TouchNotifier::new(prompter.clone());
+        Owner { token, prompter, info: None, notifier }
     }
 
     fn serial(&mut self) -> u32 {
@@ -80,10 +82,7 @@ impl Owner {
         let mut pin_asked = false;
         loop {
             let notice = (key.touch_policy != TouchPolicy::Never).then(|| {
-                TouchNotice::start(
-                    self.prompter.clone(),
-                    format!("Touch YubiKey {serial} to let {} {}", context.requester, context.purpose),
-                )
+                self.notifier.arm(format!("Touch YubiKey {serial} to let {} {}", context.requester, context.purpose))
             });
             let result = self.token.sign(key.slot, scheme, data);
             drop(notice);
@@ -98,28 +97,51 @@ impl Owner {
     }
 }
 
-/// Tells the user about a pending touch if the token has not answered within a second.
-struct TouchNotice {
-    cancel: Option<mpsc::Sender<()>>,
+/// Tells the user about a pending touch if the token has not answered within a second. One
+/// long-lived thread per owner, armed and disarmed around each signature (no thread per sign).
+struct TouchNotifier {
+    tx: mpsc::Sender<Option<String>>,
 }
 
-impl TouchNotice {
-    fn start(prompter: Arc<dyn Prompter>, message: String) -> Self {
-        let (cancel, cancelled) = mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if let Err(RecvTimeoutError::Timeout) = cancelled.recv_timeout(TOUCH_NOTICE_DELAY) {
-                prompter.notify(&message);
-            }
-        });
-        TouchNotice { cancel: Some(cancel) }
+impl TouchNotifier {
+    fn new(prompter: Arc<dyn Prompter>) -> TouchNotifier {
+        let (tx, rx) = mpsc::channel::<Option<String>>();
+        std::thread::Builder::new()
+            .name("touch-notice".into())
+            .spawn(move || {
+                // Some(message) arms, None disarms.
+                while let Ok(armed) = rx.recv() {
+                    let Some(mut message) = armed else { continue };
+                    loop {
+                        match rx.recv_timeout(TOUCH_NOTICE_DELAY) {
+                            Err(RecvTimeoutError::Timeout) => {
+                                prompter.notify(&message);
+                                break;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => return,
+                            Ok(None) => break,
+                            Ok(Some(next)) => message = next,
+                        }
+                    }
+                }
+            })
+            .expect("spawning the touch notice thread");
+        TouchNotifier { tx }
+    }
+
+    fn arm(&self, message: String) -> TouchNoticeGuard<'_> {
+        let _ = self.tx.send(Some(message));
+        TouchNoticeGuard { notifier: self }
     }
 }
 
-impl Drop for TouchNotice {
+struct TouchNoticeGuard<'a> {
+    notifier: &'a TouchNotifier,
+}
+
+impl Drop for TouchNoticeGuard<'_> {
     fn drop(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            let _ = cancel.send(());
-        }
+        let _ = self.notifier.tx.send(None);
     }
 }
 
