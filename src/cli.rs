@@ -24,6 +24,14 @@ pub enum Command {
     /// Manage the mock (TEST) token.
     #[command(subcommand)]
     Mock(MockCommand),
+    /// OpenSSH certificates for token keys, offered by the running agent.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Configure git to sign commits and tags with a token key.
+    #[command(subcommand)]
+    Git(GitCommand),
+    /// Print a key's public line to paste into GitHub, GitLab or authorized_keys.
+    AuthorizedKey(AuthorizedKeyArgs),
     /// Print the audit log readably.
     Log(LogArgs),
     /// Prove which YubiKey key this worker holds (PIV attestation), or verify such a proof.
@@ -103,6 +111,13 @@ pub struct AgentArgs {
     /// Rotate the audit log when it reaches this many bytes.
     #[arg(long, default_value_t = 10 * 1024 * 1024, value_name = "BYTES")]
     pub audit_max_bytes: u64,
+    /// Offer the certificates in this directory (`*-cert.pub`) [default: $XDG_CONFIG_HOME/keytap/certs].
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Do not list a plain key while it has a valid certificate (for servers that want only
+    /// certificates; see docs/gomote.md for keeping the number of offered keys low).
+    #[arg(long)]
+    pub certs_only: bool,
     /// Internal: the detached child of a background start.
     #[arg(long, hide = true)]
     pub daemon_child: bool,
@@ -239,4 +254,53 @@ pub struct AttestVerifyArgs {
     /// The worker id the proof must name.
     #[arg(long, value_name = "W")]
     pub worker_id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Hand a certificate (`*-cert.pub` from `ssh-keygen -s`) to the running agent.
+    Add {
+        file: PathBuf,
+    },
+    /// Certificates the agent holds, with their validity.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a certificate added with `keytap cert add`, by file or key id.
+    Remove {
+        #[arg(value_name = "FILE|KEYID")]
+        target: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GitCommand {
+    /// Set gpg.format=ssh, user.signingkey and gpg.ssh.allowedSignersFile for a token key.
+    Setup(GitSetupArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GitSetupArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// The key: a slot (9c) or a fingerprint (SHA256:...) [default: 9c if present, else 9a].
+    #[arg(long, value_name = "SLOT|FINGERPRINT")]
+    pub key: Option<String>,
+    /// Write to the global git config instead of this repository's.
+    #[arg(long)]
+    pub global: bool,
+    /// Also set commit.gpgsign=true and tag.gpgsign=true.
+    #[arg(long)]
+    pub sign_commits: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizedKeyArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// The key: a slot (9a) or a fingerprint (SHA256:...) [default: 9a if present, else the first].
+    #[arg(long, value_name = "SLOT|FINGERPRINT")]
+    pub key: Option<String>,
 }
