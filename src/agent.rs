@@ -3,6 +3,8 @@
 //! Every request is handled on the tokio runtime without blocking; anything that touches a
 //! token goes to that token's owner thread (see `token::owner`).
 
+pub mod attest_ext;
+pub mod cert_ext;
 pub mod frame;
 pub mod lock;
 pub mod socket;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use ssh_agent_lib::proto::{Extension, Identity, PublicCredential, Request, Response, SignRequest};
+use ssh_agent_lib::proto::{Extension, PublicCredential, Request, Response, SignRequest};
 use ssh_encoding::{Decode, Encode};
 use ssh_key::public::KeyData;
 use tokio::net::{UnixListener, UnixStream};
@@ -43,6 +45,10 @@ pub struct AgentOptions {
     pub timeouts: FrameTimeouts,
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
+    /// Directory of `*-cert.pub` certificates to offer (None: only `keytap cert add`).
+    pub cert_dir: Option<std::path::PathBuf>,
+    /// Hide a plain key while it has a valid certificate.
+    pub certs_only: bool,
 }
 
 impl Default for AgentOptions {
@@ -50,6 +56,8 @@ impl Default for AgentOptions {
         AgentOptions {
             timeouts: FrameTimeouts { idle: Duration::from_secs(300), frame: Duration::from_secs(10) },
             max_connections: 4096,
+            cert_dir: None,
+            certs_only: false,
         }
     }
 }
@@ -60,6 +68,7 @@ pub struct Agent {
     lock: AgentLock,
     options: AgentOptions,
     uid: u32,
+    certs: cert_ext::AgentCerts,
     policy: Arc<Policy>,
     audit: Option<AuditLog>,
     prompter: Option<Arc<dyn Prompter>>,
@@ -188,6 +197,7 @@ fn failure() -> Vec<u8> {
 
 impl Agent {
     pub fn new(tokens: Vec<TokenHandle>, options: AgentOptions) -> Agent {
+        let certs_options = options.clone();
         Agent {
             tokens,
             lock: AgentLock::default(),
@@ -196,6 +206,7 @@ impl Agent {
             policy: Arc::new(Policy::default()),
             audit: None,
             prompter: None,
+            certs: cert_ext::AgentCerts::new(certs_options.cert_dir, certs_options.certs_only),
         }
     }
 
@@ -283,8 +294,9 @@ impl Agent {
         tracing::debug!(peer = %peer, "connected");
         let mut conn = Connection { peer, bindings: Vec::new() };
         loop {
+            // Zeroized after use: a frame may carry a lock passphrase.
             let body = match frame::read_frame(&mut stream, self.options.timeouts).await {
-                Ok(body) => body,
+                Ok(body) => Zeroizing::new(body),
                 Err(FrameError::Closed) => return,
                 Err(e) => {
                     tracing::info!(peer = %conn.peer, "closing connection: {e}");
@@ -346,13 +358,9 @@ impl Agent {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
-        let ids = self
-            .tokens
-            .iter()
-            .flat_map(|t| {
-                t.keys().iter().map(|k| Identity { credential: PublicCredential::Key(k.public_key.clone()), comment: k.comment() }).collect::<Vec<_>>()
-            })
-            .collect();
+        let lists: Vec<_> = self.tokens.iter().map(|t| t.keys()).collect();
+        let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
+        let ids = self.certs.identities(&keys);
         encode(Response::IdentitiesAnswer(ids))
     }
 
@@ -407,7 +415,13 @@ impl Agent {
         }
         let key_data = match &req.credential {
             PublicCredential::Key(k) => k.clone(),
-            PublicCredential::Cert(c) => c.public_key().clone(),
+            PublicCredential::Cert(c) => {
+                // Only a certificate this agent offers right now may sign.
+                let lists: Vec<_> = self.tokens.iter().map(|t| t.keys()).collect();
+                let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
+                self.certs.signable(c, &keys).map_err(Refusal::Denied)?;
+                c.public_key().clone()
+            }
         };
         let Some((token, key)) = self.tokens.iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) else {
             record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
@@ -415,7 +429,7 @@ impl Agent {
         };
         record.key = Some(KeyRecord { fingerprint: key.fingerprint(), serial: key.serial, slot: key.slot.to_string() });
         let scheme = signature::scheme_for(&key.public_key, req.flags).map_err(|e| Refusal::Denied(e.to_string()))?;
-        let purpose = purpose::classify(&req.data, &key.public_key).map_err(|e| Refusal::Denied(e.to_string()))?;
+        let purpose = purpose::classify_credential(&req.data, &req.credential).map_err(|e| Refusal::Denied(e.to_string()))?;
         record.purpose = Some(purpose.name());
         check_binding(conn, &purpose, &req.data).map_err(Refusal::Denied)?;
 
@@ -487,7 +501,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -505,6 +519,26 @@ impl Agent {
                 let mut details = Vec::new();
                 json.encode(&mut details).expect("encoding to a vec");
                 encode(Response::ExtensionResponse(Extension { name: EXT_STATUS.into(), details: details.into() }))
+            }
+            attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
+            cert_ext::EXT_CERT => {
+                let reply = if self.lock.is_locked() {
+                    cert_ext::CertReply { error: Some("the agent is locked; unlock it with `ssh-add -X`".into()), ..Default::default() }
+                } else {
+                    let lists: Vec<_> = self.tokens.iter().map(|t| t.keys()).collect();
+                    let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
+                    self.certs.handle(ext.details.as_ref(), &keys)
+                };
+                // Changes to what the agent offers are audited; listing is not.
+                if !matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List)) {
+                    let decision = if reply.error.is_some() { "deny" } else { "allow" };
+                    let written = self.audit(event_record("cert", &conn.peer, decision, reply.error.as_deref().unwrap_or(""))).await;
+                    if !written {
+                        return failure();
+                    }
+                }
+                let details = cert_ext::encode_reply(&reply);
+                encode(Response::ExtensionResponse(Extension { name: cert_ext::EXT_CERT.into(), details: details.into() }))
             }
             other => {
                 tracing::info!(peer = %conn.peer, extension = other, "unknown extension");
@@ -619,7 +653,7 @@ pub fn exercise_decoders(input: &[u8]) {
                         PublicCredential::Cert(c) => c.public_key().clone(),
                     };
                     let _ = signature::scheme_for(&key, req.flags);
-                    if let Ok(purpose) = purpose::classify(&req.data, &key) {
+                    if let Ok(purpose) = purpose::classify_credential(&req.data, &req.credential) {
                         let _ = purpose.name();
                         let _ = purpose.describe();
                     }

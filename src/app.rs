@@ -51,7 +51,11 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::List(args) => list(args),
         Command::Status(args) => status(args),
         Command::Mock(cmd) => mock(cmd),
+        Command::Cert(cmd) => crate::cert::command::run(cmd),
+        Command::Git(crate::cli::GitCommand::Setup(args)) => crate::git_signing::setup(args),
+        Command::AuthorizedKey(args) => crate::git_signing::authorized_key(args),
         Command::Log(args) => log(args),
+        Command::Attest(args) => crate::attest::command::run(*args),
         Command::Cot(cmd) => Ok(crate::cot::run(cmd)?),
     }
 }
@@ -118,7 +122,7 @@ fn existing_mock(state_dir: Option<PathBuf>) -> Result<PathBuf, AppError> {
     Ok(dir)
 }
 
-fn reports_from_tokens(tokens: Vec<Box<dyn Token>>) -> Result<Vec<KeyReport>, AppError> {
+pub fn reports_from_tokens(tokens: Vec<Box<dyn Token>>) -> Result<Vec<KeyReport>, AppError> {
     let mut keys = Vec::new();
     for mut token in tokens {
         keys.extend(token.keys()?.iter().map(KeyReport::from));
@@ -259,6 +263,8 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
             idle: Duration::from_secs(args.idle_timeout.max(1)),
             ..AgentOptions::default().timeouts
         },
+        cert_dir: Some(args.cert_dir.clone().unwrap_or_else(crate::cert::scan::default_dir)),
+        certs_only: args.certs_only,
         ..AgentOptions::default()
     };
     let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_audit(audit_log).with_prompter(prompter.clone()));

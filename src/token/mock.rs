@@ -428,7 +428,10 @@ pub fn create_private_dir(dir: &Path) -> TokenResult<()> {
 }
 
 fn write_private_file(path: &Path, bytes: &[u8]) -> TokenResult<()> {
-    let tmp = path.with_extension("tmp");
+    // A unique temporary name: two writers (agent and a CLI command) may save at once.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let result = (|| {
         let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         file.write_all(bytes)?;
