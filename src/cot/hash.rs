@@ -52,6 +52,8 @@ pub enum HashError {
     Unreadable { path: String, source: std::io::Error },
     #[error("{path}: not a regular file (a FIFO, socket or device); remove it from the artifact directory")]
     NotRegular { path: String },
+    #[error("{path}: symlink loop; remove the link that points back up the tree")]
+    SymlinkLoop { path: String },
     #[error("{path}: the file name is not UTF-8; artifact names must be UTF-8")]
     NotUtf8 { path: String },
     #[error("artifact directory {path}: {source}; check that it exists and is readable")]
@@ -130,7 +132,7 @@ fn walk_error(root: &Path, e: walkdir::Error) -> HashError {
     let path = e.path().map(|p| p.strip_prefix(root).unwrap_or(p).to_string_lossy().into_owned()).unwrap_or_default();
     let is_link = e.path().map(|p| p.symlink_metadata().map(|m| m.file_type().is_symlink()).unwrap_or(false)).unwrap_or(false);
     if e.loop_ancestor().is_some() {
-        return HashError::NotRegular { path };
+        return HashError::SymlinkLoop { path };
     }
     let source = e.into_io_error().unwrap_or_else(|| std::io::Error::other("directory walk failed"));
     if is_link {
@@ -271,6 +273,11 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.path().join("sub")).unwrap();
         let err = hash_tree(dir.path(), &[], Algorithms::SHA256).unwrap_err();
         assert!(matches!(&err, HashError::SymlinkEscapes { path, .. } if path == "sub"), "{err}");
+        std::fs::remove_file(dir.path().join("sub")).unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("d/up")).unwrap();
+        let err = hash_tree(dir.path(), &[], Algorithms::SHA256).unwrap_err();
+        assert!(matches!(&err, HashError::SymlinkLoop { path } if path == "d/up"), "{err}");
     }
 
     #[test]
