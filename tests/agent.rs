@@ -2,12 +2,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{text, Agent, Sshd, KEYTAP, MOCK_SERIAL};
+use support::{exchange, frame, key_blob, sign_request, string, text, Agent, Sshd, KEYTAP, MOCK_SERIAL};
 
 const SLOTS: [&str; 4] = ["9a", "9c", "9d", "9e"];
 
@@ -256,28 +256,6 @@ fn connect(agent: &Agent) -> UnixStream {
     s
 }
 
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut f = (body.len() as u32).to_be_bytes().to_vec();
-    f.extend_from_slice(body);
-    f
-}
-
-fn string(b: &[u8]) -> Vec<u8> {
-    let mut out = (b.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(b);
-    out
-}
-
-/// Send one frame, read one answer; `None` when the agent closed the connection.
-fn exchange(stream: &mut UnixStream, bytes: &[u8]) -> Option<Vec<u8>> {
-    stream.write_all(bytes).ok()?;
-    let mut len = [0u8; 4];
-    stream.read_exact(&mut len).ok()?;
-    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-    stream.read_exact(&mut body).ok()?;
-    Some(body)
-}
-
 const FAILURE: &[u8] = &[5];
 
 fn assert_served(agent: &Agent) {
@@ -285,19 +263,6 @@ fn assert_served(agent: &Agent) {
     let answer = exchange(&mut s, &frame(&[11])).expect("identities answer");
     assert_eq!(answer[0], 12);
     assert_eq!(&answer[1..5], &4u32.to_be_bytes());
-}
-
-fn key_blob(line: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(line.split(' ').nth(1).unwrap()).unwrap()
-}
-
-fn sign_request(blob: &[u8], data: &[u8], flags: u32) -> Vec<u8> {
-    let mut body = vec![13];
-    body.extend(string(blob));
-    body.extend(string(data));
-    body.extend(flags.to_be_bytes());
-    body
 }
 
 #[test]

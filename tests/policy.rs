@@ -3,13 +3,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::{text, Agent, AgentOptions, Sshd};
+use support::{exchange, frame, key_blob, sign_request, text, Agent, AgentOptions, Sshd};
 
 fn agent_with_config(config: &str, extra: &[&str]) -> (Agent, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -192,30 +192,10 @@ fn confirm_asks_through_askpass_and_respects_the_answer() {
     assert_eq!(std::fs::read_to_string(&seen).unwrap().lines().count(), 2);
 }
 
-fn frame(body: &[u8]) -> Vec<u8> {
-    let mut f = (body.len() as u32).to_be_bytes().to_vec();
-    f.extend_from_slice(body);
-    f
-}
-
-fn string(b: &[u8]) -> Vec<u8> {
-    let mut out = (b.len() as u32).to_be_bytes().to_vec();
-    out.extend_from_slice(b);
-    out
-}
-
 fn raw_sign(agent: &Agent, slot: &str) -> Vec<u8> {
-    use base64::Engine;
-    let line = agent.key_line(slot);
-    let blob = base64::engine::general_purpose::STANDARD.decode(line.split(' ').nth(1).unwrap()).unwrap();
-    let body = [vec![13], string(&blob), string(b"raw document"), 2u32.to_be_bytes().to_vec()].concat();
+    let body = sign_request(&key_blob(&agent.key_line(slot)), b"raw document", 2);
     let mut s = UnixStream::connect(&agent.socket).unwrap();
-    s.write_all(&frame(&body)).unwrap();
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
-    s.read_exact(&mut answer).unwrap();
-    answer
+    exchange(&mut s, &frame(&body)).expect("sign answer")
 }
 
 #[test]

@@ -318,3 +318,39 @@ pub fn read_all(stream: &mut std::os::unix::net::UnixStream, timeout: Duration) 
         }
     }
 }
+
+/// An agent-protocol frame: u32 length + body.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// An SSH `string`: u32 length + bytes.
+pub fn string(b: &[u8]) -> Vec<u8> {
+    let mut out = (b.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(b);
+    out
+}
+
+/// Send raw bytes, read one answer frame; `None` when the agent closed the connection.
+pub fn exchange(stream: &mut std::os::unix::net::UnixStream, bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    stream.write_all(bytes).ok()?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// The wire blob of an authorized_keys line.
+pub fn key_blob(line: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(line.split(' ').nth(1).unwrap()).unwrap()
+}
+
+/// A SIGN_REQUEST body.
+pub fn sign_request(blob: &[u8], data: &[u8], flags: u32) -> Vec<u8> {
+    [vec![13], string(blob), string(data), flags.to_be_bytes().to_vec()].concat()
+}
