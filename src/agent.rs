@@ -53,7 +53,8 @@ impl Default for AgentOptions {
 
 /// The agent's shared state.
 pub struct Agent {
-    tokens: Vec<TokenHandle>,
+    /// Grows while running: YubiKeys plugged in after start are added (see `token::piv`).
+    tokens: std::sync::RwLock<Vec<TokenHandle>>,
     lock: AgentLock,
     options: AgentOptions,
     uid: u32,
@@ -140,11 +141,16 @@ fn failure() -> Vec<u8> {
 
 impl Agent {
     pub fn new(tokens: Vec<TokenHandle>, options: AgentOptions) -> Agent {
-        Agent { tokens, lock: AgentLock::default(), options, uid: nix::unistd::geteuid().as_raw() }
+        Agent { tokens: std::sync::RwLock::new(tokens), lock: AgentLock::default(), options, uid: nix::unistd::geteuid().as_raw() }
     }
 
-    pub fn tokens(&self) -> &[TokenHandle] {
-        &self.tokens
+    pub fn tokens(&self) -> Vec<TokenHandle> {
+        self.tokens.read().expect("tokens lock").clone()
+    }
+
+    /// Serve one more token (a YubiKey plugged in after start).
+    pub fn add_token(&self, token: TokenHandle) {
+        self.tokens.write().expect("tokens lock").push(token);
     }
 
     /// Serve connections until `shutdown` resolves.
@@ -237,7 +243,7 @@ impl Agent {
             }
             Request::RemoveAllIdentities => {
                 // `ssh-add -D`: keys stay on their tokens; let go of the cards for other programs.
-                for token in &self.tokens {
+                for token in &self.tokens() {
                     token.release();
                 }
                 tracing::info!(peer = %conn.peer, "ssh-add -D: keys live on tokens and stay listed; released the tokens for other programs");
@@ -255,7 +261,7 @@ impl Agent {
     }
 
     fn all_keys(&self) -> Vec<(TokenHandle, KeyInfo)> {
-        self.tokens.iter().flat_map(|t| t.keys().iter().map(|k| (t.clone(), k.clone())).collect::<Vec<_>>()).collect()
+        self.tokens().iter().flat_map(|t| t.keys().iter().map(|k| (t.clone(), k.clone())).collect::<Vec<_>>()).collect()
     }
 
     fn identities(&self) -> Vec<u8> {
@@ -353,7 +359,7 @@ impl Agent {
     pub async fn status(&self) -> StatusReport {
         let locked = self.lock.is_locked();
         let tokens = self
-            .tokens
+            .tokens()
             .iter()
             .map(|t| {
                 let info = t.info();
