@@ -78,8 +78,11 @@ fn setup(args: SetupArgs) -> Result<(), AppError> {
     let request = GenerateRequest { slot: args.slot, algorithm: args.alg, pin_policy: args.pin_policy, touch_policy: args.touch };
     // The certificate written next to the key is signed by it, which needs the PIN: ask first.
     if args.token.token == TokenKind::Piv {
-        let retries = owner.token.pin_retries()?;
-        owner.ensure_pin(retries, &context)?;
+        // 0: the card reports the PIN as verified already (a blocked PIN is an error).
+        match owner.token.pin_retries()? {
+            0 => {}
+            retries => owner.ensure_pin(retries, &context)?,
+        }
     }
     let key = owner.token.generate(request, args.force)?;
     println!(

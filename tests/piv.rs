@@ -110,9 +110,15 @@ fn wait_for_card(reader: u16, present: bool) {
         let now = pcsc::Context::establish(pcsc::Scope::User).ok().and_then(|ctx| {
             let names = ctx.list_readers_owned().ok()?;
             let name = names.into_iter().find(|n| n.to_string_lossy().starts_with(&wanted))?;
-            let mut states = [pcsc::ReaderState::new(name, pcsc::State::UNAWARE)];
+            let mut states = [pcsc::ReaderState::new(name.clone(), pcsc::State::UNAWARE)];
             ctx.get_status_change(Duration::ZERO, &mut states).ok()?;
-            Some(states[0].event_state().contains(pcsc::State::PRESENT))
+            let present = states[0].event_state().contains(pcsc::State::PRESENT);
+            // Present is not yet usable: wait until a connection (power-up, ATR) works.
+            if present {
+                let card = ctx.connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY).ok()?;
+                let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+            }
+            Some(present)
         });
         if now == Some(present) {
             return;
@@ -164,7 +170,10 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, pin: &Path) -> Agent {
-        let socket = dir.join("agent.sock");
+        let sock_dir = dir.join("sock");
+        std::fs::create_dir_all(&sock_dir).unwrap();
+        std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let socket = sock_dir.join("agent.sock");
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
         let child = Command::new(KEYTAP)
             .args(["agent", "--foreground", "--token", "piv", "--socket"])
@@ -180,7 +189,11 @@ impl Agent {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
-            assert!(Instant::now() < deadline, "agent socket never appeared");
+            assert!(
+                Instant::now() < deadline,
+                "agent socket never appeared; log:\n{}",
+                std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Agent { child, socket }

@@ -287,7 +287,9 @@ impl Token for PivToken {
 
     fn pin_retries(&mut self) -> TokenResult<u8> {
         // Note: the yubikey crate re-selects the applet to read the counter, which forgets a
-        // verified PIN; only asked when the card has just refused for want of a PIN.
+        // verified PIN on a YubiKey; only asked when the card has just refused for want of a
+        // PIN, or before setup. 0 means the card says the PIN is verified (cards that keep it
+        // across SELECT); a blocked PIN is `PinBlocked`.
         let yk = self.connect()?;
         match yk.get_pin_retries() {
             Ok(n) => Ok(n),
@@ -324,11 +326,12 @@ impl Token for PivToken {
         match piv::sign_data(yk, &input, alg, slot_id) {
             Ok(sig) => Ok(sig.to_vec()),
             Err(yubikey::Error::AuthenticationError) => {
-                let retries = self.pin_retries()?;
-                if retries == 0 {
-                    return Err(TokenError::PinBlocked);
+                match self.pin_retries()? {
+                    0 => Err(TokenError::Other(
+                        "the card refused for want of a PIN but reports the PIN verified; unplug and replug it".into(),
+                    )),
+                    retries => Err(TokenError::PinRequired { retries }),
                 }
-                Err(TokenError::PinRequired { retries })
             }
             Err(e) if pcsc_gone(&e) => Err(self.card_error("signing", e)),
             // The yubikey crate folds "conditions of use not satisfied" (no touch in time) into
@@ -449,9 +452,19 @@ fn probe_readers(skip: &HashSet<CString>) -> TokenResult<Vec<(CString, u32)>> {
         if skip.contains(&name) {
             continue;
         }
-        if let Ok(yk) = reader.open() {
-            found.push((name, yk.serial().0));
-            let _ = yk.disconnect(pcsc::Disposition::LeaveCard);
+        // A program that just exited may still hold the card for a moment while pcscd cleans
+        // up after it: retry PC/SC errors briefly.
+        for attempt in 0..5 {
+            match reader.open() {
+                Ok(yk) => {
+                    found.push((name, yk.serial().0));
+                    let _ = yk.disconnect(pcsc::Disposition::LeaveCard);
+                    break;
+                }
+                Err(yubikey::Error::PcscError { inner: Some(pcsc::Error::NoSmartcard | pcsc::Error::RemovedCard) }) => break,
+                Err(e) if pcsc_gone(&e) && attempt < 4 => std::thread::sleep(Duration::from_millis(150)),
+                Err(_) => break,
+            }
         }
     }
     Ok(found)
