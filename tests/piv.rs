@@ -362,6 +362,10 @@ fn agent_signs_survives_unplug_and_picks_up_the_card_again() {
     agent.sign_and_verify(dir.path(), &line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
     // A second signature uses the card's PIN cache (one long-lived handle).
     agent.sign_and_verify(dir.path(), &line).unwrap();
+    // `ssh-add -D` lets go of the card; the next request reconnects by itself.
+    let out = Command::new("ssh-add").arg("-D").env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    agent.sign_and_verify(dir.path(), &line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
 
     // Unplug: the key disappears and signing fails cleanly, the agent keeps running.
     card.unplug();
@@ -389,6 +393,11 @@ fn agent_started_without_a_card_picks_it_up_later() {
     let card = VCard::start(1, &state, serial);
     let line = setup(serial, "p256", &pin, &[]).unwrap();
     card.unplug();
+
+    // Without a card, direct commands fail with what to do next.
+    let out = keytap(&["list", "--token", "piv"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no YubiKey found; plug it in"), "{}", text(&out));
 
     let agent = Agent::start(dir.path(), &pin);
     std::thread::sleep(Duration::from_millis(500));
