@@ -5,6 +5,7 @@
 
 pub mod frame;
 pub mod lock;
+pub mod setup_ext;
 pub mod socket;
 
 use std::sync::Arc;
@@ -329,7 +330,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, setup_ext::EXT_SETUP] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -347,6 +348,13 @@ impl Agent {
                 let mut details = Vec::new();
                 json.encode(&mut details).expect("encoding to a vec");
                 encode(Response::ExtensionResponse(Extension { name: EXT_STATUS.into(), details: details.into() }))
+            }
+            setup_ext::EXT_SETUP => {
+                let answer = setup_ext::handle(self.tokens(), ext.details.as_ref(), conn.peer.to_string(), conn.forwarded(), self.lock.is_locked()).await;
+                if let setup_ext::SetupAnswer::Refused(reason) = &answer {
+                    tracing::warn!(peer = %conn.peer, "setup refused: {reason}");
+                }
+                encode(Response::ExtensionResponse(Extension { name: setup_ext::EXT_SETUP.into(), details: setup_ext::encode_json(&answer).into() }))
             }
             other => {
                 tracing::info!(peer = %conn.peer, extension = other, "unknown extension");

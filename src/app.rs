@@ -51,6 +51,31 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
 fn setup(args: SetupArgs) -> Result<(), AppError> {
     use crate::token::owner::{Owner, SignContext};
     use crate::token::GenerateRequest;
+    // The running agent owns the tokens: go through it when SSH_AUTH_SOCK is keytap's.
+    if let Some((mut client, _)) = client::keytap_agent() {
+        use crate::agent::setup_ext::{decode_json, encode_json, SetupAnswer, SetupRequest, EXT_SETUP};
+        let request = SetupRequest {
+            serial: args.serial,
+            slot: args.slot,
+            algorithm: args.alg,
+            pin_policy: args.pin_policy,
+            touch_policy: args.touch,
+            force: args.force,
+        };
+        let details = client.extension(EXT_SETUP, encode_json(&request))?;
+        return match decode_json::<SetupAnswer>(&details).map_err(|e| AppError::Message(format!("unexpected answer from the agent: {e}")))? {
+            SetupAnswer::Created(key) => {
+                println!(
+                    "Created a {} key in slot {} of token {} (pin={}, touch={}), generated on the token (through the agent).",
+                    key.algorithm, key.slot, key.serial, key.pin_policy, key.touch_policy
+                );
+                println!("Add this line to ~/.ssh/authorized_keys on the servers you log in to:");
+                println!("{}", key.authorized_key);
+                Ok(())
+            }
+            SetupAnswer::Refused(reason) => Err(AppError::Message(format!("the agent refused: {reason}"))),
+        };
+    }
     let mut tokens = open_tokens(&args.token)?;
     let token = match args.serial {
         Some(serial) => {

@@ -441,3 +441,36 @@ fn two_cards_are_two_tokens_and_each_signs() {
     serials.sort();
     assert_eq!(serials, vec![u64::from(serial), u64::from(serial) + 1]);
 }
+
+#[test]
+fn setup_goes_through_the_running_agent() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_600_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let agent = Agent::start(dir.path(), &pin);
+    agent.wait_listed(&[]);
+    let via_agent = |extra: &[&str]| {
+        let mut args = vec!["setup", "--slot", "9a", "--alg", "p256", "--touch", "never", "--pin-policy", "once"];
+        args.extend_from_slice(extra);
+        // No --pin-file: the agent asks for the PIN with its own prompter (its --pin-file).
+        Command::new(KEYTAP).args(&args).env("SSH_AUTH_SOCK", &agent.socket).output().unwrap()
+    };
+    let out = via_agent(&[]);
+    assert!(out.status.success(), "{}\nagent log:\n{}", text(&out), agent.log(dir.path()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("through the agent"), "{stdout}");
+    let line = stdout.lines().last().unwrap().to_string();
+    // The agent serves the new key at once, and it signs.
+    agent.wait_listed(&[&line]);
+    agent.sign_and_verify(dir.path(), &line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
+    // Replacing still needs --force, and the refusal says so.
+    let out = via_agent(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the agent refused") && stderr.contains("--force"), "{stderr}");
+}

@@ -502,6 +502,9 @@ where
             // Readers probed, with the insertion counter seen then: probe again only after a change.
             let mut probed: HashMap<CString, u32> = HashMap::new();
             loop {
+                // Sleep first: at start the owners are connecting to the cards found already,
+                // and a probe now would race them for the card.
+                std::thread::sleep(every);
                 if let Ok(ctx) = pcsc::Context::establish(pcsc::Scope::User) {
                     if let Ok(names) = ctx.list_readers_owned() {
                         let mut states: Vec<pcsc::ReaderState> =
@@ -538,7 +541,6 @@ where
                         }
                     }
                 }
-                std::thread::sleep(every);
             }
         })
         .expect("spawning the YubiKey watcher");
