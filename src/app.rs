@@ -47,6 +47,14 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
     }
 }
 
+fn report_protected(changed: bool) {
+    if changed {
+        println!("The default management key was replaced by a random one stored on the token behind the PIN.");
+    } else {
+        println!("The management key is not the factory default; left as it is.");
+    }
+}
+
 /// `keytap setup`: generate a key on the token, write its certificate, print the key.
 fn setup(args: SetupArgs) -> Result<(), AppError> {
     use crate::token::owner::{Owner, SignContext};
@@ -61,10 +69,14 @@ fn setup(args: SetupArgs) -> Result<(), AppError> {
             pin_policy: args.pin_policy,
             touch_policy: args.touch,
             force: args.force,
+            protect_management_key: args.protect_management_key,
         };
         let details = client.extension(EXT_SETUP, encode_json(&request))?;
         return match decode_json::<SetupAnswer>(&details).map_err(|e| AppError::Message(format!("unexpected answer from the agent: {e}")))? {
-            SetupAnswer::Created(key) => {
+            SetupAnswer::Created(key, protected) => {
+                if let Some(protected) = protected {
+                    report_protected(protected);
+                }
                 println!(
                     "Created a {} key in slot {} of token {} (pin={}, touch={}), generated on the token (through the agent).",
                     key.algorithm, key.slot, key.serial, key.pin_policy, key.touch_policy
@@ -109,7 +121,19 @@ fn setup(args: SetupArgs) -> Result<(), AppError> {
             retries => owner.ensure_pin(retries, &context)?,
         }
     }
-    let key = owner.token.generate(request, args.force)?;
+    let occupied = owner.token.keys()?.iter().any(|k| k.slot == args.slot);
+    let key = match owner.token.generate(request, args.force) {
+        // PIN policy "always": the new key wants the PIN again for its certificate. Forcing
+        // the second attempt is safe: the slot was free before, or --force was given.
+        Err(TokenError::PinRequired { retries }) if !occupied || args.force => {
+            owner.ensure_pin(retries, &context)?;
+            owner.token.generate(request, true)?
+        }
+        other => other?,
+    };
+    if args.protect_management_key {
+        report_protected(owner.token.protect_management_key()?);
+    }
     println!(
         "Created a {} key in slot {} of token {} (pin={}, touch={}), generated on the token.",
         key.algorithm, key.slot, info.serial, key.pin_policy, key.touch_policy

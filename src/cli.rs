@@ -47,6 +47,10 @@ pub struct SetupArgs {
     /// Replace a key already in the slot (the old key is lost for good).
     #[arg(long)]
     pub force: bool,
+    /// First-time setup: replace the factory-default management key with a random one stored
+    /// on the YubiKey, protected by the PIN (as ykman's --protect). Key changes then need the PIN.
+    #[arg(long)]
+    pub protect_management_key: bool,
     /// The YubiKey to use when several are connected.
     #[arg(long)]
     pub serial: Option<u32>,

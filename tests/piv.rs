@@ -70,6 +70,7 @@ fn vcard_binary() -> PathBuf {
 /// A running virtual card process; killed on drop (= unplugged).
 struct VCard {
     child: Child,
+    readers: u16,
 }
 
 impl VCard {
@@ -81,24 +82,29 @@ impl VCard {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting vcard");
-        let card = VCard { child };
+        let card = VCard { child, readers };
         for r in 0..readers {
             wait_for_card(r, true);
         }
         card
     }
 
-    fn unplug(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        wait_for_card(0, false);
+    fn unplug(self) {
+        drop(self);
     }
 }
 
 impl Drop for VCard {
+    /// Unplug: kill the card process and wait until pcscd saw the cards go, so the next
+    /// test never meets a stale card.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !std::thread::panicking() {
+            for r in 0..self.readers {
+                wait_for_card(r, false);
+            }
+        }
     }
 }
 
@@ -473,4 +479,32 @@ fn setup_goes_through_the_running_agent() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the agent refused") && stderr.contains("--force"), "{stderr}");
+}
+
+#[test]
+fn management_key_is_replaced_by_a_pin_protected_one() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_700_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let first = keytap(&[
+        "setup", "--token", "piv", "--serial", "7700001", "--touch", "never", "--protect-management-key", "--pin-file",
+        pin.to_str().unwrap(),
+    ]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("replaced by a random one"), "{}", text(&first));
+    // Key management still works: with the PIN, keytap finds the protected key on the card.
+    let again = keytap(&[
+        "setup", "--token", "piv", "--serial", "7700001", "--touch", "never", "--force", "--protect-management-key",
+        "--pin-file", pin.to_str().unwrap(),
+    ]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("not the factory default"), "{}", text(&again));
+    let a = String::from_utf8_lossy(&first.stdout).lines().last().unwrap().to_string();
+    let b = String::from_utf8_lossy(&again.stdout).lines().last().unwrap().to_string();
+    assert_ne!(a, b);
 }

@@ -23,11 +23,14 @@ pub struct SetupRequest {
     pub pin_policy: PinPolicy,
     pub touch_policy: TouchPolicy,
     pub force: bool,
+    #[serde(default)]
+    pub protect_management_key: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum SetupAnswer {
-    Created(KeyReport),
+    /// The key, and whether the management key was replaced (when asked to protect it).
+    Created(KeyReport, Option<bool>),
     Refused(String),
 }
 
@@ -90,6 +93,7 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String,
     };
     let context = SignContext { requester, purpose: format!("create a key in slot {}", request.slot) };
     let force = request.force;
+    let protect = request.protect_management_key;
     let result = token
         .run(move |owner| {
             if !force && owner.token.keys()?.iter().any(|k| k.slot == generate.slot) {
@@ -101,7 +105,7 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String,
                 0 => {}
                 retries => owner.ensure_pin(retries, &context)?,
             }
-            match owner.token.generate(generate, force) {
+            let key = match owner.token.generate(generate, force) {
                 // PIN policy "always": the new key wants the PIN again for its certificate.
                 // The slot was free (checked above) or force was given, so forcing is safe.
                 Err(TokenError::PinRequired { retries }) => {
@@ -109,14 +113,16 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String,
                     owner.token.generate(generate, true)
                 }
                 other => other,
-            }
+            }?;
+            let protected = if protect { Some(owner.token.protect_management_key()?) } else { None };
+            Ok((key, protected))
         })
         .await;
     match result.and_then(|r| r) {
-        Ok(key) => {
+        Ok((key, protected)) => {
             token.refresh().await;
             tracing::info!(serial = key.serial, slot = %key.slot, algorithm = %key.algorithm, "setup: created a key");
-            SetupAnswer::Created(KeyReport::from(&key))
+            SetupAnswer::Created(KeyReport::from(&key), protected)
         }
         Err(e) => SetupAnswer::Refused(e.to_string()),
     }

@@ -54,6 +54,7 @@ pub struct PivToken {
     keys: Option<Vec<KeyInfo>>,
     info: Option<TokenInfo>,
     claimed: Claimed,
+    ever_connected: bool,
 }
 
 /// Readers currently held by a [`PivToken`], so the watcher never probes (re-selects) them.
@@ -70,7 +71,7 @@ fn other(what: &str, e: impl std::fmt::Display) -> TokenError {
 impl PivToken {
     /// A token for the YubiKey with this serial; connects on first use.
     pub fn new(serial: u32, claimed: Claimed) -> PivToken {
-        PivToken { serial, conn: None, keys: None, info: None, claimed }
+        PivToken { serial, conn: None, keys: None, info: None, claimed, ever_connected: false }
     }
 
     fn not_present(&self, why: impl std::fmt::Display) -> TokenError {
@@ -94,7 +95,18 @@ impl PivToken {
             }
         }
         if self.conn.is_none() {
-            let yk = YubiKey::open_by_serial(Serial(self.serial)).map_err(|e| match e {
+            // Just found by a probe: a card still being cleaned up after another program may
+            // not open at once. Later (refresh every 2 s) one attempt is enough.
+            let attempts = if self.ever_connected { 1 } else { 4 };
+            let mut opened = YubiKey::open_by_serial(Serial(self.serial));
+            for _ in 1..attempts {
+                if opened.is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+                opened = YubiKey::open_by_serial(Serial(self.serial));
+            }
+            let yk = opened.map_err(|e| match e {
                 yubikey::Error::NotFound => self.not_present("not connected"),
                 e if pcsc_gone(&e) => self.not_present(format!("PC/SC: {e}; is pcscd running?")),
                 e => other(&format!("opening YubiKey {}", self.serial), e),
@@ -114,6 +126,7 @@ impl PivToken {
             self.keys = None;
             tracing::info!(serial = self.serial, reader = %yk.name(), "connected");
             self.conn = Some(Connection { yk, reader, event_count: state[0].event_count(), pcsc });
+            self.ever_connected = true;
         }
         Ok(&mut self.conn.as_mut().expect("connected").yk)
     }
@@ -139,6 +152,12 @@ impl PivToken {
         } else {
             other(what, e)
         }
+    }
+
+    /// Whether the card answers GET METADATA (YubiKey 5.2.3+; not the virtual test card).
+    fn metadata_available(&mut self) -> bool {
+        let Ok(yk) = self.connect() else { return false };
+        !matches!(piv::metadata(yk, SlotId::Authentication), Err(yubikey::Error::NotSupported))
     }
 
     fn read_keys(&mut self) -> TokenResult<Vec<KeyInfo>> {
@@ -327,9 +346,10 @@ impl Token for PivToken {
             Ok(sig) => Ok(sig.to_vec()),
             Err(yubikey::Error::AuthenticationError) => {
                 match self.pin_retries()? {
-                    0 => Err(TokenError::Other(
-                        "the card refused for want of a PIN but reports the PIN verified; unplug and replug it".into(),
-                    )),
+                    // Verified, yet refused: the slot wants the PIN right before each use (PIN
+                    // policy "always", or 9c on some cards). A successful verification reset
+                    // the counter, so it is at its maximum: 3 unless configured otherwise.
+                    0 => Err(TokenError::PinRequired { retries: 3 }),
                     retries => Err(TokenError::PinRequired { retries }),
                 }
             }
@@ -361,7 +381,8 @@ impl Token for PivToken {
 
     fn generate(&mut self, request: GenerateRequest, force: bool) -> TokenResult<KeyInfo> {
         let slot = request.slot;
-        if !force && self.cached_keys()?.iter().any(|k| k.slot == slot) {
+        // Also loads the key cache, which the certificate signature below relies on.
+        if self.cached_keys()?.iter().any(|k| k.slot == slot) && !force {
             return Err(TokenError::SlotOccupied(slot));
         }
         let version = self.info()?.firmware;
@@ -413,10 +434,9 @@ impl Token for PivToken {
                 KeyAlgorithm::Rsa2048 => SignScheme::RsaPkcs1Sha256,
             };
             // The key is new: make it known to `sign` for this one signature.
-            if let Some(keys) = self.keys.as_mut() {
-                keys.retain(|k| k.slot != slot);
-                keys.push(key.clone());
-            }
+            let keys = self.keys.get_or_insert_with(Vec::new);
+            keys.retain(|k| k.slot != slot);
+            keys.push(key.clone());
             self.sign(slot, scheme, tbs)
         });
         match certificate {
@@ -426,9 +446,15 @@ impl Token for PivToken {
                 c.write(yk, slot_id, yubikey::certificate::CertInfo::Uncompressed)
                     .map_err(|e| other("writing the certificate", e))?;
             }
-            Err(TokenError::PinRequired { .. }) => {
+            // PIN policy "always" wants VERIFY right before the signature, which cannot happen
+            // here (management key and generation came in between). With slot metadata
+            // (firmware 5.2.3+) the key is listed without a certificate.
+            Err(TokenError::PinRequired { .. }) if version >= (5, 2, 3) && self.metadata_available() => {
+                tracing::warn!(serial = self.serial, %slot, "key generated; no certificate written (the slot wants the PIN before every use)");
+            }
+            Err(TokenError::PinRequired { retries }) => {
                 tracing::warn!(serial = self.serial, %slot, "key generated, but no certificate written (PIN needed)");
-                return Err(TokenError::PinRequired { retries: self.pin_retries()? });
+                return Err(TokenError::PinRequired { retries });
             }
             Err(e) => return Err(e),
         }
@@ -438,6 +464,30 @@ impl Token for PivToken {
 
     fn release(&mut self) {
         self.drop_connection();
+    }
+
+    fn protect_management_key(&mut self) -> TokenResult<bool> {
+        let yk = self.connect()?;
+        let default = MgmKey::get_default(yk).map_err(|e| other("management key", e))?;
+        if yk.authenticate(&default).is_err() {
+            return Ok(false);
+        }
+        // Random key of the default's algorithm (3DES before firmware 5.7, AES-192 after);
+        // from_bytes rejects weak 3DES keys, so draw again in that (unlikely) case.
+        let key = loop {
+            let mut bytes = zeroize::Zeroizing::new([0u8; 24]);
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, bytes.as_mut());
+            if let Ok(key) = MgmKey::from_bytes(bytes.as_ref(), Some(default.algorithm_id())) {
+                break key;
+            }
+        };
+        let yk = self.connect()?;
+        key.set_protected(yk).map_err(|e| other("storing the protected management key", e))?;
+        // Prove it: read it back with the PIN and authenticate with it.
+        let stored = MgmKey::get_protected(yk).map_err(|e| other("reading the protected management key back", e))?;
+        yk.authenticate(&stored).map_err(|e| other("authenticating with the new management key", e))?;
+        tracing::info!(serial = self.serial, "management key replaced by a random PIN-protected one");
+        Ok(true)
     }
 }
 
