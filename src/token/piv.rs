@@ -321,7 +321,7 @@ impl Token for PivToken {
         let yk = self.connect()?;
         match yk.verify_pin(pin.as_bytes()) {
             Ok(()) => Ok(()),
-            Err(yubikey::Error::WrongPin { tries }) if tries == 0 => Err(TokenError::PinBlocked),
+            Err(yubikey::Error::WrongPin { tries: 0 }) => Err(TokenError::PinBlocked),
             Err(yubikey::Error::WrongPin { tries }) => Err(TokenError::WrongPin { retries: tries }),
             Err(yubikey::Error::PinLocked) => Err(TokenError::PinBlocked),
             Err(e) => Err(self.card_error("verifying the PIN", e)),
