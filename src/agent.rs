@@ -3,6 +3,8 @@
 //! Every request is handled on the tokio runtime without blocking; anything that touches a
 //! token goes to that token's owner thread (see `token::owner`).
 
+pub mod attest_ext;
+pub mod cert_ext;
 pub mod frame;
 pub mod lock;
 pub mod setup_ext;
@@ -12,14 +14,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use ssh_agent_lib::proto::{Extension, Identity, PublicCredential, Request, Response, SignRequest};
+use ssh_agent_lib::proto::{Extension, PublicCredential, Request, Response, SignRequest};
 use ssh_encoding::{Decode, Encode};
 use ssh_key::public::KeyData;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
+use crate::audit::{self, AuditLog, KeyRecord, PeerRecord, Record};
 use crate::peer::PeerInfo;
+use crate::policy::{self, Decision, Policy};
+use crate::prompt::Prompter;
 use crate::purpose::{self, Purpose};
 use crate::signature;
 use crate::token::owner::{SignContext, TokenHandle};
@@ -41,6 +46,10 @@ pub struct AgentOptions {
     pub timeouts: FrameTimeouts,
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
+    /// Directory of `*-cert.pub` certificates to offer (None: only `keytap cert add`).
+    pub cert_dir: Option<std::path::PathBuf>,
+    /// Hide a plain key while it has a valid certificate.
+    pub certs_only: bool,
 }
 
 impl Default for AgentOptions {
@@ -48,6 +57,8 @@ impl Default for AgentOptions {
         AgentOptions {
             timeouts: FrameTimeouts { idle: Duration::from_secs(300), frame: Duration::from_secs(10) },
             max_connections: 4096,
+            cert_dir: None,
+            certs_only: false,
         }
     }
 }
@@ -59,6 +70,10 @@ pub struct Agent {
     lock: AgentLock,
     options: AgentOptions,
     uid: u32,
+    certs: cert_ext::AgentCerts,
+    policy: Arc<Policy>,
+    audit: Option<AuditLog>,
+    prompter: Option<Arc<dyn Prompter>>,
 }
 
 /// One `session-bind@openssh.com` record.
@@ -130,6 +145,48 @@ enum Reply {
     Send(Vec<u8>),
 }
 
+/// Why a sign request got FAILURE: refused by a rule, or failed on the way.
+enum Refusal {
+    Denied(String),
+    Failed(String),
+}
+
+fn event_record(event: &str, peer: &PeerInfo, decision: &str, reason: &str) -> Record {
+    Record {
+        time: audit::now_rfc3339(),
+        event: event.into(),
+        peer: PeerRecord::from(peer),
+        key: None,
+        purpose: None,
+        details: serde_json::Map::new(),
+        forwarded: false,
+        decision: decision.into(),
+        reason: reason.into(),
+        duration_ms: 0,
+        data_sha256: None,
+    }
+}
+
+/// Audit details of a purpose: user, host, method or namespace.
+fn describe_purpose(purpose: &Purpose, host_key: Option<&KeyData>, host_names: &[String], details: &mut serde_json::Map<String, serde_json::Value>) {
+    match purpose {
+        Purpose::SshAuth { user, method, .. } => {
+            details.insert("user".into(), user.clone().into());
+            details.insert("method".into(), method.clone().into());
+            if let Some(h) = host_key {
+                let host = if host_names.is_empty() { h.fingerprint(ssh_key::HashAlg::Sha256).to_string() } else { host_names.join(",") };
+                details.insert("host".into(), host.into());
+                details.insert("host_key".into(), h.fingerprint(ssh_key::HashAlg::Sha256).to_string().into());
+            }
+        }
+        Purpose::SshSig { namespace, hash } => {
+            details.insert("namespace".into(), namespace.clone().into());
+            details.insert("hash".into(), hash.clone().into());
+        }
+        Purpose::Raw => {}
+    }
+}
+
 fn encode(response: Response) -> Vec<u8> {
     let mut out = Vec::new();
     response.encode(&mut out).expect("encoding a response cannot fail");
@@ -142,7 +199,51 @@ fn failure() -> Vec<u8> {
 
 impl Agent {
     pub fn new(tokens: Vec<TokenHandle>, options: AgentOptions) -> Agent {
-        Agent { tokens: std::sync::RwLock::new(tokens), lock: AgentLock::default(), options, uid: nix::unistd::geteuid().as_raw() }
+        let certs_options = options.clone();
+        Agent {
+            tokens: std::sync::RwLock::new(tokens),
+            lock: AgentLock::default(),
+            options,
+            uid: nix::unistd::geteuid().as_raw(),
+            policy: Arc::new(Policy::default()),
+            audit: None,
+            prompter: None,
+            certs: cert_ext::AgentCerts::new(certs_options.cert_dir, certs_options.certs_only),
+        }
+    }
+
+    /// Decide every signature against this policy (default: everything, forwarded never silent).
+    pub fn with_policy(mut self, policy: Policy) -> Agent {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    /// Record every request in this audit log before answering.
+    pub fn with_audit(mut self, audit: AuditLog) -> Agent {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// Ask for confirmations through this prompter (none: confirmations are refused).
+    pub fn with_prompter(mut self, prompter: Arc<dyn Prompter>) -> Agent {
+        self.prompter = Some(prompter);
+        self
+    }
+
+    /// Append a record; `false` when it could not be written (the request is then refused).
+    async fn audit(&self, record: Record) -> bool {
+        let Some(log) = self.audit.clone() else { return true };
+        match tokio::task::spawn_blocking(move || log.append(&record)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::error!("{e}; refusing requests until the audit log can be written");
+                false
+            }
+            Err(e) => {
+                tracing::error!("audit writer failed: {e}");
+                false
+            }
+        }
     }
 
     pub fn tokens(&self) -> Vec<TokenHandle> {
@@ -194,13 +295,15 @@ impl Agent {
         };
         if peer.uid != self.uid {
             tracing::warn!(peer_uid = peer.uid, pid = ?peer.pid, exe = ?peer.exe, "refused a connection from another user (uid {} is not {})", peer.uid, self.uid);
+            self.audit(event_record("refused-peer", &peer, "deny", &format!("uid {} is not the agent's uid {}", peer.uid, self.uid))).await;
             return;
         }
         tracing::debug!(peer = %peer, "connected");
         let mut conn = Connection { peer, bindings: Vec::new() };
         loop {
+            // Zeroized after use: a frame may carry a lock passphrase.
             let body = match frame::read_frame(&mut stream, self.options.timeouts).await {
-                Ok(body) => body,
+                Ok(body) => Zeroizing::new(body),
                 Err(FrameError::Closed) => return,
                 Err(e) => {
                     tracing::info!(peer = %conn.peer, "closing connection: {e}");
@@ -216,15 +319,10 @@ impl Agent {
     }
 
     async fn handle(&self, conn: &mut Connection, body: &[u8]) -> Reply {
-        let mut reader = body;
-        let request = match Request::decode(&mut reader) {
-            Ok(request) if reader.is_empty() => request,
-            Ok(request) => {
-                tracing::warn!(peer = %conn.peer, message = request.message_id(), "trailing bytes after the message; refused");
-                return Reply::Send(failure());
-            }
+        let request = match parse_request(body) {
+            Ok(request) => request,
             Err(e) => {
-                tracing::warn!(peer = %conn.peer, message = body[0], "malformed or unsupported message: {e}");
+                tracing::warn!(peer = %conn.peer, message = body.first().copied().unwrap_or(0), "{e}; refused");
                 return Reply::Send(failure());
             }
         };
@@ -235,11 +333,13 @@ impl Agent {
             Request::Lock(passphrase) => {
                 let ok = self.lock.lock(Zeroizing::new(passphrase)).await;
                 tracing::info!(peer = %conn.peer, "lock: {}", if ok { "locked" } else { "refused (already locked)" });
+                self.audit(event_record("lock", &conn.peer, if ok { "allow" } else { "deny" }, if ok { "" } else { "already locked" })).await;
                 encode(if ok { Response::Success } else { Response::Failure })
             }
             Request::Unlock(passphrase) => {
                 let ok = self.lock.unlock(Zeroizing::new(passphrase)).await;
                 tracing::info!(peer = %conn.peer, "unlock: {}", if ok { "unlocked" } else { "refused" });
+                self.audit(event_record("unlock", &conn.peer, if ok { "allow" } else { "deny" }, if ok { "" } else { "wrong passphrase or not locked" })).await;
                 encode(if ok { Response::Success } else { Response::Failure })
             }
             Request::RemoveAllIdentities => {
@@ -261,76 +361,154 @@ impl Agent {
         })
     }
 
-    fn all_keys(&self) -> Vec<(TokenHandle, KeyInfo)> {
-        self.tokens().iter().flat_map(|t| t.keys().iter().map(|k| (t.clone(), k.clone())).collect::<Vec<_>>()).collect()
-    }
-
     fn identities(&self) -> Vec<u8> {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
-        let ids = self
-            .all_keys()
-            .into_iter()
-            .map(|(_, k)| Identity { credential: PublicCredential::Key(k.public_key.clone()), comment: k.comment() })
-            .collect();
+        let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
+        let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
+        let ids = self.certs.identities(&keys);
         encode(Response::IdentitiesAnswer(ids))
     }
 
     async fn sign(&self, conn: &mut Connection, req: SignRequest) -> Vec<u8> {
         let started = Instant::now();
-        if self.lock.is_locked() {
-            tracing::warn!(peer = %conn.peer, "sign refused: the agent is locked (unlock with `ssh-add -X`)");
+        let data_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&req.data));
+        let mut record = Record {
+            time: audit::now_rfc3339(),
+            event: "sign".into(),
+            peer: PeerRecord::from(&conn.peer),
+            key: None,
+            purpose: None,
+            details: serde_json::Map::new(),
+            forwarded: conn.forwarded(),
+            decision: "deny".into(),
+            reason: String::new(),
+            duration_ms: 0,
+            data_sha256: Some(data_sha256),
+        };
+        let outcome = self.sign_inner(conn, req, &mut record).await;
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        let key = record.key.as_ref().map(|k| k.fingerprint.clone()).unwrap_or_else(|| "-".into());
+        let purpose = record.purpose.clone().unwrap_or_else(|| "-".into());
+        let answer = match outcome {
+            Ok(sig) => {
+                record.decision = "allow".into();
+                tracing::info!(peer = %conn.peer, chain = %conn.peer.chain(), key = %key, purpose = %purpose, forwarded = record.forwarded, ms = record.duration_ms, "signed");
+                encode(Response::SignResponse(sig))
+            }
+            Err(Refusal::Denied(reason)) => {
+                record.decision = "deny".into();
+                tracing::warn!(peer = %conn.peer, chain = %conn.peer.chain(), key = %key, purpose = %purpose, "sign refused: {reason}");
+                record.reason = reason;
+                failure()
+            }
+            Err(Refusal::Failed(reason)) => {
+                record.decision = "error".into();
+                tracing::warn!(peer = %conn.peer, key = %key, purpose = %purpose, "sign failed: {reason}");
+                record.reason = reason;
+                failure()
+            }
+        };
+        if !self.audit(record).await {
             return failure();
+        }
+        answer
+    }
+
+    async fn sign_inner(&self, conn: &Connection, req: SignRequest, record: &mut Record) -> Result<ssh_key::Signature, Refusal> {
+        if self.lock.is_locked() {
+            return Err(Refusal::Denied("the agent is locked (unlock with `ssh-add -X`)".into()));
         }
         let key_data = match &req.credential {
             PublicCredential::Key(k) => k.clone(),
-            PublicCredential::Cert(c) => c.public_key().clone(),
-        };
-        let Some((token, key)) = self.all_keys().into_iter().find(|(_, k)| k.public_key == key_data) else {
-            tracing::warn!(peer = %conn.peer, key = %key_data.fingerprint(ssh_key::HashAlg::Sha256), "sign refused: no token holds this key");
-            return failure();
-        };
-        let fingerprint = key.fingerprint();
-        let scheme = match signature::scheme_for(&key.public_key, req.flags) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(peer = %conn.peer, key = %fingerprint, "sign refused: {e}");
-                return failure();
+            PublicCredential::Cert(c) => {
+                // Only a certificate this agent offers right now may sign.
+                let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
+                let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
+                self.certs.signable(c, &keys).map_err(Refusal::Denied)?;
+                c.public_key().clone()
             }
         };
-        let purpose = match purpose::classify(&req.data, &key.public_key) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(peer = %conn.peer, key = %fingerprint, "sign refused: {e}");
-                return failure();
-            }
+        let Some((token, key)) = self.tokens().iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) else {
+            record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
+            return Err(Refusal::Denied("no token holds this key".into()));
         };
-        if let Err(reason) = check_binding(conn, &purpose, &req.data) {
-            tracing::warn!(peer = %conn.peer, key = %fingerprint, "sign refused: {reason}");
-            return failure();
+        record.key = Some(KeyRecord { fingerprint: key.fingerprint(), serial: key.serial, slot: key.slot.to_string() });
+        let scheme = signature::scheme_for(&key.public_key, req.flags).map_err(|e| Refusal::Denied(e.to_string()))?;
+        let purpose = purpose::classify_credential(&req.data, &req.credential).map_err(|e| Refusal::Denied(e.to_string()))?;
+        record.purpose = Some(purpose.name());
+        check_binding(conn, &purpose, &req.data).map_err(Refusal::Denied)?;
+
+        // The destination: the hostbound request names it; otherwise the last session-bind.
+        let host_key = match &purpose {
+            Purpose::SshAuth { host_key: Some(h), .. } => Some(h.clone()),
+            _ => conn.bindings.last().map(|b| b.host_key.clone()),
+        };
+        let key_policy = self.policy.for_key(&key);
+        let host_names = match (&purpose, &host_key) {
+            (Purpose::SshAuth { .. }, Some(host_key)) => {
+                let candidates: Vec<String> = key_policy
+                    .allow
+                    .iter()
+                    .filter_map(|a| match a {
+                        policy::Allow::SshAuthHost(h) => Some(h.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let files = self.policy.known_hosts.clone();
+                let host_key = host_key.clone();
+                tokio::task::spawn_blocking(move || {
+                    let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
+                    policy::known_hosts::names_for(&host_key, &candidates, &files)
+                })
+                .await
+                .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        describe_purpose(&purpose, host_key.as_ref(), &host_names, &mut record.details);
+        let request = policy::Request {
+            purpose: &purpose,
+            forwarded: conn.forwarded(),
+            host_key: host_key.as_ref(),
+            host_names: &host_names,
+            touch: key.touch_policy,
+        };
+        match policy::decide(&request, &key_policy) {
+            Decision::Allow => {}
+            Decision::Deny(reason) => return Err(Refusal::Denied(reason)),
+            Decision::Confirm => {
+                let message = format!(
+                    "Allow {} ({}) to {}{} with key {}/{} ({})?",
+                    conn.peer,
+                    conn.peer.chain(),
+                    purpose.describe(),
+                    if conn.forwarded() { " through a FORWARDED agent" } else { "" },
+                    key.serial,
+                    key.slot,
+                    key.fingerprint()
+                );
+                let Some(prompter) = self.prompter.clone() else {
+                    return Err(Refusal::Denied("confirmation required but no prompter is configured".into()));
+                };
+                let yes = tokio::task::spawn_blocking(move || prompter.confirm(&message)).await.unwrap_or(false);
+                record.details.insert("confirmed".into(), yes.into());
+                if !yes {
+                    return Err(Refusal::Denied("the user did not confirm".into()));
+                }
+            }
         }
         let context = SignContext { requester: conn.peer.to_string(), purpose: purpose.describe() };
-        let result = token.sign(key.clone(), scheme, req.data, context).await;
-        let result = result.map_err(|e| e.to_string()).and_then(|raw| signature::ssh_signature(scheme, &raw).map_err(|e| e.to_string()));
-        let elapsed = started.elapsed();
-        match result {
-            Ok(sig) => {
-                tracing::info!(peer = %conn.peer, chain = %conn.peer.chain(), key = %fingerprint, slot = %key.slot, serial = key.serial, purpose = %purpose.name(), forwarded = conn.forwarded(), ms = elapsed.as_millis() as u64, "signed");
-                encode(Response::SignResponse(sig))
-            }
-            Err(e) => {
-                tracing::warn!(peer = %conn.peer, key = %fingerprint, purpose = %purpose.name(), "sign failed: {e}");
-                failure()
-            }
-        }
+        let raw = token.sign(key.clone(), scheme, req.data, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
+        signature::ssh_signature(scheme, &raw).map_err(|e| Refusal::Failed(e.to_string()))
     }
 
     async fn extension(&self, conn: &mut Connection, ext: Extension) -> Vec<u8> {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, setup_ext::EXT_SETUP] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -355,6 +533,26 @@ impl Agent {
                     tracing::warn!(peer = %conn.peer, "setup refused: {reason}");
                 }
                 encode(Response::ExtensionResponse(Extension { name: setup_ext::EXT_SETUP.into(), details: setup_ext::encode_json(&answer).into() }))
+            }
+            attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
+            cert_ext::EXT_CERT => {
+                let reply = if self.lock.is_locked() {
+                    cert_ext::CertReply { error: Some("the agent is locked; unlock it with `ssh-add -X`".into()), ..Default::default() }
+                } else {
+                    let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
+                    let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
+                    self.certs.handle(ext.details.as_ref(), &keys)
+                };
+                // Changes to what the agent offers are audited; listing is not.
+                if !matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List)) {
+                    let decision = if reply.error.is_some() { "deny" } else { "allow" };
+                    let written = self.audit(event_record("cert", &conn.peer, decision, reply.error.as_deref().unwrap_or(""))).await;
+                    if !written {
+                        return failure();
+                    }
+                }
+                let details = cert_ext::encode_reply(&reply);
+                encode(Response::ExtensionResponse(Extension { name: cert_ext::EXT_CERT.into(), details: details.into() }))
             }
             other => {
                 tracing::info!(peer = %conn.peer, extension = other, "unknown extension");
@@ -388,14 +586,7 @@ impl Agent {
 /// Record a session binding as OpenSSH's agent does: verified, at most 16, none after a
 /// binding for authentication, and never the same session id for a different host key.
 fn session_bind(conn: &mut Connection, ext: &Extension) -> Result<(), String> {
-    let mut reader = ext.details.as_ref();
-    let bind = ssh_agent_lib::proto::extension::SessionBind::decode(&mut reader).map_err(|e| format!("malformed: {e}"))?;
-    if !reader.is_empty() {
-        return Err("trailing bytes".into());
-    }
-    if bind.session_id.is_empty() || bind.session_id.len() > 128 {
-        return Err(format!("session id of {} bytes", bind.session_id.len()));
-    }
+    let bind = parse_session_bind(ext.details.as_ref())?;
     bind.verify_signature().map_err(|e| format!("host key signature does not verify: {e}"))?;
     for existing in &conn.bindings {
         if !existing.forwarded {
@@ -435,4 +626,59 @@ fn check_binding(conn: &Connection, purpose: &Purpose, data: &[u8]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// Decode one frame body as a request; trailing bytes are an error.
+pub fn parse_request(body: &[u8]) -> Result<Request, String> {
+    let mut reader = body;
+    let request = Request::decode(&mut reader).map_err(|e| format!("malformed or unsupported message: {e}"))?;
+    if !reader.is_empty() {
+        return Err(format!("trailing bytes after message {}", request.message_id()));
+    }
+    Ok(request)
+}
+
+/// Decode the details of a `session-bind@openssh.com` extension (signature not yet checked).
+pub fn parse_session_bind(details: &[u8]) -> Result<ssh_agent_lib::proto::extension::SessionBind, String> {
+    let mut reader = details;
+    let bind = ssh_agent_lib::proto::extension::SessionBind::decode(&mut reader).map_err(|e| format!("malformed: {e}"))?;
+    if !reader.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    if bind.session_id.is_empty() || bind.session_id.len() > 128 {
+        return Err(format!("session id of {} bytes", bind.session_id.len()));
+    }
+    Ok(bind)
+}
+
+/// Run untrusted bytes through every decoder a client can reach: framing, request decoding,
+/// session-bind parsing and purpose classification. Shared by the fuzz target and the
+/// corpus replay test; it must never panic.
+pub fn exercise_decoders(input: &[u8]) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let timeouts = FrameTimeouts { idle: Duration::from_secs(1), frame: Duration::from_secs(1) };
+    let mut reader = input;
+    runtime.block_on(async {
+        while let Ok(body) = frame::read_frame(&mut reader, timeouts).await {
+            match parse_request(&body) {
+                Ok(Request::SignRequest(req)) => {
+                    let key = match &req.credential {
+                        PublicCredential::Key(k) => k.clone(),
+                        PublicCredential::Cert(c) => c.public_key().clone(),
+                    };
+                    let _ = signature::scheme_for(&key, req.flags);
+                    if let Ok(purpose) = purpose::classify_credential(&req.data, &req.credential) {
+                        let _ = purpose.name();
+                        let _ = purpose.describe();
+                    }
+                }
+                Ok(Request::Extension(ext)) if ext.name == EXT_SESSION_BIND => {
+                    if let Ok(bind) = parse_session_bind(ext.details.as_ref()) {
+                        let _ = bind.verify_signature();
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
 }

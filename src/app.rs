@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::agent::{self, socket, Agent, AgentOptions, KeyReport, StatusReport};
-use crate::cli::{AgentArgs, Cli, Command, ListArgs, MockCommand, SetupArgs, StatusArgs, TokenArgs};
+use crate::audit::{self, AuditLog};
+use crate::cli::{AgentArgs, Cli, Command, ListArgs, LogArgs, MockCommand, SetupArgs, StatusArgs, TokenArgs};
+use crate::policy::{Policy, PolicyError};
 use crate::client;
 use crate::paths;
 use crate::prompt::{Prompter, SystemPrompter};
@@ -24,10 +26,16 @@ pub enum AppError {
     Socket(#[from] socket::SocketError),
     #[error(transparent)]
     Client(#[from] client::ClientError),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
     #[error("{0}")]
     Message(String),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Cot(#[from] crate::cot::CotError),
 }
 
 impl AppError {
@@ -44,6 +52,12 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Status(args) => status(args),
         Command::Mock(cmd) => mock(cmd),
         Command::Setup(args) => setup(args),
+        Command::Cert(cmd) => crate::cert::command::run(cmd),
+        Command::Git(crate::cli::GitCommand::Setup(args)) => crate::git_signing::setup(args),
+        Command::AuthorizedKey(args) => crate::git_signing::authorized_key(args),
+        Command::Log(args) => log(args),
+        Command::Attest(args) => crate::attest::command::run(*args),
+        Command::Cot(cmd) => Ok(crate::cot::run(cmd)?),
     }
 }
 
@@ -205,7 +219,7 @@ fn existing_mock(state_dir: Option<PathBuf>) -> Result<PathBuf, AppError> {
     Ok(dir)
 }
 
-fn reports_from_tokens(tokens: Vec<Box<dyn Token>>) -> Result<Vec<KeyReport>, AppError> {
+pub fn reports_from_tokens(tokens: Vec<Box<dyn Token>>) -> Result<Vec<KeyReport>, AppError> {
     let mut keys = Vec::new();
     for mut token in tokens {
         keys.extend(token.keys()?.iter().map(KeyReport::from));
@@ -290,6 +304,10 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
         let _ = nix::unistd::setsid();
     }
     init_agent_logging(&args)?;
+    let policy = load_policy(args.config.as_deref())?;
+    let audit_path = args.audit_log.clone().unwrap_or_else(default_audit_path);
+    let audit_log = AuditLog::open(&audit_path, args.audit_max_bytes.max(4096), 5)?;
+    tracing::info!(audit = %audit_path.display(), "audit log");
     let prompter: Arc<dyn Prompter> =
         Arc::new(SystemPrompter::new(args.pin_file.clone(), args.pinentry.clone(), args.askpass.clone()));
     let owner_options = OwnerOptions {
@@ -353,10 +371,12 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
             idle: Duration::from_secs(args.idle_timeout.max(1)),
             ..AgentOptions::default().timeouts
         },
+        cert_dir: Some(args.cert_dir.clone().unwrap_or_else(crate::cert::scan::default_dir)),
+        certs_only: args.certs_only,
         ..AgentOptions::default()
     };
     let known: Vec<u32> = handles.iter().filter_map(|h| h.label().strip_prefix("piv-")?.parse().ok()).collect();
-    let agent = Arc::new(Agent::new(handles, options));
+    let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_audit(audit_log).with_prompter(prompter.clone()));
     if args.token.token == TokenKind::Piv {
         let watch_agent = agent.clone();
         let prompter = prompter.clone();
@@ -432,7 +452,9 @@ fn init_agent_logging(args: &AgentArgs) -> Result<(), AppError> {
             .map_err(|e| AppError::Message(format!("cannot open the log file {}: {e}", path.display())))?;
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file)).try_init();
     } else {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        use std::io::IsTerminal;
+        let ansi = std::io::stderr().is_terminal();
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
     }
     Ok(())
 }
@@ -466,4 +488,119 @@ fn start_in_background(args: &AgentArgs) -> Result<(), AppError> {
             Err(AppError::Message(format!("the agent did not start: {}", err.trim())))
         }
     }
+}
+
+fn default_audit_path() -> PathBuf {
+    paths::state_home().join("audit.jsonl")
+}
+
+/// The policy from `--config`, else the default file when it exists, else the built-in one.
+fn load_policy(explicit: Option<&Path>) -> Result<Policy, AppError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let default = paths::config_home().join("config.toml");
+            if !default.exists() {
+                return Ok(Policy::default());
+            }
+            default
+        }
+    };
+    let policy = Policy::load(&path)?;
+    tracing::info!(config = %path.display(), "policy loaded");
+    Ok(policy)
+}
+
+/// Parse `--since`: RFC 3339 or an age like `10m`.
+fn parse_since(text: &str) -> Result<std::time::SystemTime, AppError> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let age = humantime::parse_duration(text).map_err(|_| {
+        AppError::Message(format!("--since {text:?}: use RFC 3339 (2026-11-22T10:00:00Z) or an age (10m, 2h, 1d)"))
+    })?;
+    Ok(std::time::SystemTime::now() - age)
+}
+
+fn record_matches(r: &audit::Record, since: Option<std::time::SystemTime>, key: Option<&str>) -> bool {
+    if let Some(since) = since {
+        match humantime::parse_rfc3339_weak(&r.time) {
+            Ok(t) if t >= since => {}
+            _ => return false,
+        }
+    }
+    if let Some(key) = key {
+        let Some(k) = &r.key else { return false };
+        let serial_slot = format!("{}/{}", k.serial, k.slot);
+        if k.fingerprint != key && k.slot != key && serial_slot != key {
+            return false;
+        }
+    }
+    true
+}
+
+fn log(args: LogArgs) -> Result<(), AppError> {
+    let path = args.file.clone().unwrap_or_else(default_audit_path);
+    let since = args.since.as_deref().map(parse_since).transpose()?;
+    let files = audit::files_oldest_first(&path);
+    if files.is_empty() && !args.follow {
+        return Err(AppError::Message(format!(
+            "no audit log at {}; the agent writes it once it has served a request (see --audit-log)",
+            path.display()
+        )));
+    }
+    let mut out = std::io::stdout().lock();
+    let mut print = |line: &str| -> std::io::Result<()> {
+        if line.trim().is_empty() {
+            return Ok(());
+        }
+        match serde_json::from_str::<audit::Record>(line) {
+            Ok(r) if record_matches(&r, since, args.key.as_deref()) => {
+                if args.json {
+                    writeln!(out, "{line}")
+                } else {
+                    writeln!(out, "{}", audit::format_record(&r))
+                }
+            }
+            Ok(_) => Ok(()),
+            Err(e) => writeln!(out, "(unreadable record: {e})"),
+        }
+    };
+    for file in &files {
+        for line in std::fs::read_to_string(file)?.lines() {
+            print(line)?;
+        }
+    }
+    if !args.follow {
+        return Ok(());
+    }
+    // Follow the live file, starting at its current end; reopen when it is rotated.
+    use std::io::{Read, Seek, SeekFrom};
+    let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut pending = String::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(mut file) = std::fs::File::open(&path) else { continue };
+        let len = file.metadata()?.len();
+        if len < offset {
+            offset = 0;
+        }
+        if len == offset {
+            continue;
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        let mut chunk = String::new();
+        file.read_to_string(&mut chunk)?;
+        offset += chunk.len() as u64;
+        pending.push_str(&chunk);
+        while let Some(newline) = pending.find('\n') {
+            let line: String = pending.drain(..=newline).collect();
+            print(line.trim_end())?;
+        }
+        out_flush();
+    }
+}
+
+fn out_flush() {
+    let _ = std::io::stdout().flush();
 }

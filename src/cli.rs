@@ -26,6 +26,21 @@ pub enum Command {
     Mock(MockCommand),
     /// Create a key on the token (generated on the device) and print its authorized_keys line.
     Setup(SetupArgs),
+    /// OpenSSH certificates for token keys, offered by the running agent.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Configure git to sign commits and tags with a token key.
+    #[command(subcommand)]
+    Git(GitCommand),
+    /// Print a key's public line to paste into GitHub, GitLab or authorized_keys.
+    AuthorizedKey(AuthorizedKeyArgs),
+    /// Print the audit log readably.
+    Log(LogArgs),
+    /// Prove which YubiKey key this worker holds (PIV attestation), or verify such a proof.
+    Attest(Box<AttestArgs>),
+    /// Chain of trust for CI workers (Taskcluster-compatible): sign a task run, verify one.
+    #[command(subcommand)]
+    Cot(CotCommand),
 }
 
 #[derive(Args, Debug)]
@@ -60,6 +75,25 @@ pub struct SetupArgs {
     /// pinentry program [default: `pinentry` on PATH].
     #[arg(long, value_name = "PROGRAM")]
     pub pinentry: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Keep printing new records as they are written.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only records since this time: RFC 3339 (2026-11-22T10:00:00Z) or an age (10m, 2h, 1d).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only records for this key: a SHA256 fingerprint, a slot (9a) or SERIAL/SLOT.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Audit log file [default: $XDG_STATE_HOME/keytap/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Print the raw JSON lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which token a command uses; the same defaults as the agent.
@@ -107,6 +141,22 @@ pub struct AgentArgs {
     /// Release the token after this long without use (seconds; 0 = never).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub release_after: u64,
+    /// Policy file [default: $XDG_CONFIG_HOME/keytap/config.toml when it exists].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Audit log [default: $XDG_STATE_HOME/keytap/audit.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log when it reaches this many bytes.
+    #[arg(long, default_value_t = 10 * 1024 * 1024, value_name = "BYTES")]
+    pub audit_max_bytes: u64,
+    /// Offer the certificates in this directory (`*-cert.pub`) [default: $XDG_CONFIG_HOME/keytap/certs].
+    #[arg(long, value_name = "DIR")]
+    pub cert_dir: Option<PathBuf>,
+    /// Do not list a plain key while it has a valid certificate (for servers that want only
+    /// certificates; see docs/gomote.md for keeping the number of offered keys low).
+    #[arg(long)]
+    pub certs_only: bool,
     /// Internal: the detached child of a background start.
     #[arg(long, hide = true)]
     pub daemon_child: bool,
@@ -166,4 +216,206 @@ pub enum MockCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+}
+
+/// `keytap attest`: write a proof; `keytap attest verify`: check one.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AttestArgs {
+    #[command(subcommand)]
+    pub command: Option<AttestCommand>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// The slot whose key to attest.
+    #[arg(long, default_value = "9a")]
+    pub slot: Slot,
+    /// Use the token with this serial (when several are plugged in).
+    #[arg(long)]
+    pub serial: Option<u32>,
+    /// The verifier's challenge (e.g. from the worker manager).
+    #[arg(long, required = true)]
+    pub nonce: Option<String>,
+    /// Worker pool id the proof is for.
+    #[arg(long, required = true, value_name = "P")]
+    pub worker_pool: Option<String>,
+    /// Worker group the proof is for.
+    #[arg(long, required = true, value_name = "G")]
+    pub worker_group: Option<String>,
+    /// Worker id the proof is for.
+    #[arg(long, required = true, value_name = "W")]
+    pub worker_id: Option<String>,
+    /// Write the proof here instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Without an agent: read the PIN from this file (mode 0600) [default: $CREDENTIALS_DIRECTORY/keytap-pin, else pinentry].
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AttestCommand {
+    /// Verify a proof; prints the verified claims as JSON, exits non-zero with the reason.
+    Verify(AttestVerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AttestVerifyArgs {
+    /// The proof JSON (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub proof: PathBuf,
+    /// Trusted root certificates (PEM or DER files); never built in.
+    #[arg(long, required = true, num_args = 1.., value_name = "PEM")]
+    pub roots: Vec<PathBuf>,
+    /// Extra intermediate certificates (firmware 5.7.4+ chains).
+    #[arg(long, num_args = 1.., value_name = "PEM")]
+    pub intermediates: Vec<PathBuf>,
+    /// The nonce this proof must answer.
+    #[arg(long)]
+    pub nonce: String,
+    /// Accepted token serials, comma-separated [default: any token chaining to the roots].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub allow_serial: Vec<u32>,
+    /// Weakest acceptable PIN policy.
+    #[arg(long, value_enum)]
+    pub require_pin: Option<PinPolicy>,
+    /// Weakest acceptable touch policy.
+    #[arg(long, value_enum)]
+    pub require_touch: Option<TouchPolicy>,
+    /// Oldest acceptable proof (90s, 5m, 1h).
+    #[arg(long, default_value = "5m", value_parser = crate::attest::parse_duration)]
+    pub max_age: std::time::Duration,
+    /// The worker pool the proof must name.
+    #[arg(long, value_name = "P")]
+    pub worker_pool: Option<String>,
+    /// The worker group the proof must name.
+    #[arg(long, value_name = "G")]
+    pub worker_group: Option<String>,
+    /// The worker id the proof must name.
+    #[arg(long, value_name = "W")]
+    pub worker_id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Hand a certificate (`*-cert.pub` from `ssh-keygen -s`) to the running agent.
+    Add {
+        file: PathBuf,
+    },
+    /// Certificates the agent holds, with their validity.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a certificate added with `keytap cert add`, by file or key id.
+    Remove {
+        #[arg(value_name = "FILE|KEYID")]
+        target: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GitCommand {
+    /// Set gpg.format=ssh, user.signingkey and gpg.ssh.allowedSignersFile for a token key.
+    Setup(GitSetupArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct GitSetupArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// The key: a slot (9c) or a fingerprint (SHA256:...) [default: 9c if present, else 9a].
+    #[arg(long, value_name = "SLOT|FINGERPRINT")]
+    pub key: Option<String>,
+    /// Write to the global git config instead of this repository's.
+    #[arg(long)]
+    pub global: bool,
+    /// Also set commit.gpgsign=true and tag.gpgsign=true.
+    #[arg(long)]
+    pub sign_commits: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizedKeyArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// The key: a slot (9a) or a fingerprint (SHA256:...) [default: 9a if present, else the first].
+    #[arg(long, value_name = "SLOT|FINGERPRINT")]
+    pub key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CotCommand {
+    /// Hash a task run's artifacts, write chain-of-trust.json and sign it through the agent.
+    Sign(CotSignArgs),
+    /// Verify a chain-of-trust document, its signature and (optionally) the artifacts.
+    Verify(CotVerifyArgs),
+    /// Print the base64 raw 32-byte Ed25519 public key (Taskcluster's form) of the signing key.
+    Pubkey(CotPubkeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CotSignArgs {
+    /// Directory holding the task run's artifacts (names are paths relative to it).
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: PathBuf,
+    /// The task definition (JSON) as the queue returned it.
+    #[arg(long, value_name = "FILE")]
+    pub task: PathBuf,
+    #[arg(long, value_name = "ID")]
+    pub task_id: String,
+    #[arg(long, value_name = "N")]
+    pub run_id: u64,
+    #[arg(long, value_name = "G")]
+    pub worker_group: String,
+    #[arg(long, value_name = "W")]
+    pub worker_id: String,
+    /// Worker environment (JSON object) to embed [default: {}].
+    #[arg(long, value_name = "FILE")]
+    pub environment: Option<PathBuf>,
+    /// Agent key: a slot (9c), SERIAL/SLOT (12345678/9c) or a SHA256: fingerprint
+    /// [default: the first Ed25519 key, else the first ECDSA key].
+    #[arg(long, value_name = "K")]
+    pub key: Option<String>,
+    /// Where to write chain-of-trust.json and its signature [default: the current directory].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Also list sha512 digests.
+    #[arg(long)]
+    pub sha512: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CotVerifyArgs {
+    /// The chain-of-trust.json to verify (its exact bytes are what is checked).
+    #[arg(long, value_name = "FILE")]
+    pub cot: PathBuf,
+    /// Detached signature [default: FILE.sig, else FILE.sshsig].
+    #[arg(long, value_name = "FILE")]
+    pub sig: Option<PathBuf>,
+    /// Trusted worker key: base64 of the raw 32-byte Ed25519 public key (repeatable).
+    #[arg(long, value_name = "B64", num_args = 1.., required_unless_present = "allowed_signers")]
+    pub trusted_key: Vec<String>,
+    /// OpenSSH allowed_signers file of trusted keys (namespace chain-of-trust).
+    #[arg(long, value_name = "FILE")]
+    pub allowed_signers: Option<PathBuf>,
+    /// Downloaded artifacts: each must be listed and match every listed digest.
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// The task id the document must be for.
+    #[arg(long, value_name = "ID")]
+    pub task_id: Option<String>,
+    /// Also require every listed artifact to be present in --artifacts.
+    #[arg(long, requires = "artifacts")]
+    pub strict: bool,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CotPubkeyArgs {
+    /// Agent key, as for `keytap cot sign --key` [default: the first Ed25519 key].
+    #[arg(long, value_name = "K")]
+    pub key: Option<String>,
 }

@@ -4,10 +4,15 @@
 pub mod agent;
 pub mod app;
 pub mod attest;
+pub mod audit;
+pub mod cert;
 pub mod cli;
 pub mod client;
+pub mod cot;
+pub mod git_signing;
 pub mod paths;
 pub mod peer;
+pub mod policy;
 pub mod prompt;
 pub mod purpose;
 pub mod signature;

@@ -3,7 +3,8 @@
 //! Layouts: SSH user authentication (RFC 4252 section 7 plus OpenSSH's hostbound method) and
 //! SSHSIG (`PROTOCOL.sshsig`). Anything else is `Raw`.
 
-use ssh_encoding::{Decode, Reader};
+use ssh_agent_lib::proto::PublicCredential;
+use ssh_encoding::{Decode, Encode, Reader};
 use ssh_key::public::KeyData;
 
 const SSH_MSG_USERAUTH_REQUEST: u8 = 50;
@@ -63,12 +64,18 @@ impl Purpose {
 /// Data that parses completely as a userauth request is `SshAuth` (and must name `key`); data
 /// starting with the SSHSIG magic must be a well-formed SSHSIG preamble; all else is `Raw`.
 pub fn classify(data: &[u8], key: &KeyData) -> Result<Purpose, PurposeError> {
+    classify_credential(data, &PublicCredential::Key(key.clone()))
+}
+
+/// [`classify`] for a sign request naming a key or a certificate: a userauth request made with
+/// a certificate carries the whole certificate blob, which must be the one asked to sign.
+pub fn classify_credential(data: &[u8], credential: &PublicCredential) -> Result<Purpose, PurposeError> {
     if data.starts_with(SSHSIG_MAGIC) {
         return parse_sshsig(&data[SSHSIG_MAGIC.len()..]);
     }
     match parse_userauth(data) {
         Some(Ok(auth)) => {
-            if &auth.key != key {
+            if !names_same_key(&auth.key, credential) {
                 return Err(PurposeError::KeyMismatch);
             }
             Ok(Purpose::SshAuth { user: auth.user, method: auth.method, host_key: auth.host_key })
@@ -78,10 +85,25 @@ pub fn classify(data: &[u8], key: &KeyData) -> Result<Purpose, PurposeError> {
     }
 }
 
+/// Does the userauth key blob name the key asked to sign? The same blob, or a certificate for
+/// that plain key: ssh signs a certificate login with the plain key when it has one (always so
+/// for `CertificateFile` beside an agent-held key, as gomote does).
+fn names_same_key(blob: &[u8], credential: &PublicCredential) -> bool {
+    let mut encoded = Vec::new();
+    if credential.encode(&mut encoded).is_ok() && encoded == blob {
+        return true;
+    }
+    match credential {
+        PublicCredential::Key(k) => ssh_key::Certificate::from_bytes(blob).is_ok_and(|c| c.public_key() == k),
+        PublicCredential::Cert(_) => false,
+    }
+}
+
 struct UserAuth {
     user: String,
     method: String,
-    key: KeyData,
+    /// The public key blob as sent: a plain key or a certificate.
+    key: Vec<u8>,
     host_key: Option<KeyData>,
 }
 
@@ -115,7 +137,7 @@ fn parse_userauth_tail(r: &mut &[u8], user: String) -> Result<UserAuth, PurposeE
         return Err(bad("has-signature flag is not set"));
     }
     let _algorithm = String::decode(r).map_err(|_| bad("algorithm"))?;
-    let key = r.read_prefixed(KeyData::decode).map_err(|_| bad("public key"))?;
+    let key = Vec::<u8>::decode(r).map_err(|_| bad("public key"))?;
     let host_key = if hostbound {
         Some(r.read_prefixed(KeyData::decode).map_err(|_| bad("host key"))?)
     } else {
@@ -219,8 +241,38 @@ mod tests {
         assert!(matches!(classify(&userauth(&k, "publickey", None, 0), &k), Err(PurposeError::MalformedAuth(_))));
         let hb = userauth(&k, "publickey-hostbound-v00@openssh.com", None, 1);
         assert!(matches!(classify(&hb, &k), Err(PurposeError::MalformedAuth(_))));
-        let truncated = &userauth(&k, "publickey", None, 1)[..60];
+        let truncated = &userauth(&k, "publickey", None, 1)[..85];
         assert!(matches!(classify(truncated, &k), Err(PurposeError::MalformedAuth(_))));
+    }
+
+    #[test]
+    fn userauth_with_a_certificate_must_carry_that_certificate() {
+        use ssh_key::certificate::{Builder, CertType};
+        let (ca, subject) = (PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).unwrap(), key());
+        let make = || {
+            let mut b = Builder::new_with_random_nonce(&mut rand_core::OsRng, subject.clone(), 1, 2).unwrap();
+            b.cert_type(CertType::User).unwrap().all_principals_valid().unwrap();
+            b.sign(&ca).unwrap()
+        };
+        let (cert, other_cert) = (make(), make());
+        let mut data = Vec::new();
+        put_str(&mut data, &[7u8; 32]);
+        data.push(50);
+        put_str(&mut data, b"alice");
+        put_str(&mut data, b"ssh-connection");
+        put_str(&mut data, b"publickey");
+        data.push(1);
+        put_str(&mut data, b"ssh-ed25519-cert-v01@openssh.com");
+        put_str(&mut data, &cert.to_bytes().unwrap());
+        let cred = PublicCredential::Cert(Box::new(cert));
+        assert!(matches!(classify_credential(&data, &cred), Ok(Purpose::SshAuth { .. })));
+        // Another certificate for the same key is not what the request names.
+        let other = PublicCredential::Cert(Box::new(other_cert));
+        assert_eq!(classify_credential(&data, &other), Err(PurposeError::KeyMismatch));
+        // ssh signs a certificate login with the plain key (CertificateFile + agent key): fine
+        // for that key, refused for any other.
+        assert!(matches!(classify(&data, &subject), Ok(Purpose::SshAuth { .. })));
+        assert_eq!(classify(&data, &key()), Err(PurposeError::KeyMismatch));
     }
 
     #[test]

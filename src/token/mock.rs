@@ -109,12 +109,37 @@ pub struct MockToken {
     /// PIN verified in this "card session" (lost on unplug or release, as on a card).
     pin_verified: bool,
     last_touch: Option<Instant>,
+    /// The state file as last read, and its parsed keys; re-read when the file changes.
+    cache: Option<Cached>,
+}
+
+/// What identifies one version of the state file.
+type Stamp = (std::time::SystemTime, u64, u64);
+
+struct Cached {
+    stamp: Stamp,
+    state: State,
+    keys: BTreeMap<Slot, std::sync::Arc<ParsedKey>>,
+}
+
+/// A slot's private key, parsed once per state-file version.
+enum ParsedKey {
+    P256(p256::ecdsa::SigningKey),
+    P384(p384::ecdsa::SigningKey),
+    Ed25519(ed25519_dalek::SigningKey),
+    Rsa(rsa::RsaPrivateKey),
+}
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path)?;
+    Ok((meta.modified()?, meta.len(), meta.ino()))
 }
 
 impl MockToken {
     /// Open an existing mock token. Fails with a hint when `keytap mock init` was not run.
     pub fn open(dir: &Path) -> TokenResult<Self> {
-        let token = MockToken { dir: dir.to_path_buf(), pin_verified: false, last_touch: None };
+        let mut token = MockToken { dir: dir.to_path_buf(), pin_verified: false, last_touch: None, cache: None };
         if !token.state_path().exists() {
             return Err(TokenError::NotPresent(format!(
                 "no mock token in {}; create one with `keytap mock init --state-dir {}`",
@@ -174,20 +199,40 @@ impl MockToken {
         self.dir.join(STATE_FILE)
     }
 
-    fn load(&self) -> TokenResult<State> {
-        let text = Zeroizing::new(fs::read_to_string(self.state_path()).map_err(|e| {
-            TokenError::NotPresent(format!("cannot read {}: {e}", self.state_path().display()))
+    fn load(&mut self) -> TokenResult<State> {
+        let path = self.state_path();
+        let current = stamp(&path).map_err(|e| TokenError::NotPresent(format!("cannot read {}: {e}", path.display())))?;
+        if let Some(cached) = &self.cache {
+            if cached.stamp == current {
+                return Ok(cached.state.clone());
+            }
+        }
+        let text = Zeroizing::new(fs::read_to_string(&path).map_err(|e| {
+            TokenError::NotPresent(format!("cannot read {}: {e}", path.display()))
         })?);
-        serde_json::from_str(&text).map_err(|e| {
-            TokenError::Other(format!(
-                "{} is corrupt ({e}); recreate it with `keytap mock init --force`",
-                self.state_path().display()
-            ))
-        })
+        let state: State = serde_json::from_str(&text).map_err(|e| {
+            TokenError::Other(format!("{} is corrupt ({e}); recreate it with `keytap mock init --force`", path.display()))
+        })?;
+        self.cache = Some(Cached { stamp: current, state: state.clone(), keys: BTreeMap::new() });
+        Ok(state)
     }
 
-    fn save(&self, state: &State) -> TokenResult<()> {
-        save_state(&self.state_path(), state)
+    fn save(&mut self, state: &State) -> TokenResult<()> {
+        save_state(&self.state_path(), state)?;
+        self.cache = None;
+        Ok(())
+    }
+
+    /// The parsed private key of a slot in the current state.
+    fn parsed_key(&mut self, slot: Slot, s: &SlotState) -> TokenResult<std::sync::Arc<ParsedKey>> {
+        if let Some(key) = self.cache.as_ref().and_then(|c| c.keys.get(&slot)) {
+            return Ok(key.clone());
+        }
+        let key = std::sync::Arc::new(parse_key(s)?);
+        if let Some(cache) = &mut self.cache {
+            cache.keys.insert(slot, key.clone());
+        }
+        Ok(key)
     }
 
     fn unplugged(&self) -> bool {
@@ -273,8 +318,11 @@ impl Token for MockToken {
         }
         let ok = subtle::ConstantTimeEq::ct_eq(pin.as_bytes(), state.pin.as_bytes()).into();
         if ok {
-            state.pin_retries = PIN_TRIES;
             self.pin_verified = true;
+            if state.pin_retries == PIN_TRIES {
+                return Ok(());
+            }
+            state.pin_retries = PIN_TRIES;
             self.save(&state)
         } else {
             state.pin_retries -= 1;
@@ -308,7 +356,8 @@ impl Token for MockToken {
         if s.pin_policy == PinPolicy::Always {
             self.pin_verified = false;
         }
-        sign_with(&s, slot, scheme, message)
+        let key = self.parsed_key(slot, &s)?;
+        sign_with(&key, s.algorithm, slot, scheme, message)
     }
 
     fn attest(&mut self, slot: Slot) -> TokenResult<Attestation> {
@@ -379,7 +428,10 @@ pub fn create_private_dir(dir: &Path) -> TokenResult<()> {
 }
 
 fn write_private_file(path: &Path, bytes: &[u8]) -> TokenResult<()> {
-    let tmp = path.with_extension("tmp");
+    // A unique temporary name: two writers (agent and a CLI command) may save at once.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     let result = (|| {
         let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         file.write_all(bytes)?;
@@ -451,36 +503,37 @@ fn public_key_spki_der(s: &SlotState) -> TokenResult<Vec<u8>> {
     der.map(|d| d.as_bytes().to_vec()).map_err(corrupt)
 }
 
-fn sign_with(s: &SlotState, slot: Slot, scheme: SignScheme, message: &[u8]) -> TokenResult<Vec<u8>> {
+fn parse_key(s: &SlotState) -> TokenResult<ParsedKey> {
     use p256::pkcs8::DecodePrivateKey;
-    use signature::Signer;
     let pem = s.private_key_pkcs8.as_str();
-    let unsupported = || TokenError::UnsupportedScheme { slot, alg: s.algorithm, scheme };
-    match (s.algorithm, scheme) {
-        (KeyAlgorithm::P256, SignScheme::EcdsaSha256) => {
-            let sk = p256::ecdsa::SigningKey::from_pkcs8_pem(pem).map_err(corrupt)?;
+    Ok(match s.algorithm {
+        KeyAlgorithm::P256 => ParsedKey::P256(p256::ecdsa::SigningKey::from_pkcs8_pem(pem).map_err(corrupt)?),
+        KeyAlgorithm::P384 => ParsedKey::P384(p384::ecdsa::SigningKey::from_pkcs8_pem(pem).map_err(corrupt)?),
+        KeyAlgorithm::Ed25519 => ParsedKey::Ed25519(ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(corrupt)?),
+        KeyAlgorithm::Rsa2048 => ParsedKey::Rsa(rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(corrupt)?),
+    })
+}
+
+fn sign_with(key: &ParsedKey, alg: KeyAlgorithm, slot: Slot, scheme: SignScheme, message: &[u8]) -> TokenResult<Vec<u8>> {
+    use signature::Signer;
+    match (key, scheme) {
+        (ParsedKey::P256(sk), SignScheme::EcdsaSha256) => {
             let sig: p256::ecdsa::Signature = sk.sign(message);
             Ok(sig.to_der().as_bytes().to_vec())
         }
-        (KeyAlgorithm::P384, SignScheme::EcdsaSha384) => {
-            let sk = p384::ecdsa::SigningKey::from_pkcs8_pem(pem).map_err(corrupt)?;
+        (ParsedKey::P384(sk), SignScheme::EcdsaSha384) => {
             let sig: p384::ecdsa::Signature = sk.sign(message);
             Ok(sig.to_der().as_bytes().to_vec())
         }
-        (KeyAlgorithm::Ed25519, SignScheme::Ed25519) => {
-            let sk = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(corrupt)?;
-            Ok(sk.sign(message).to_bytes().to_vec())
-        }
-        (KeyAlgorithm::Rsa2048, SignScheme::RsaPkcs1Sha256) => {
-            let sk = rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(corrupt)?;
-            let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(sk);
+        (ParsedKey::Ed25519(sk), SignScheme::Ed25519) => Ok(sk.sign(message).to_bytes().to_vec()),
+        (ParsedKey::Rsa(sk), SignScheme::RsaPkcs1Sha256) => {
+            let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(sk.clone());
             Ok(signature::SignatureEncoding::to_vec(&signer.sign(message)))
         }
-        (KeyAlgorithm::Rsa2048, SignScheme::RsaPkcs1Sha512) => {
-            let sk = rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(corrupt)?;
-            let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(sk);
+        (ParsedKey::Rsa(sk), SignScheme::RsaPkcs1Sha512) => {
+            let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha512>::new(sk.clone());
             Ok(signature::SignatureEncoding::to_vec(&signer.sign(message)))
         }
-        _ => Err(unsupported()),
+        _ => Err(TokenError::UnsupportedScheme { slot, alg, scheme }),
     }
 }

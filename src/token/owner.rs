@@ -28,11 +28,13 @@ pub struct Owner {
     pub token: Box<dyn Token>,
     pub prompter: Arc<dyn Prompter>,
     info: Option<TokenInfo>,
+    notifier: TouchNotifier,
 }
 
 impl Owner {
     pub fn new(token: Box<dyn Token>, prompter: Arc<dyn Prompter>) -> Self {
-        Owner { token, prompter, info: None }
+        let notifier = TouchNotifier::new(prompter.clone());
+        Owner { token, prompter, info: None, notifier }
     }
 
     fn serial(&mut self) -> u32 {
@@ -80,10 +82,7 @@ impl Owner {
         let mut pin_asked = false;
         loop {
             let notice = (key.touch_policy != TouchPolicy::Never).then(|| {
-                TouchNotice::start(
-                    self.prompter.clone(),
-                    format!("Touch YubiKey {serial} to let {} {}", context.requester, context.purpose),
-                )
+                self.notifier.arm(format!("Touch YubiKey {serial} to let {} {}", context.requester, context.purpose))
             });
             let result = self.token.sign(key.slot, scheme, data);
             drop(notice);
@@ -98,28 +97,51 @@ impl Owner {
     }
 }
 
-/// Tells the user about a pending touch if the token has not answered within a second.
-struct TouchNotice {
-    cancel: Option<mpsc::Sender<()>>,
+/// Tells the user about a pending touch if the token has not answered within a second. One
+/// long-lived thread per owner, armed and disarmed around each signature (no thread per sign).
+struct TouchNotifier {
+    tx: mpsc::Sender<Option<String>>,
 }
 
-impl TouchNotice {
-    fn start(prompter: Arc<dyn Prompter>, message: String) -> Self {
-        let (cancel, cancelled) = mpsc::channel::<()>();
-        std::thread::spawn(move || {
-            if let Err(RecvTimeoutError::Timeout) = cancelled.recv_timeout(TOUCH_NOTICE_DELAY) {
-                prompter.notify(&message);
-            }
-        });
-        TouchNotice { cancel: Some(cancel) }
+impl TouchNotifier {
+    fn new(prompter: Arc<dyn Prompter>) -> TouchNotifier {
+        let (tx, rx) = mpsc::channel::<Option<String>>();
+        std::thread::Builder::new()
+            .name("touch-notice".into())
+            .spawn(move || {
+                // Some(message) arms, None disarms.
+                while let Ok(armed) = rx.recv() {
+                    let Some(mut message) = armed else { continue };
+                    loop {
+                        match rx.recv_timeout(TOUCH_NOTICE_DELAY) {
+                            Err(RecvTimeoutError::Timeout) => {
+                                prompter.notify(&message);
+                                break;
+                            }
+                            Err(RecvTimeoutError::Disconnected) => return,
+                            Ok(None) => break,
+                            Ok(Some(next)) => message = next,
+                        }
+                    }
+                }
+            })
+            .expect("spawning the touch notice thread");
+        TouchNotifier { tx }
+    }
+
+    fn arm(&self, message: String) -> TouchNoticeGuard<'_> {
+        let _ = self.tx.send(Some(message));
+        TouchNoticeGuard { notifier: self }
     }
 }
 
-impl Drop for TouchNotice {
+struct TouchNoticeGuard<'a> {
+    notifier: &'a TouchNotifier,
+}
+
+impl Drop for TouchNoticeGuard<'_> {
     fn drop(&mut self) {
-        if let Some(cancel) = self.cancel.take() {
-            let _ = cancel.send(());
-        }
+        let _ = self.notifier.tx.send(None);
     }
 }
 
@@ -295,4 +317,113 @@ fn refresh(owner: &mut Owner, shared: &Shared) {
         *shared.keys.write().expect("keys lock") = Arc::new(keys);
     }
     *shared.info.write().expect("info lock") = info;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prompt::PromptError;
+    use crate::token::mock::{InitOptions, MockToken};
+    use crate::token::{Pin, SignScheme};
+    use std::sync::Mutex;
+    use zeroize::Zeroizing;
+
+    /// Answers PIN prompts from a script and records what it was shown.
+    struct Scripted {
+        pins: Mutex<Vec<&'static str>>,
+        shown: Mutex<Vec<PinRequest>>,
+        notices: Mutex<Vec<String>>,
+    }
+
+    impl Scripted {
+        fn new(pins: &[&'static str]) -> Arc<Scripted> {
+            let mut pins = pins.to_vec();
+            pins.reverse();
+            Arc::new(Scripted { pins: Mutex::new(pins), shown: Mutex::new(vec![]), notices: Mutex::new(vec![]) })
+        }
+    }
+
+    impl Prompter for Scripted {
+        fn pin(&self, request: &PinRequest) -> Result<Option<Pin>, PromptError> {
+            self.shown.lock().unwrap().push(request.clone());
+            Ok(self.pins.lock().unwrap().pop().map(|p| Zeroizing::new(p.to_string())))
+        }
+        fn confirm(&self, _message: &str) -> bool {
+            false
+        }
+        fn notify(&self, message: &str) {
+            self.notices.lock().unwrap().push(message.to_string());
+        }
+    }
+
+    fn owner(prompter: Arc<Scripted>) -> (tempfile::TempDir, Owner, KeyInfo) {
+        let dir = tempfile::tempdir().unwrap();
+        MockToken::init(dir.path(), &InitOptions { force: false, serial: Some(4242) }).unwrap();
+        let mut token = MockToken::open(dir.path()).unwrap();
+        let key = token.keys().unwrap().into_iter().find(|k| k.slot == Slot(0x9a)).unwrap();
+        (dir, Owner::new(Box::new(token), prompter), key)
+    }
+
+    fn context() -> SignContext {
+        SignContext { requester: "git (pid 1)".into(), purpose: "sign a git commit or tag".into() }
+    }
+
+    #[test]
+    fn asks_for_the_pin_once_and_shows_who_asks() {
+        let prompter = Scripted::new(&["123456"]);
+        let (_dir, mut owner, key) = owner(prompter.clone());
+        owner.sign(&key, SignScheme::EcdsaSha256, b"data", &context()).unwrap();
+        owner.sign(&key, SignScheme::EcdsaSha256, b"more", &context()).unwrap();
+        let shown = prompter.shown.lock().unwrap();
+        assert_eq!(shown.len(), 1, "PIN policy once: asked only the first time");
+        assert_eq!(shown[0].retries, 3);
+        assert_eq!(shown[0].reason, "git (pid 1) wants to sign a git commit or tag");
+    }
+
+    #[test]
+    fn wrong_pin_is_retried_then_the_last_retry_is_never_spent() {
+        let prompter = Scripted::new(&["000000", "111111", "123456"]);
+        let (dir, mut owner, key) = owner(prompter.clone());
+        let err = owner.sign(&key, SignScheme::EcdsaSha256, b"data", &context()).unwrap_err();
+        assert!(matches!(err, TokenError::PinLastRetry), "{err}");
+        assert!(err.to_string().contains("PUK"), "{err}");
+        let shown = prompter.shown.lock().unwrap();
+        assert_eq!(shown.len(), 2, "third PIN must not be tried with one retry left");
+        assert_eq!(shown[1].error.as_deref(), Some("Wrong PIN (2 tries left)."));
+        let mut token = MockToken::open(dir.path()).unwrap();
+        assert_eq!(token.pin_retries().unwrap(), 1);
+    }
+
+    #[test]
+    fn cancelled_pin_entry_fails_cleanly() {
+        let prompter = Scripted::new(&[]);
+        let (_dir, mut owner, key) = owner(prompter);
+        let err = owner.sign(&key, SignScheme::EcdsaSha256, b"data", &context()).unwrap_err();
+        assert!(matches!(err, TokenError::PinUnavailable(_)), "{err}");
+    }
+
+    #[test]
+    fn a_slow_touch_is_announced_with_requester_and_purpose() {
+        let prompter = Scripted::new(&["123456"]);
+        let (dir, mut owner, key) = owner(prompter.clone());
+        std::fs::write(dir.path().join("touch"), "delay:1300").unwrap();
+        owner.sign(&key, SignScheme::EcdsaSha256, b"data", &context()).unwrap();
+        let notices = prompter.notices.lock().unwrap();
+        assert_eq!(notices.as_slice(), ["Touch YubiKey 4242 to let git (pid 1) sign a git commit or tag"]);
+    }
+
+    #[tokio::test]
+    async fn handle_signs_on_the_owner_thread_and_lists_from_cache() {
+        let prompter = Scripted::new(&["123456"]);
+        let (dir, owner, key) = owner(prompter);
+        let handle = TokenHandle::spawn("mock".into(), owner.token, owner.prompter, OwnerOptions::default());
+        let keys = handle.refresh().await;
+        assert_eq!(keys.len(), 4);
+        let raw = handle.sign(key.clone(), SignScheme::EcdsaSha256, b"x".to_vec(), context()).await.unwrap();
+        assert!(crate::signature::ssh_signature(SignScheme::EcdsaSha256, &raw).is_ok());
+        std::fs::write(dir.path().join("unplugged"), "").unwrap();
+        assert!(handle.refresh().await.is_empty(), "an unplugged token lists nothing");
+        let err = handle.sign(key, SignScheme::EcdsaSha256, b"x".to_vec(), context()).await.unwrap_err();
+        assert!(matches!(err, TokenError::NotPresent(_)), "{err}");
+    }
 }

@@ -172,7 +172,7 @@ impl PivToken {
                 match piv::metadata(yk, slot_id) {
                     Ok(meta) => {
                         if let (SlotAlgorithmId::Asymmetric(alg), Some(public)) = (&meta.algorithm, &meta.public) {
-                            let spki = der::Encode::to_der(public).map_err(|e| other("public key", e))?;
+                            let spki = der08::Encode::to_der(public).map_err(|e| other("public key", e))?;
                             let (pin_policy, touch_policy) = meta
                                 .policy
                                 .map(|(p, t)| (pin_policy_from(p), touch_policy_from(t)))
@@ -202,7 +202,7 @@ impl PivToken {
             // Before firmware 5.2.3 (or on cards without metadata) the certificate names the key.
             match Certificate::read(yk, slot_id) {
                 Ok(c) => {
-                    let der = der::Encode::to_der(&c.cert).map_err(|e| other("certificate", e))?;
+                    let der = der08::Encode::to_der(&c.cert).map_err(|e| other("certificate", e))?;
                     match cert::key_from_certificate(&der) {
                         Ok((algorithm, public_key, policy)) => {
                             let (pin_policy, touch_policy) = policy.unwrap_or((PinPolicy::Once, TouchPolicy::Never));
@@ -412,7 +412,7 @@ impl Token for PivToken {
         };
         let yk = self.connect()?;
         let spki = match piv::generate(yk, slot_id, alg, pin, touch) {
-            Ok(spki) => der::Encode::to_der(&spki).map_err(|e| other("public key", e))?,
+            Ok(spki) => der08::Encode::to_der(&spki).map_err(|e| other("public key", e))?,
             Err(e) => return Err(self.card_error("generating the key", e)),
         };
         let (algorithm, public_key) = cert::key_from_spki(&spki)?;

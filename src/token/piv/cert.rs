@@ -47,10 +47,10 @@ pub fn key_from_spki(spki: &[u8]) -> TokenResult<(KeyAlgorithm, KeyData)> {
 #[allow(clippy::type_complexity)]
 pub fn key_from_certificate(der: &[u8]) -> TokenResult<(KeyAlgorithm, KeyData, Option<(PinPolicy, TouchPolicy)>)> {
     let cert = x509_cert::Certificate::from_der(der).map_err(|e| bad("certificate", e))?;
-    let tbs = cert.tbs_certificate();
-    let spki = tbs.subject_public_key_info().to_der().map_err(|e| bad("certificate key", e))?;
+    let tbs = &cert.tbs_certificate;
+    let spki = tbs.subject_public_key_info.to_der().map_err(|e| bad("certificate key", e))?;
     let (alg, key) = key_from_spki(&spki)?;
-    let policy = tbs.extensions().and_then(|exts| {
+    let policy = tbs.extensions.as_ref().and_then(|exts| {
         exts.iter()
             .find(|e| e.extn_id.to_string() == OID_YUBICO_POLICY_STR)
             .and_then(|e| policy_from_bytes(e.extn_value.as_bytes()))
@@ -233,8 +233,8 @@ mod tests {
         assert_eq!(policy, Some((PinPolicy::Always, TouchPolicy::Cached)));
         // The signature verifies over the TBS part.
         let cert = x509_cert::Certificate::from_der(&der).unwrap();
-        let tbs = cert.tbs_certificate().to_der().unwrap();
-        let sig = p256::ecdsa::Signature::from_der(cert.signature().raw_bytes()).unwrap();
+        let tbs = cert.tbs_certificate.to_der().unwrap();
+        let sig = p256::ecdsa::Signature::from_der(cert.signature.raw_bytes()).unwrap();
         use signature::Verifier;
         assert!(sk.verifying_key().verify(&tbs, &sig).is_ok());
         assert!(sk.verifying_key().verify(b"other", &sig).is_err());

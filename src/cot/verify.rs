@@ -1,0 +1,178 @@
+//! Verifying a chain-of-trust document as scriptworker does (its checks 1 to 3): the signature
+//! over the exact bytes, the `cot_v1` shape, the task id, and the artifacts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::document::{self, ShapeProblem};
+use super::hash::{self, Algorithms, Digests};
+use super::trust::{self, CotSignature, TrustedKeys};
+
+/// What to check besides the signature and the shape.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    pub trusted: TrustedKeys,
+    /// The task id the document must name (the task it was fetched for).
+    pub task_id: Option<String>,
+    /// Downloaded artifacts to check against the document.
+    pub artifacts: Option<PathBuf>,
+    /// Also require every listed artifact to be present in `artifacts`.
+    pub strict: bool,
+    /// Files under `artifacts` that are not artifacts (the document and signature themselves).
+    pub exclude: Vec<PathBuf>,
+}
+
+/// One reason a document is rejected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "code", rename_all = "kebab-case")]
+pub enum Failure {
+    #[error("signature: {reason}")]
+    Signature { reason: String },
+    #[error("document: {reason}")]
+    Document { reason: String },
+    #[error("taskId mismatch: the document is for {found:?}, expected {expected:?}")]
+    TaskId { expected: String, found: String },
+    #[error("artifact {artifact}: {algorithm} mismatch (listed {listed}, found {actual})")]
+    DigestMismatch { artifact: String, algorithm: String, listed: String, actual: String },
+    #[error("unlisted artifact {artifact}: present in the artifact directory but not in the document")]
+    UnlistedArtifact { artifact: String },
+    #[error("missing artifact {artifact}: listed in the document but not in the artifact directory")]
+    MissingArtifact { artifact: String },
+    #[error("artifacts: {reason}")]
+    Artifacts { reason: String },
+}
+
+impl Failure {
+    /// Stable short name, as in the JSON output.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Failure::Signature { .. } => "signature",
+            Failure::Document { .. } => "document",
+            Failure::TaskId { .. } => "task-id",
+            Failure::DigestMismatch { .. } => "digest-mismatch",
+            Failure::UnlistedArtifact { .. } => "unlisted-artifact",
+            Failure::MissingArtifact { .. } => "missing-artifact",
+            Failure::Artifacts { .. } => "artifacts",
+        }
+    }
+}
+
+/// What a verified document says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Which trusted key made the signature.
+    pub signer: String,
+    pub task_id: String,
+    pub run_id: u64,
+    pub worker_group: String,
+    pub worker_id: String,
+    /// Artifacts listed in the document.
+    pub listed: usize,
+    /// Artifacts found in the artifact directory and matched.
+    pub checked: Vec<String>,
+    /// Listed artifacts not found in the directory (allowed unless strict).
+    pub not_present: Vec<String>,
+}
+
+/// Verify a document's exact bytes against its detached signature (file contents).
+/// Every failure is collected; `Ok` only when there are none.
+pub fn verify_cot(cot: &[u8], signature: &[u8], opts: &VerifyOptions) -> Result<Report, Vec<Failure>> {
+    let mut failures = Vec::new();
+    let signer = match CotSignature::parse(signature).and_then(|s| trust::verify_signature(cot, &s, &opts.trusted)) {
+        Ok(name) => name,
+        Err(reason) => {
+            failures.push(Failure::Signature { reason });
+            String::new()
+        }
+    };
+    let (parsed, problems) = document::parse(cot);
+    let not_json = problems.iter().any(|p| matches!(p, ShapeProblem::NotJson(_)));
+    failures.extend(problems.into_iter().map(|p| Failure::Document { reason: p.to_string() }));
+    if let (Some(expected), Some(found)) = (&opts.task_id, &parsed.task_id) {
+        if expected != found {
+            failures.push(Failure::TaskId { expected: expected.clone(), found: found.clone() });
+        }
+    }
+    let mut checked = Vec::new();
+    let mut not_present = Vec::new();
+    if let (Some(dir), false) = (&opts.artifacts, not_json) {
+        match check_artifacts(dir, &opts.exclude, &parsed.artifacts, opts.strict, &mut failures) {
+            Ok((c, n)) => {
+                checked = c;
+                not_present = n;
+            }
+            Err(reason) => failures.push(Failure::Artifacts { reason }),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(failures);
+    }
+    Ok(Report {
+        signer,
+        task_id: parsed.task_id.unwrap_or_default(),
+        run_id: parsed.run_id.unwrap_or_default(),
+        worker_group: parsed.worker_group.unwrap_or_default(),
+        worker_id: parsed.worker_id.unwrap_or_default(),
+        listed: parsed.artifacts.len(),
+        checked,
+        not_present,
+    })
+}
+
+/// Every file in `dir` must be listed and match every listed digest; with `strict`, every
+/// listed artifact must also be there.
+fn check_artifacts(
+    dir: &std::path::Path,
+    exclude: &[PathBuf],
+    listed: &BTreeMap<String, Digests>,
+    strict: bool,
+    failures: &mut Vec<Failure>,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let files = hash::collect(dir, exclude).map_err(|e| e.to_string())?;
+    let mut to_hash = Vec::new();
+    for f in files {
+        if listed.contains_key(&f.name) {
+            to_hash.push(f);
+        } else {
+            failures.push(Failure::UnlistedArtifact { artifact: f.name });
+        }
+    }
+    let needs_512 = to_hash.iter().any(|f| listed[&f.name].sha512.is_some());
+    let algorithms = Algorithms { sha256: true, sha512: needs_512 };
+    let found = hash::hash_all(&to_hash, algorithms).map_err(|e| e.to_string())?;
+    let mut checked = Vec::new();
+    for (name, actual) in &found {
+        let want = &listed[name];
+        let mut ok = true;
+        for (alg, listed_digest, actual_digest) in
+            [("sha256", &want.sha256, &actual.sha256), ("sha512", &want.sha512, &actual.sha512)]
+        {
+            if let (Some(l), Some(a)) = (listed_digest, actual_digest) {
+                if l != a {
+                    ok = false;
+                    failures.push(Failure::DigestMismatch {
+                        artifact: name.clone(),
+                        algorithm: alg.into(),
+                        listed: l.clone(),
+                        actual: a.clone(),
+                    });
+                }
+            }
+        }
+        if ok {
+            checked.push(name.clone());
+        }
+    }
+    let mut not_present = Vec::new();
+    for name in listed.keys().filter(|n| !found.contains_key(*n)) {
+        if strict {
+            failures.push(Failure::MissingArtifact { artifact: name.clone() });
+        } else {
+            not_present.push(name.clone());
+        }
+    }
+    Ok((checked, not_present))
+}

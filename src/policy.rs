@@ -1,0 +1,482 @@
+//! Per-key purpose policy: plain data read from `config.toml` and one pure function, [`decide`].
+//!
+//! ```toml
+//! [defaults]
+//! allow = ["ssh-auth", "sshsig:git"]
+//!
+//! [[key]]
+//! match = "slot:9c"           # or "SHA256:<fingerprint>", "serial:1234567/slot:9c", "serial:1234567"
+//! allow = ["sshsig:git"]      # "ssh-auth", "ssh-auth:github.com", "sshsig:<ns>", "sshsig:*", "raw", "*"
+//! forwarded = false           # may a forwarded agent connection use it?
+//! confirm = false             # ask the user before each use
+//! ```
+
+pub mod known_hosts;
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use ssh_key::public::KeyData;
+
+use crate::purpose::Purpose;
+use crate::token::{KeyInfo, Slot, TouchPolicy};
+
+/// One allowed purpose.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allow {
+    Any,
+    /// SSH login to any host.
+    SshAuth,
+    /// SSH login to a host whose key is listed under this name in known_hosts.
+    SshAuthHost(String),
+    /// SSHSIG in a namespace (`*` = any).
+    SshSig(String),
+    Raw,
+}
+
+impl std::str::FromStr for Allow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "*" => Allow::Any,
+            "ssh-auth" => Allow::SshAuth,
+            "raw" => Allow::Raw,
+            _ => {
+                if let Some(host) = s.strip_prefix("ssh-auth:").filter(|h| !h.is_empty()) {
+                    Allow::SshAuthHost(host.to_string())
+                } else if let Some(ns) = s.strip_prefix("sshsig:").filter(|n| !n.is_empty()) {
+                    Allow::SshSig(ns.to_string())
+                } else {
+                    return Err(format!(
+                        "unknown purpose {s:?}: use \"ssh-auth\", \"ssh-auth:HOST\", \"sshsig:NAMESPACE\", \"raw\" or \"*\""
+                    ));
+                }
+            }
+        })
+    }
+}
+
+/// Which keys a rule applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyMatch {
+    Slot(Slot),
+    Fingerprint(String),
+    Serial(u32),
+    SerialSlot(u32, Slot),
+}
+
+impl std::str::FromStr for KeyMatch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("bad key match {s:?}: use \"slot:9c\", \"SHA256:<fingerprint>\", \"serial:N\" or \"serial:N/slot:9c\"");
+        if s.starts_with("SHA256:") && s.len() > 7 {
+            return Ok(KeyMatch::Fingerprint(s.to_string()));
+        }
+        if let Some(slot) = s.strip_prefix("slot:") {
+            return slot.parse().map(KeyMatch::Slot).map_err(|_| bad());
+        }
+        if let Some(rest) = s.strip_prefix("serial:") {
+            return match rest.split_once("/slot:") {
+                Some((serial, slot)) => Ok(KeyMatch::SerialSlot(
+                    serial.parse().map_err(|_| bad())?,
+                    slot.parse().map_err(|_| bad())?,
+                )),
+                None => rest.parse().map(KeyMatch::Serial).map_err(|_| bad()),
+            };
+        }
+        Err(bad())
+    }
+}
+
+impl KeyMatch {
+    pub fn matches(&self, key: &KeyInfo) -> bool {
+        match self {
+            KeyMatch::Slot(slot) => key.slot == *slot,
+            KeyMatch::Fingerprint(fp) => key.fingerprint() == *fp,
+            KeyMatch::Serial(serial) => key.serial == *serial,
+            KeyMatch::SerialSlot(serial, slot) => key.serial == *serial && key.slot == *slot,
+        }
+    }
+}
+
+/// The effective policy for one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyPolicy {
+    pub allow: Vec<Allow>,
+    /// `None`: forwarded use only when the key needs a touch or a confirmation.
+    pub forwarded: Option<bool>,
+    pub confirm: bool,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        KeyPolicy { allow: vec![Allow::Any], forwarded: None, confirm: false }
+    }
+}
+
+/// A parsed configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    defaults: KeyPolicy,
+    rules: Vec<(KeyMatch, PartialPolicy)>,
+    /// known_hosts files for `ssh-auth:HOST` rules.
+    pub known_hosts: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PartialPolicy {
+    allow: Option<Vec<Allow>>,
+    forwarded: Option<bool>,
+    confirm: Option<bool>,
+}
+
+impl Policy {
+    /// The policy for a key: the first matching `[[key]]` rule over `[defaults]`.
+    pub fn for_key(&self, key: &KeyInfo) -> KeyPolicy {
+        let mut policy = self.defaults.clone();
+        if let Some((_, rule)) = self.rules.iter().find(|(m, _)| m.matches(key)) {
+            if let Some(allow) = &rule.allow {
+                policy.allow = allow.clone();
+            }
+            if rule.forwarded.is_some() {
+                policy.forwarded = rule.forwarded;
+            }
+            if let Some(confirm) = rule.confirm {
+                policy.confirm = confirm;
+            }
+        }
+        policy
+    }
+
+    /// Read a config file; a missing default file is the built-in policy.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError::Read(path.to_path_buf(), e))?;
+        Policy::parse(&text).map_err(|e| e.in_file(path))
+    }
+
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            PolicyError::Invalid { file: None, line, message: e.message().to_string() }
+        })?;
+        let at = |span: std::ops::Range<usize>, message: String| PolicyError::Invalid { file: None, line: Some(line_of(text, span.start)), message };
+        let mut policy = Policy::default();
+        if let Some(d) = file.defaults {
+            let partial = d.into_partial(&at)?;
+            if let Some(allow) = partial.allow {
+                policy.defaults.allow = allow;
+            }
+            policy.defaults.forwarded = partial.forwarded;
+            policy.defaults.confirm = partial.confirm.unwrap_or(false);
+        }
+        for rule in file.key {
+            let key_match = rule.r#match.get_ref().parse::<KeyMatch>().map_err(|m| at(rule.r#match.span(), m))?;
+            let fields = RuleFields { allow: rule.allow, forwarded: rule.forwarded, confirm: rule.confirm };
+            policy.rules.push((key_match, fields.into_partial(&at)?));
+        }
+        policy.known_hosts = match file.known_hosts {
+            Some(paths) => paths.into_iter().map(expand_home).collect(),
+            None => default_known_hosts(),
+        };
+        Ok(policy)
+    }
+}
+
+fn expand_home(p: String) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest),
+        None => PathBuf::from(p),
+    }
+}
+
+fn default_known_hosts() -> Vec<PathBuf> {
+    vec![expand_home("~/.ssh/known_hosts".into()), PathBuf::from("/etc/ssh/ssh_known_hosts")]
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read the policy {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("{}{}: {message}; see docs/policy.md", file.as_ref().map(|f| f.display().to_string()).unwrap_or_else(|| "config".into()), line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Invalid { file: Option<PathBuf>, line: Option<usize>, message: String },
+}
+
+impl PolicyError {
+    fn in_file(self, path: &Path) -> PolicyError {
+        match self {
+            PolicyError::Invalid { line, message, .. } => PolicyError::Invalid { file: Some(path.to_path_buf()), line, message },
+            other => other,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    defaults: Option<RuleFields>,
+    #[serde(default)]
+    key: Vec<KeyRule>,
+    known_hosts: Option<Vec<String>>,
+}
+
+/// A `[[key]]` table: `match` plus the same fields as `[defaults]` (spans survive no flatten).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRule {
+    r#match: toml::Spanned<String>,
+    allow: Option<Vec<toml::Spanned<String>>>,
+    forwarded: Option<bool>,
+    confirm: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFields {
+    allow: Option<Vec<toml::Spanned<String>>>,
+    forwarded: Option<bool>,
+    confirm: Option<bool>,
+}
+
+impl RuleFields {
+    fn into_partial(self, at: &dyn Fn(std::ops::Range<usize>, String) -> PolicyError) -> Result<PartialPolicy, PolicyError> {
+        let allow = match self.allow {
+            None => None,
+            Some(list) => Some(
+                list.into_iter()
+                    .map(|s| s.get_ref().parse::<Allow>().map_err(|m| at(s.span(), m)))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        Ok(PartialPolicy { allow, forwarded: self.forwarded, confirm: self.confirm })
+    }
+}
+
+/// Everything [`decide`] looks at about one request.
+#[derive(Clone, Debug)]
+pub struct Request<'a> {
+    pub purpose: &'a Purpose,
+    /// The connection was bound with is_forwarding (a forwarded agent).
+    pub forwarded: bool,
+    /// The destination's host key, from session-bind or the hostbound request.
+    pub host_key: Option<&'a KeyData>,
+    /// The names known_hosts gives that host key.
+    pub host_names: &'a [String],
+    pub touch: TouchPolicy,
+}
+
+/// What to do with a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Ask the user first.
+    Confirm,
+    Deny(String),
+}
+
+/// Decide one request against a key's policy. Pure.
+pub fn decide(request: &Request, policy: &KeyPolicy) -> Decision {
+    if let Err(reason) = purpose_allowed(request, policy) {
+        return Decision::Deny(reason);
+    }
+    if request.forwarded {
+        match policy.forwarded {
+            Some(false) => return Decision::Deny("key may not be used through a forwarded agent (forwarded = false)".into()),
+            Some(true) => {}
+            None => {
+                // Out of the box a forwarded socket never uses a key silently.
+                if request.touch != TouchPolicy::Always && !policy.confirm {
+                    return Decision::Confirm;
+                }
+            }
+        }
+    }
+    if policy.confirm {
+        Decision::Confirm
+    } else {
+        Decision::Allow
+    }
+}
+
+fn purpose_allowed(request: &Request, policy: &KeyPolicy) -> Result<(), String> {
+    let mut host_rules = Vec::new();
+    for allow in &policy.allow {
+        match (allow, request.purpose) {
+            (Allow::Any, _) => return Ok(()),
+            (Allow::SshAuth, Purpose::SshAuth { .. }) => return Ok(()),
+            (Allow::SshAuthHost(host), Purpose::SshAuth { .. }) => {
+                if request.host_names.iter().any(|n| n == host) {
+                    return Ok(());
+                }
+                host_rules.push(host.as_str());
+            }
+            (Allow::SshSig(ns), Purpose::SshSig { namespace, .. }) if ns == "*" || ns == namespace => return Ok(()),
+            (Allow::Raw, Purpose::Raw) => return Ok(()),
+            _ => {}
+        }
+    }
+    if !host_rules.is_empty() {
+        return Err(match request.host_key {
+            None => format!(
+                "key is allowed ssh-auth only to {} but the destination is unknown (the client sent no session-bind; OpenSSH 8.9+ does)",
+                host_rules.join(", ")
+            ),
+            Some(key) => format!(
+                "key is allowed ssh-auth only to {}; host key {} is known as {}",
+                host_rules.join(", "),
+                key.fingerprint(ssh_key::HashAlg::Sha256),
+                if request.host_names.is_empty() { "nothing in known_hosts".to_string() } else { request.host_names.join(", ") }
+            ),
+        });
+    }
+    let allowed: Vec<String> = policy.allow.iter().map(allow_name).collect();
+    Err(format!("purpose {} is not allowed for this key (allowed: {})", request.purpose.name(), allowed.join(", ")))
+}
+
+fn allow_name(a: &Allow) -> String {
+    match a {
+        Allow::Any => "*".into(),
+        Allow::SshAuth => "ssh-auth".into(),
+        Allow::SshAuthHost(h) => format!("ssh-auth:{h}"),
+        Allow::SshSig(ns) => format!("sshsig:{ns}"),
+        Allow::Raw => "raw".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{KeyAlgorithm, PinPolicy};
+
+    fn key(slot: u8, serial: u32) -> KeyInfo {
+        let k = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+        KeyInfo {
+            serial,
+            slot: Slot(slot),
+            algorithm: KeyAlgorithm::Ed25519,
+            pin_policy: PinPolicy::Once,
+            touch_policy: TouchPolicy::Never,
+            public_key: k.public_key().key_data().clone(),
+        }
+    }
+
+    fn auth() -> Purpose {
+        Purpose::SshAuth { user: "git".into(), method: "publickey".into(), host_key: None }
+    }
+
+    fn sig(ns: &str) -> Purpose {
+        Purpose::SshSig { namespace: ns.into(), hash: "sha512".into() }
+    }
+
+    fn req<'a>(purpose: &'a Purpose, forwarded: bool, names: &'a [String], touch: TouchPolicy) -> Request<'a> {
+        Request { purpose, forwarded, host_key: None, host_names: names, touch }
+    }
+
+    fn policy(allow: &[&str], forwarded: Option<bool>, confirm: bool) -> KeyPolicy {
+        KeyPolicy { allow: allow.iter().map(|a| a.parse().unwrap()).collect(), forwarded, confirm }
+    }
+
+    #[test]
+    fn default_policy_allows_everything_locally() {
+        let p = KeyPolicy::default();
+        for purpose in [auth(), sig("git"), sig("file"), Purpose::Raw] {
+            assert_eq!(decide(&req(&purpose, false, &[], TouchPolicy::Never), &p), Decision::Allow);
+        }
+    }
+
+    #[test]
+    fn forwarded_use_is_never_silent_by_default() {
+        let p = KeyPolicy::default();
+        let a = auth();
+        assert_eq!(decide(&req(&a, true, &[], TouchPolicy::Never), &p), Decision::Confirm);
+        assert_eq!(decide(&req(&a, true, &[], TouchPolicy::Cached), &p), Decision::Confirm);
+        assert_eq!(decide(&req(&a, true, &[], TouchPolicy::Always), &p), Decision::Allow);
+        assert_eq!(decide(&req(&a, true, &[], TouchPolicy::Never), &policy(&["*"], None, true)), Decision::Confirm);
+        assert_eq!(decide(&req(&a, true, &[], TouchPolicy::Never), &policy(&["*"], Some(true), false)), Decision::Allow);
+        assert!(matches!(decide(&req(&a, true, &[], TouchPolicy::Always), &policy(&["*"], Some(false), false)), Decision::Deny(r) if r.contains("forwarded = false")));
+        assert_eq!(decide(&req(&a, false, &[], TouchPolicy::Never), &policy(&["*"], Some(false), false)), Decision::Allow);
+    }
+
+    #[test]
+    fn purposes_are_matched_exactly() {
+        let git_only = policy(&["sshsig:git"], None, false);
+        assert_eq!(decide(&req(&sig("git"), false, &[], TouchPolicy::Never), &git_only), Decision::Allow);
+        let d = decide(&req(&sig("file"), false, &[], TouchPolicy::Never), &git_only);
+        assert_eq!(d, Decision::Deny("purpose sshsig:file is not allowed for this key (allowed: sshsig:git)".into()));
+        assert!(matches!(decide(&req(&auth(), false, &[], TouchPolicy::Never), &git_only), Decision::Deny(_)));
+        assert!(matches!(decide(&req(&Purpose::Raw, false, &[], TouchPolicy::Never), &git_only), Decision::Deny(_)));
+        let any_sig = policy(&["sshsig:*"], None, false);
+        assert_eq!(decide(&req(&sig("file"), false, &[], TouchPolicy::Never), &any_sig), Decision::Allow);
+        let raw = policy(&["raw"], None, false);
+        assert_eq!(decide(&req(&Purpose::Raw, false, &[], TouchPolicy::Never), &raw), Decision::Allow);
+        assert!(matches!(decide(&req(&sig("git"), false, &[], TouchPolicy::Never), &raw), Decision::Deny(_)));
+        let auth_only = policy(&["ssh-auth"], None, true);
+        assert_eq!(decide(&req(&auth(), false, &[], TouchPolicy::Never), &auth_only), Decision::Confirm);
+    }
+
+    #[test]
+    fn host_restricted_auth_needs_a_known_name() {
+        let p = policy(&["ssh-auth:github.com"], None, false);
+        let a = auth();
+        let names = vec!["github.com".to_string()];
+        assert_eq!(decide(&req(&a, false, &names, TouchPolicy::Never), &p), Decision::Allow);
+        let other = vec!["gitlab.com".to_string()];
+        let hk = key(0x9a, 1).public_key;
+        let mut r = req(&a, false, &other, TouchPolicy::Never);
+        r.host_key = Some(&hk);
+        assert!(matches!(decide(&r, &p), Decision::Deny(m) if m.contains("known as gitlab.com")));
+        assert!(matches!(decide(&req(&a, false, &[], TouchPolicy::Never), &p), Decision::Deny(m) if m.contains("destination is unknown")));
+        assert!(matches!(decide(&req(&sig("git"), false, &names, TouchPolicy::Never), &p), Decision::Deny(_)));
+    }
+
+    #[test]
+    fn config_rules_override_defaults_first_match_wins() {
+        let policy = Policy::parse(
+            r#"
+known_hosts = ["/tmp/kh"]
+[defaults]
+allow = ["ssh-auth"]
+forwarded = false
+
+[[key]]
+match = "serial:111/slot:9c"
+allow = ["sshsig:git"]
+confirm = true
+
+[[key]]
+match = "slot:9c"
+allow = ["raw"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(policy.known_hosts, vec![PathBuf::from("/tmp/kh")]);
+        let p = policy.for_key(&key(0x9c, 111));
+        assert_eq!(p, KeyPolicy { allow: vec![Allow::SshSig("git".into())], forwarded: Some(false), confirm: true });
+        assert_eq!(policy.for_key(&key(0x9c, 222)).allow, vec![Allow::Raw]);
+        assert_eq!(policy.for_key(&key(0x9a, 111)).allow, vec![Allow::SshAuth]);
+        let k = key(0x9d, 5);
+        let by_fp = Policy::parse(&format!("[[key]]\nmatch = \"{}\"\nallow = [\"raw\"]\n", k.fingerprint())).unwrap();
+        assert_eq!(by_fp.for_key(&k).allow, vec![Allow::Raw]);
+        assert_eq!(by_fp.for_key(&key(0x9d, 5)).allow, vec![Allow::Any]);
+        assert_eq!(Policy::parse("").unwrap().for_key(&k), KeyPolicy::default());
+    }
+
+    #[test]
+    fn config_errors_name_the_line() {
+        let cases = [
+            ("[[key]]\nmatch = \"slot:9c\"\nallow = [\"ssh-auth\", \"sshsig\"]\n", "config line 3: unknown purpose \"sshsig\""),
+            ("[[key]]\n\nmatch = \"slot:zz\"\n", "config line 3: bad key match \"slot:zz\""),
+            ("[defaults]\nconfrim = true\n", "config line 2: unknown field `confrim`"),
+            ("[[key]]\nallow = [\"raw\"]\n", "config line 1: missing field `match`"),
+            ("[defaults]\nforwarded = \"yes\"\n", "config line 2: invalid type"),
+        ];
+        for (text, want) in cases {
+            let err = Policy::parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{err:?} should start with {want:?}");
+            assert!(err.ends_with("see docs/policy.md"), "{err}");
+        }
+    }
+}

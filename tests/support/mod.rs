@@ -1,0 +1,356 @@
+//! Shared integration-test fixtures: a keytap agent on a fresh mock token, a loopback sshd,
+//! and small helpers for running the real OpenSSH tools against them.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const KEYTAP: &str = env!("CARGO_BIN_EXE_keytap");
+pub const MOCK_SERIAL: u32 = 12345678;
+
+/// Options for starting an agent.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// Extra arguments for `keytap agent`.
+    pub args: Vec<String>,
+    /// Extra environment for the agent.
+    pub env: Vec<(String, String)>,
+    /// Write this PIN to the PIN file (default 123456); `None` in `no_pin_file` mode.
+    pub pin: Option<String>,
+    pub no_pin_file: bool,
+}
+
+/// A running `keytap agent --token mock` in a temp directory. Killed on drop.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    child: Child,
+}
+
+pub fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+impl Agent {
+    pub fn start() -> Agent {
+        Agent::start_with(AgentOptions::default())
+    }
+
+    pub fn start_with(options: AgentOptions) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("mock");
+        let out = Command::new(KEYTAP)
+            .args(["mock", "init", "--serial", &MOCK_SERIAL.to_string(), "--state-dir"])
+            .arg(&state_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mock init failed: {}", String::from_utf8_lossy(&out.stderr));
+        Agent::start_on(dir, state_dir, options)
+    }
+
+    /// Start an agent on an existing mock state directory inside `dir`.
+    pub fn start_on(dir: tempfile::TempDir, state_dir: PathBuf, options: AgentOptions) -> Agent {
+        let socket = dir.path().join("sock").join("agent.sock");
+        let log = dir.path().join("agent.log");
+        let mut cmd = Command::new(KEYTAP);
+        cmd.args(["agent", "--foreground", "--token", "mock", "--state-dir"])
+            .arg(&state_dir)
+            .arg("--socket")
+            .arg(&socket);
+        if !options.no_pin_file {
+            let pin_file = dir.path().join("pin");
+            write_private(&pin_file, &format!("{}\n", options.pin.as_deref().unwrap_or("123456")));
+            cmd.arg("--pin-file").arg(&pin_file);
+        }
+        cmd.args(&options.args)
+            .env("KEYTAP_LOG", "debug")
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("SSH_ASKPASS")
+            .env("XDG_STATE_HOME", dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in &options.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let mut agent = Agent { dir, socket, state_dir, log, child };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                // Keys are listed by the owner thread shortly after start.
+                let out = self.cmd("ssh-add").arg("-l").output().unwrap();
+                if out.status.success() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("agent exited early ({status}): {}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "agent did not become ready: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A command with SSH_AUTH_SOCK pointing at this agent and no other agent config.
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("SSH_AUTH_SOCK", &self.socket)
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
+            .env_remove("SSH_ASKPASS")
+            .env_remove("DISPLAY")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn keytap(&self) -> Command {
+        self.cmd(KEYTAP)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Public keys as `ssh-add -L` prints them, one line each.
+    pub fn public_keys(&self) -> Vec<String> {
+        let out = self.cmd("ssh-add").arg("-L").output().unwrap();
+        assert!(out.status.success(), "ssh-add -L: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+    }
+
+    /// The public key line of the key in `slot` (comment `keytap SERIAL/SLOT`).
+    pub fn key_line(&self, slot: &str) -> String {
+        let suffix = format!("keytap {MOCK_SERIAL}/{slot}");
+        self.public_keys().into_iter().find(|l| l.ends_with(&suffix)).unwrap_or_else(|| panic!("no key in slot {slot}"))
+    }
+
+    /// Write the slot's public key to a file in the temp dir and return its path.
+    pub fn key_file(&self, slot: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("{slot}.pub"));
+        std::fs::write(&path, format!("{}\n", self.key_line(slot))).unwrap();
+        path
+    }
+
+    pub fn mock(&self, args: &[&str]) {
+        let out = Command::new(KEYTAP).arg("mock").args(args).arg("--state-dir").arg(&self.state_dir).output().unwrap();
+        assert!(out.status.success(), "keytap mock {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Wait until the agent log contains `needle` (logs are written asynchronously).
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "agent log never showed {needle:?}:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A loopback sshd with its own host key and config. Killed on drop.
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub host_key_pub: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+pub fn user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl Sshd {
+    /// Start sshd trusting `authorized_keys` (lines) plus `extra` config lines.
+    pub fn start(authorized_keys: &[String], extra: &[&str]) -> Sshd {
+        Sshd::start_with_host_key(authorized_keys, extra, None)
+    }
+
+    pub fn start_with_host_key(authorized_keys: &[String], extra: &[&str], host_key_type: Option<&str>) -> Sshd {
+        std::fs::create_dir_all("/run/sshd").ok();
+        let dir = tempfile::tempdir().unwrap();
+        let host_key = dir.path().join("host_key");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", host_key_type.unwrap_or("ed25519"), "-N", "", "-f"])
+            .arg(&host_key)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let host_key_pub = std::fs::read_to_string(host_key.with_extension("pub")).unwrap().trim().to_string();
+        let auth_keys = dir.path().join("authorized_keys");
+        std::fs::write(&auth_keys, authorized_keys.join("\n") + "\n").unwrap();
+        let config = dir.path().join("sshd_config");
+        let mut text = format!(
+            "ListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\nUsePAM no\n\
+             PidFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin yes\nLogLevel DEBUG1\nAllowAgentForwarding yes\nSubsystem sftp internal-sftp\n",
+            host_key.display(),
+            auth_keys.display()
+        );
+        for line in extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(&config, text).unwrap();
+        let log = dir.path().join("sshd.log");
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(&config)
+                .args(["-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("starting /usr/sbin/sshd (install openssh-server)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Sshd { dir, port, host_key_pub, log, child };
+                }
+                if let Some(status) = child.try_wait().unwrap() {
+                    last_err = format!("sshd exited {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    last_err = "sshd did not listen".into();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start sshd: {last_err}");
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// An `ssh` command to this server through `agent`, no user config, host key pinned.
+    pub fn ssh(&self, agent: &Agent) -> Command {
+        let known_hosts = self.dir.path().join("known_hosts");
+        std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {}\n", self.port, self.host_key_pub)).unwrap();
+        let mut cmd = agent.cmd("ssh");
+        cmd.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+            .args(["-o", "ConnectTimeout=10", "-p", &self.port.to_string()])
+            .arg(format!("{}@127.0.0.1", user()));
+        cmd
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Output as text, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Read everything a raw socket sends until it closes or `timeout` passes.
+pub fn read_all(stream: &mut std::os::unix::net::UnixStream, timeout: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// An agent-protocol frame: u32 length + body.
+pub fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// An SSH `string`: u32 length + bytes.
+pub fn string(b: &[u8]) -> Vec<u8> {
+    let mut out = (b.len() as u32).to_be_bytes().to_vec();
+    out.extend_from_slice(b);
+    out
+}
+
+/// Send raw bytes, read one answer frame; `None` when the agent closed the connection.
+pub fn exchange(stream: &mut std::os::unix::net::UnixStream, bytes: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    stream.write_all(bytes).ok()?;
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(body)
+}
+
+/// The wire blob of an authorized_keys line.
+pub fn key_blob(line: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(line.split(' ').nth(1).unwrap()).unwrap()
+}
+
+/// A SIGN_REQUEST body.
+pub fn sign_request(blob: &[u8], data: &[u8], flags: u32) -> Vec<u8> {
+    [vec![13], string(blob), string(data), flags.to_be_bytes().to_vec()].concat()
+}
