@@ -5,6 +5,8 @@
 //! is reachable; otherwise each test says why it did nothing. Start the stack with
 //! `scripts/pcsc-up.sh` (see docs/testing.md).
 
+mod support;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -507,4 +509,42 @@ fn management_key_is_replaced_by_a_pin_protected_one() {
     let a = String::from_utf8_lossy(&first.stdout).lines().last().unwrap().to_string();
     let b = String::from_utf8_lossy(&again.stdout).lines().last().unwrap().to_string();
     assert_ne!(a, b);
+}
+
+#[test]
+fn ssh_login_through_the_piv_path() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_800_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let line = setup(serial, "p256", &pin, &[]).unwrap();
+    let agent = Agent::start(dir.path(), &pin);
+    agent.wait_listed(&[&line]);
+    let sshd = support::Sshd::start(&[line.clone()], &[]);
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key_pub)).unwrap();
+    let out = Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "ConnectTimeout=10", "-p", &sshd.port.to_string()])
+        .arg(format!("{}@127.0.0.1", support::user()))
+        .arg("echo logged-in-with-piv")
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("logged-in-with-piv"),
+        "{}\nsshd:\n{}\nagent:\n{}",
+        text(&out),
+        sshd.log_text(),
+        agent.log(dir.path())
+    );
+    assert!(sshd.log_text().contains("Accepted publickey"), "{}", sshd.log_text());
+    // The agent recorded the signature as an SSH login.
+    assert!(agent.log(dir.path()).contains("signed"), "{}", agent.log(dir.path()));
 }
