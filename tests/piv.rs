@@ -524,7 +524,7 @@ fn ssh_login_through_the_piv_path() {
     let line = setup(serial, "p256", &pin, &[]).unwrap();
     let agent = Agent::start(dir.path(), &pin);
     agent.wait_listed(&[&line]);
-    let sshd = support::Sshd::start(&[line.clone()], &[]);
+    let sshd = support::Sshd::start(std::slice::from_ref(&line), &[]);
     let known_hosts = dir.path().join("known_hosts");
     std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key_pub)).unwrap();
     let out = Command::new("ssh")

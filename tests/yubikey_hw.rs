@@ -47,7 +47,7 @@ fn device_is_found_by_serial_and_lists_keys_with_metadata_policies() {
     assert!(out.status.success(), "{}", text(&out));
     let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for k in keys.as_array().unwrap() {
-        if k["serial"].to_string() == *serial {
+        if k["serial"].as_u64() == serial.parse::<u64>().ok() {
             assert!(["p256", "p384", "ed25519", "rsa2048"].contains(&k["algorithm"].as_str().unwrap()));
             assert!(["never", "once", "always"].contains(&k["pin_policy"].as_str().unwrap()));
             assert!(["never", "always", "cached"].contains(&k["touch_policy"].as_str().unwrap()));
