@@ -7,6 +7,7 @@ pub mod attest_ext;
 pub mod cert_ext;
 pub mod frame;
 pub mod lock;
+pub mod setup_ext;
 pub mod socket;
 
 use std::sync::Arc;
@@ -64,7 +65,8 @@ impl Default for AgentOptions {
 
 /// The agent's shared state.
 pub struct Agent {
-    tokens: Vec<TokenHandle>,
+    /// Grows while running: YubiKeys plugged in after start are added (see `token::piv`).
+    tokens: std::sync::RwLock<Vec<TokenHandle>>,
     lock: AgentLock,
     options: AgentOptions,
     uid: u32,
@@ -199,7 +201,7 @@ impl Agent {
     pub fn new(tokens: Vec<TokenHandle>, options: AgentOptions) -> Agent {
         let certs_options = options.clone();
         Agent {
-            tokens,
+            tokens: std::sync::RwLock::new(tokens),
             lock: AgentLock::default(),
             options,
             uid: nix::unistd::geteuid().as_raw(),
@@ -244,8 +246,13 @@ impl Agent {
         }
     }
 
-    pub fn tokens(&self) -> &[TokenHandle] {
-        &self.tokens
+    pub fn tokens(&self) -> Vec<TokenHandle> {
+        self.tokens.read().expect("tokens lock").clone()
+    }
+
+    /// Serve one more token (a YubiKey plugged in after start).
+    pub fn add_token(&self, token: TokenHandle) {
+        self.tokens.write().expect("tokens lock").push(token);
     }
 
     /// Serve connections until `shutdown` resolves.
@@ -337,7 +344,7 @@ impl Agent {
             }
             Request::RemoveAllIdentities => {
                 // `ssh-add -D`: keys stay on their tokens; let go of the cards for other programs.
-                for token in &self.tokens {
+                for token in &self.tokens() {
                     token.release();
                 }
                 tracing::info!(peer = %conn.peer, "ssh-add -D: keys live on tokens and stay listed; released the tokens for other programs");
@@ -358,7 +365,7 @@ impl Agent {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
-        let lists: Vec<_> = self.tokens.iter().map(|t| t.keys()).collect();
+        let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
         let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
         let ids = self.certs.identities(&keys);
         encode(Response::IdentitiesAnswer(ids))
@@ -417,13 +424,13 @@ impl Agent {
             PublicCredential::Key(k) => k.clone(),
             PublicCredential::Cert(c) => {
                 // Only a certificate this agent offers right now may sign.
-                let lists: Vec<_> = self.tokens.iter().map(|t| t.keys()).collect();
+                let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
                 let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
                 self.certs.signable(c, &keys).map_err(Refusal::Denied)?;
                 c.public_key().clone()
             }
         };
-        let Some((token, key)) = self.tokens.iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) else {
+        let Some((token, key)) = self.tokens().iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) else {
             record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
             return Err(Refusal::Denied("no token holds this key".into()));
         };
@@ -501,7 +508,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -520,12 +527,19 @@ impl Agent {
                 json.encode(&mut details).expect("encoding to a vec");
                 encode(Response::ExtensionResponse(Extension { name: EXT_STATUS.into(), details: details.into() }))
             }
+            setup_ext::EXT_SETUP => {
+                let answer = setup_ext::handle(self.tokens(), ext.details.as_ref(), conn.peer.to_string(), conn.forwarded(), self.lock.is_locked()).await;
+                if let setup_ext::SetupAnswer::Refused(reason) = &answer {
+                    tracing::warn!(peer = %conn.peer, "setup refused: {reason}");
+                }
+                encode(Response::ExtensionResponse(Extension { name: setup_ext::EXT_SETUP.into(), details: setup_ext::encode_json(&answer).into() }))
+            }
             attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
             cert_ext::EXT_CERT => {
                 let reply = if self.lock.is_locked() {
                     cert_ext::CertReply { error: Some("the agent is locked; unlock it with `ssh-add -X`".into()), ..Default::default() }
                 } else {
-                    let lists: Vec<_> = self.tokens.iter().map(|t| t.keys()).collect();
+                    let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
                     let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
                     self.certs.handle(ext.details.as_ref(), &keys)
                 };
@@ -551,7 +565,7 @@ impl Agent {
     pub async fn status(&self) -> StatusReport {
         let locked = self.lock.is_locked();
         let tokens = self
-            .tokens
+            .tokens()
             .iter()
             .map(|t| {
                 let info = t.info();

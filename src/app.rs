@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::agent::{self, socket, Agent, AgentOptions, KeyReport, StatusReport};
 use crate::audit::{self, AuditLog};
-use crate::cli::{AgentArgs, Cli, Command, ListArgs, LogArgs, MockCommand, StatusArgs, TokenArgs};
+use crate::cli::{AgentArgs, Cli, Command, ListArgs, LogArgs, MockCommand, SetupArgs, StatusArgs, TokenArgs};
 use crate::policy::{Policy, PolicyError};
 use crate::client;
 use crate::paths;
@@ -51,6 +51,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::List(args) => list(args),
         Command::Status(args) => status(args),
         Command::Mock(cmd) => mock(cmd),
+        Command::Setup(args) => setup(args),
         Command::Cert(cmd) => crate::cert::command::run(cmd),
         Command::Git(crate::cli::GitCommand::Setup(args)) => crate::git_signing::setup(args),
         Command::AuthorizedKey(args) => crate::git_signing::authorized_key(args),
@@ -58,6 +59,102 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Attest(args) => crate::attest::command::run(*args),
         Command::Cot(cmd) => Ok(crate::cot::run(cmd)?),
     }
+}
+
+fn report_protected(changed: bool) {
+    if changed {
+        println!("The default management key was replaced by a random one stored on the token behind the PIN.");
+    } else {
+        println!("The management key is not the factory default; left as it is.");
+    }
+}
+
+/// `keytap setup`: generate a key on the token, write its certificate, print the key.
+fn setup(args: SetupArgs) -> Result<(), AppError> {
+    use crate::token::owner::{Owner, SignContext};
+    use crate::token::GenerateRequest;
+    // The running agent owns the tokens: go through it when SSH_AUTH_SOCK is keytap's.
+    if let Some((mut client, _)) = client::keytap_agent() {
+        use crate::agent::setup_ext::{decode_json, encode_json, SetupAnswer, SetupRequest, EXT_SETUP};
+        let request = SetupRequest {
+            serial: args.serial,
+            slot: args.slot,
+            algorithm: args.alg,
+            pin_policy: args.pin_policy,
+            touch_policy: args.touch,
+            force: args.force,
+            protect_management_key: args.protect_management_key,
+        };
+        let details = client.extension(EXT_SETUP, encode_json(&request))?;
+        return match decode_json::<SetupAnswer>(&details).map_err(|e| AppError::Message(format!("unexpected answer from the agent: {e}")))? {
+            SetupAnswer::Created(key, protected) => {
+                if let Some(protected) = protected {
+                    report_protected(protected);
+                }
+                println!(
+                    "Created a {} key in slot {} of token {} (pin={}, touch={}), generated on the token (through the agent).",
+                    key.algorithm, key.slot, key.serial, key.pin_policy, key.touch_policy
+                );
+                println!("Add this line to ~/.ssh/authorized_keys on the servers you log in to:");
+                println!("{}", key.authorized_key);
+                Ok(())
+            }
+            SetupAnswer::Refused(reason) => Err(AppError::Message(format!("the agent refused: {reason}"))),
+        };
+    }
+    let mut tokens = open_tokens(&args.token)?;
+    let token = match args.serial {
+        Some(serial) => {
+            let i = tokens
+                .iter_mut()
+                .position(|t| t.info().map(|i| i.serial == serial).unwrap_or(false))
+                .ok_or_else(|| AppError::Message(format!("no token with serial {serial} is connected; `keytap list` shows them")))?;
+            tokens.swap_remove(i)
+        }
+        None if tokens.len() == 1 => tokens.pop().expect("one token"),
+        None => {
+            let serials: Vec<String> =
+                tokens.iter_mut().filter_map(|t| t.info().ok()).map(|i| i.serial.to_string()).collect();
+            return Err(AppError::Message(format!(
+                "{} tokens are connected ({}); choose one with --serial",
+                serials.len(),
+                serials.join(", ")
+            )));
+        }
+    };
+    let prompter: Arc<dyn Prompter> = Arc::new(SystemPrompter::new(args.pin_file.clone(), args.pinentry.clone(), None));
+    let mut owner = Owner::new(token, prompter);
+    let info = owner.token.info()?;
+    let context = SignContext { requester: "keytap setup".into(), purpose: format!("create a key in slot {}", args.slot) };
+    let request = GenerateRequest { slot: args.slot, algorithm: args.alg, pin_policy: args.pin_policy, touch_policy: args.touch };
+    // The certificate written next to the key is signed by it, which needs the PIN: ask first.
+    if args.token.token == TokenKind::Piv {
+        // 0: the card reports the PIN as verified already (a blocked PIN is an error).
+        match owner.token.pin_retries()? {
+            0 => {}
+            retries => owner.ensure_pin(retries, &context)?,
+        }
+    }
+    let occupied = owner.token.keys()?.iter().any(|k| k.slot == args.slot);
+    let key = match owner.token.generate(request, args.force) {
+        // PIN policy "always": the new key wants the PIN again for its certificate. Forcing
+        // the second attempt is safe: the slot was free before, or --force was given.
+        Err(TokenError::PinRequired { retries }) if !occupied || args.force => {
+            owner.ensure_pin(retries, &context)?;
+            owner.token.generate(request, true)?
+        }
+        other => other?,
+    };
+    if args.protect_management_key {
+        report_protected(owner.token.protect_management_key()?);
+    }
+    println!(
+        "Created a {} key in slot {} of token {} (pin={}, touch={}), generated on the token.",
+        key.algorithm, key.slot, info.serial, key.pin_policy, key.touch_policy
+    );
+    println!("Add this line to ~/.ssh/authorized_keys on the servers you log in to:");
+    println!("{}", key.authorized_key());
+    Ok(())
 }
 
 fn mock_dir(state_dir: Option<PathBuf>) -> PathBuf {
@@ -217,6 +314,7 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
         idle_release: (args.release_after > 0).then(|| Duration::from_secs(args.release_after)),
         ..OwnerOptions::default()
     };
+    let piv_claimed = piv::Claimed::default();
     let tokens: Vec<(String, Box<dyn Token>)> = match args.token.token {
         TokenKind::Mock => {
             let dir = mock_dir(args.token.state_dir.clone());
@@ -227,8 +325,18 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
             tracing::warn!(dir = %dir.display(), "serving the MOCK TEST token: software keys, not a hardware token");
             vec![("mock".into(), Box::new(MockToken::open(&dir)?) as Box<dyn Token>)]
         }
-        TokenKind::Piv => piv::open_all()?.into_iter().enumerate().map(|(i, t)| (format!("piv{i}"), t)).collect(),
+        // YubiKeys: those present now; the watcher below adds any plugged in later.
+        TokenKind::Piv => match piv::open_present(&piv_claimed) {
+            Ok(tokens) => tokens.into_iter().map(|(serial, t)| (format!("piv-{serial}"), t)).collect(),
+            Err(e) => {
+                tracing::warn!("{e}; serving no YubiKey until one is plugged in");
+                Vec::new()
+            }
+        },
     };
+    if args.token.token == TokenKind::Piv && tokens.is_empty() {
+        tracing::warn!("no YubiKey connected yet; keytap will pick it up when plugged in");
+    }
     let handles: Vec<TokenHandle> = tokens
         .into_iter()
         .map(|(label, token)| TokenHandle::spawn(label, token, prompter.clone(), owner_options.clone()))
@@ -267,7 +375,15 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
         certs_only: args.certs_only,
         ..AgentOptions::default()
     };
+    let known: Vec<u32> = handles.iter().filter_map(|h| h.label().strip_prefix("piv-")?.parse().ok()).collect();
     let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_audit(audit_log).with_prompter(prompter.clone()));
+    if args.token.token == TokenKind::Piv {
+        let watch_agent = agent.clone();
+        let prompter = prompter.clone();
+        piv::spawn_watcher(piv_claimed, known, Duration::from_secs(2), move |serial, token| {
+            watch_agent.add_token(TokenHandle::spawn(format!("piv-{serial}"), token, prompter.clone(), owner_options.clone()));
+        });
+    }
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         let hup_agent = agent.clone();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::token::{PinPolicy, Slot, TokenKind, TouchPolicy};
+use crate::token::{KeyAlgorithm, PinPolicy, Slot, TokenKind, TouchPolicy};
 
 #[derive(Parser, Debug)]
 #[command(name = "keytap", version, about = "An ssh-agent whose keys never leave hardware tokens")]
@@ -24,6 +24,8 @@ pub enum Command {
     /// Manage the mock (TEST) token.
     #[command(subcommand)]
     Mock(MockCommand),
+    /// Create a key on the token (generated on the device) and print its authorized_keys line.
+    Setup(SetupArgs),
     /// OpenSSH certificates for token keys, offered by the running agent.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -39,6 +41,40 @@ pub enum Command {
     /// Chain of trust for CI workers (Taskcluster-compatible): sign a task run, verify one.
     #[command(subcommand)]
     Cot(CotCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// PIV slot for the key: 9a (authentication), 9c, 9d, 9e or 82-95.
+    #[arg(long, default_value = "9a")]
+    pub slot: Slot,
+    /// Key algorithm (ed25519 needs YubiKey firmware 5.7+).
+    #[arg(long, value_enum, default_value = "p256")]
+    pub alg: KeyAlgorithm,
+    /// When the key wants a touch.
+    #[arg(long, value_enum, default_value = "cached")]
+    pub touch: TouchPolicy,
+    /// When the key wants the PIN.
+    #[arg(long = "pin-policy", value_enum, default_value = "once")]
+    pub pin_policy: PinPolicy,
+    /// Replace a key already in the slot (the old key is lost for good).
+    #[arg(long)]
+    pub force: bool,
+    /// First-time setup: replace the factory-default management key with a random one stored
+    /// on the YubiKey, protected by the PIN (as ykman's --protect). Key changes then need the PIN.
+    #[arg(long)]
+    pub protect_management_key: bool,
+    /// The YubiKey to use when several are connected.
+    #[arg(long)]
+    pub serial: Option<u32>,
+    /// Read the PIN from this file (mode 0600) instead of asking.
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+    /// pinentry program [default: `pinentry` on PATH].
+    #[arg(long, value_name = "PROGRAM")]
+    pub pinentry: Option<String>,
 }
 
 #[derive(Args, Debug)]

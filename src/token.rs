@@ -247,6 +247,12 @@ pub trait Token: Send {
     fn generate(&mut self, request: GenerateRequest, force: bool) -> TokenResult<KeyInfo>;
     /// Drop any connection to the device so other programs can use it; the next call reconnects.
     fn release(&mut self) {}
+    /// Replace a factory-default management key with a random one stored PIN-protected on the
+    /// token (as `ykman piv access change-management-key --generate --protect`). Needs the PIN
+    /// verified. `Ok(false)`: the management key was not the default, nothing changed.
+    fn protect_management_key(&mut self) -> TokenResult<bool> {
+        Err(TokenError::Unsupported("this token has no management key".into()))
+    }
 }
 
 /// Which kind of token a command uses.

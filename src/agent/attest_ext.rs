@@ -41,8 +41,8 @@ impl Agent {
         }
         let slot: Slot = slot_text.parse()?;
         let token = self
-            .tokens
-            .iter()
+            .tokens()
+            .into_iter()
             .find(|t| t.keys().iter().any(|k| k.slot == slot && (serial == 0 || k.serial == serial)))
             .ok_or_else(|| format!("no token with a key in slot {slot}{}", if serial == 0 { String::new() } else { format!(" and serial {serial}") }))?;
         let serial = token.key_in_slot(slot).map(|k| k.serial).unwrap_or(serial);

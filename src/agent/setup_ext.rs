@@ -1,0 +1,129 @@
+//! `keytap-setup@keytap.dev`: `keytap setup` through the running agent, which owns the tokens
+//! (a second program opening the card would fight the agent for it and lose its PIN cache).
+//!
+//! Request details: an SSH string holding [`SetupRequest`] as JSON. Answer: an extension
+//! response whose details are an SSH string holding [`SetupAnswer`] as JSON, so a refusal can
+//! say what to do next. Refused on forwarded connections and while the agent is locked:
+//! creating (and with `force`, replacing) keys is for the user at this machine only.
+
+use serde::{Deserialize, Serialize};
+use ssh_encoding::{Decode, Encode};
+
+use super::KeyReport;
+use crate::token::owner::{SignContext, TokenHandle};
+use crate::token::{GenerateRequest, KeyAlgorithm, PinPolicy, Slot, TokenError, TouchPolicy};
+
+pub const EXT_SETUP: &str = "keytap-setup@keytap.dev";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetupRequest {
+    pub serial: Option<u32>,
+    pub slot: Slot,
+    pub algorithm: KeyAlgorithm,
+    pub pin_policy: PinPolicy,
+    pub touch_policy: TouchPolicy,
+    pub force: bool,
+    #[serde(default)]
+    pub protect_management_key: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum SetupAnswer {
+    /// The key, and whether the management key was replaced (when asked to protect it).
+    Created(KeyReport, Option<bool>),
+    Refused(String),
+}
+
+pub fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(value).expect("serialises");
+    let mut out = Vec::new();
+    json.encode(&mut out).expect("encoding to a vec");
+    out
+}
+
+pub fn decode_json<T: for<'a> Deserialize<'a>>(details: &[u8]) -> Result<T, String> {
+    let mut reader = details;
+    let json = Vec::<u8>::decode(&mut reader).map_err(|e| e.to_string())?;
+    if !reader.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    serde_json::from_slice(&json).map_err(|e| e.to_string())
+}
+
+/// Run a setup request against the agent's tokens.
+pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String, forwarded: bool, locked: bool) -> SetupAnswer {
+    if forwarded {
+        return SetupAnswer::Refused("keytap setup is refused over a forwarded agent; run it on the machine the token is plugged into".into());
+    }
+    if locked {
+        return SetupAnswer::Refused("the agent is locked; unlock it with `ssh-add -X`".into());
+    }
+    let request: SetupRequest = match decode_json(details) {
+        Ok(r) => r,
+        Err(e) => return SetupAnswer::Refused(format!("malformed setup request: {e}")),
+    };
+    // Fresh presence, not the last 2 s refresh (a token may have just been plugged in).
+    for t in &tokens {
+        t.refresh().await;
+    }
+    let present: Vec<TokenHandle> = tokens.into_iter().filter(|t| t.info().is_some()).collect();
+    let token = match request.serial {
+        Some(serial) => match present.iter().find(|t| t.info().map(|i| i.serial) == Some(serial)) {
+            Some(t) => t.clone(),
+            None => return SetupAnswer::Refused(format!("no token with serial {serial} is connected; `keytap list` shows them")),
+        },
+        None if present.len() == 1 => present[0].clone(),
+        None if present.is_empty() => {
+            return SetupAnswer::Refused("no token is connected to the agent; plug one in and retry".into())
+        }
+        None => {
+            let serials: Vec<String> = present.iter().filter_map(|t| t.info()).map(|i| i.serial.to_string()).collect();
+            return SetupAnswer::Refused(format!(
+                "{} tokens are connected ({}); choose one with --serial",
+                serials.len(),
+                serials.join(", ")
+            ));
+        }
+    };
+    let generate = GenerateRequest {
+        slot: request.slot,
+        algorithm: request.algorithm,
+        pin_policy: request.pin_policy,
+        touch_policy: request.touch_policy,
+    };
+    let context = SignContext { requester, purpose: format!("create a key in slot {}", request.slot) };
+    let force = request.force;
+    let protect = request.protect_management_key;
+    let result = token
+        .run(move |owner| {
+            if !force && owner.token.keys()?.iter().any(|k| k.slot == generate.slot) {
+                return Err(TokenError::SlotOccupied(generate.slot));
+            }
+            // The certificate written next to the key is signed by it: ask for the PIN first.
+            // 0 retries here means the card reports the PIN verified already.
+            match owner.token.pin_retries()? {
+                0 => {}
+                retries => owner.ensure_pin(retries, &context)?,
+            }
+            let key = match owner.token.generate(generate, force) {
+                // PIN policy "always": the new key wants the PIN again for its certificate.
+                // The slot was free (checked above) or force was given, so forcing is safe.
+                Err(TokenError::PinRequired { retries }) => {
+                    owner.ensure_pin(retries, &context)?;
+                    owner.token.generate(generate, true)
+                }
+                other => other,
+            }?;
+            let protected = if protect { Some(owner.token.protect_management_key()?) } else { None };
+            Ok((key, protected))
+        })
+        .await;
+    match result.and_then(|r| r) {
+        Ok((key, protected)) => {
+            token.refresh().await;
+            tracing::info!(serial = key.serial, slot = %key.slot, algorithm = %key.algorithm, "setup: created a key");
+            SetupAnswer::Created(KeyReport::from(&key), protected)
+        }
+        Err(e) => SetupAnswer::Refused(e.to_string()),
+    }
+}

@@ -1,0 +1,550 @@
+//! The PIV backend end to end, through a real pcscd with the software PIV card
+//! (`examples/vcard.rs`, plugged into vsmartcard's vpcd).
+//!
+//! Runs when `KEYTAP_TEST_VCARD=1` (then a missing stack is a FAILURE) or when pcscd with vpcd
+//! is reachable; otherwise each test says why it did nothing. Start the stack with
+//! `scripts/pcsc-up.sh` (see docs/testing.md).
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// All tests share vpcd's readers: one at a time.
+static CARD_LOCK: Mutex<()> = Mutex::new(());
+
+const KEYTAP: &str = env!("CARGO_BIN_EXE_keytap");
+const GOOD_PIN: &str = "123456";
+
+fn vpcd_listening() -> bool {
+    let tables = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default()
+        + &std::fs::read_to_string("/proc/net/tcp6").unwrap_or_default();
+    tables.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(":8C7B") && f[3] == "0A"
+    })
+}
+
+/// Whether to run; panics when the stack was required but is missing.
+fn stack_ready() -> bool {
+    let required = std::env::var("KEYTAP_TEST_VCARD").map(|v| v == "1").unwrap_or(false);
+    let pcscd = Path::new("/run/pcscd/pcscd.comm").exists();
+    let ready = pcscd && vpcd_listening();
+    if !ready {
+        let why = format!("pcscd socket present: {pcscd}, vpcd listening on 35963: {}", vpcd_listening());
+        if required {
+            panic!("KEYTAP_TEST_VCARD=1 but the PC/SC stack is missing ({why}); run scripts/pcsc-up.sh");
+        }
+        eprintln!("skipping: no pcscd with vpcd ({why}); set KEYTAP_TEST_VCARD=1 to require it");
+    }
+    ready
+}
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    CARD_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The vcard example binary, built on demand (`cargo test --test piv` does not build examples).
+fn vcard_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let bin = profile_dir.join("examples").join("vcard");
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "vcard", "--quiet"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("running cargo build --example vcard");
+        assert!(status.success(), "building the vcard example failed");
+        *built = true;
+    }
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
+}
+
+/// A running virtual card process; killed on drop (= unplugged).
+struct VCard {
+    child: Child,
+    readers: u16,
+}
+
+impl VCard {
+    fn start(readers: u16, state: &Path, serial: u32) -> VCard {
+        let child = Command::new(vcard_binary())
+            .args(["--readers", &readers.to_string(), "--serial", &serial.to_string(), "--state"])
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting vcard");
+        let card = VCard { child, readers };
+        for r in 0..readers {
+            wait_for_card(r, true);
+        }
+        card
+    }
+
+    fn unplug(self) {
+        drop(self);
+    }
+}
+
+impl Drop for VCard {
+    /// Unplug: kill the card process and wait until pcscd saw the cards go, so the next
+    /// test never meets a stale card.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            for r in 0..self.readers {
+                wait_for_card(r, false);
+            }
+        }
+    }
+}
+
+/// Wait until pcscd reports a card in "Virtual PCD 00 0<reader>" (or none).
+fn wait_for_card(reader: u16, present: bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wanted = format!("Virtual PCD 00 {reader:02}");
+    loop {
+        let now = pcsc::Context::establish(pcsc::Scope::User).ok().and_then(|ctx| {
+            let names = ctx.list_readers_owned().ok()?;
+            let name = names.into_iter().find(|n| n.to_string_lossy().starts_with(&wanted))?;
+            let mut states = [pcsc::ReaderState::new(name.clone(), pcsc::State::UNAWARE)];
+            ctx.get_status_change(Duration::ZERO, &mut states).ok()?;
+            let present = states[0].event_state().contains(pcsc::State::PRESENT);
+            // Present is not yet usable: wait until a connection (power-up, ATR) works.
+            if present {
+                let card = ctx.connect(&name, pcsc::ShareMode::Shared, pcsc::Protocols::ANY).ok()?;
+                let _ = card.disconnect(pcsc::Disposition::LeaveCard);
+            }
+            Some(present)
+        });
+        if now == Some(present) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "card in {wanted} never became present={present}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn keytap(args: &[&str]) -> Output {
+    Command::new(KEYTAP).args(args).env_remove("SSH_AUTH_SOCK").env("KEYTAP_LOG", "warn").output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn pin_file(dir: &Path, name: &str, pin: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{pin}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+/// `keytap setup` on the virtual card; returns the authorized_keys line.
+fn setup(serial: u32, alg: &str, pin: &Path, extra: &[&str]) -> Result<String, String> {
+    let serial = serial.to_string();
+    let mut args = vec![
+        "setup", "--token", "piv", "--serial", &serial, "--slot", "9a", "--alg", alg, "--touch", "never", "--pin-policy",
+        "once", "--pinentry", "/bin/false", "--pin-file",
+    ];
+    let pin = pin.to_str().unwrap();
+    args.push(pin);
+    args.extend_from_slice(extra);
+    let out = keytap(&args);
+    if !out.status.success() {
+        return Err(text(&out));
+    }
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(line.starts_with("ecdsa-sha2-nistp"), "no key line in:\n{stdout}");
+    Ok(line)
+}
+
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, pin: &Path) -> Agent {
+        let sock_dir = dir.join("sock");
+        std::fs::create_dir_all(&sock_dir).unwrap();
+        std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let socket = sock_dir.join("agent.sock");
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = Command::new(KEYTAP)
+            .args(["agent", "--foreground", "--token", "piv", "--socket"])
+            .arg(&socket)
+            .arg("--pin-file")
+            .arg(pin)
+            .args(["--pinentry", "/bin/false"])
+            .env_remove("SSH_AUTH_SOCK")
+            .env("KEYTAP_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "agent socket never appeared; log:\n{}",
+                std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Agent { child, socket }
+    }
+
+    fn listed(&self) -> Vec<String> {
+        let out = Command::new("ssh-add").arg("-L").env("SSH_AUTH_SOCK", &self.socket).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("ecdsa") || l.starts_with("ssh-"))
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+
+    /// Wait until the agent lists exactly these keys (by "type base64").
+    fn wait_listed(&self, keys: &[&str]) {
+        let mut want: Vec<String> = keys.iter().map(|k| k.split_whitespace().take(2).collect::<Vec<_>>().join(" ")).collect();
+        want.sort();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut got = self.listed();
+            got.sort();
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent lists {got:?}, want {want:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `ssh-keygen -Y sign` through the agent, then `-Y verify`; Ok when both succeed.
+    fn sign_and_verify(&self, dir: &Path, key_line: &str) -> Result<(), String> {
+        let pubkey = dir.join("key.pub");
+        std::fs::write(&pubkey, format!("{key_line}\n")).unwrap();
+        let data = dir.join("data.txt");
+        std::fs::write(&data, b"signed through keytap and a PIV card\n").unwrap();
+        let sig = dir.join("data.txt.sig");
+        let _ = std::fs::remove_file(&sig);
+        let out = Command::new("ssh-keygen")
+            .args(["-Y", "sign", "-n", "file", "-f"])
+            .arg(&pubkey)
+            .arg(&data)
+            .env("SSH_AUTH_SOCK", &self.socket)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(format!("ssh-keygen -Y sign: {}", text(&out)));
+        }
+        let signers = dir.join("allowed_signers");
+        std::fs::write(&signers, format!("tester {key_line}\n")).unwrap();
+        let mut verify = Command::new("ssh-keygen")
+            .args(["-Y", "verify", "-n", "file", "-I", "tester", "-f"])
+            .arg(&signers)
+            .arg("-s")
+            .arg(&sig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        verify.stdin.take().unwrap().write_all(&std::fs::read(&data).unwrap()).unwrap();
+        let out = verify.wait_with_output().unwrap();
+        if !out.status.success() {
+            return Err(format!("ssh-keygen -Y verify: {}", text(&out)));
+        }
+        Ok(())
+    }
+
+    fn log(&self, dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn list_setup_refuses_replacement_and_lists_by_serial() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_100_001;
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+
+    let out = keytap(&["list", "--token", "piv"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no keys"), "{}", text(&out));
+
+    let line = setup(serial, "p256", &pin, &[]).unwrap();
+    // Replacing needs --force.
+    let err = setup(serial, "p256", &pin, &[]).unwrap_err();
+    assert!(err.contains("already holds a key") && err.contains("--force"), "{err}");
+
+    let out = keytap(&["list", "--token", "piv", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0]["serial"], serial);
+    assert_eq!(keys[0]["slot"], "9a");
+    assert_eq!(keys[0]["algorithm"], "p256");
+    // The certificate recorded the policy (the card has no metadata).
+    assert_eq!(keys[0]["pin_policy"], "once");
+    assert_eq!(keys[0]["touch_policy"], "never");
+    let listed = keys[0]["authorized_key"].as_str().unwrap();
+    assert_eq!(listed.split_whitespace().nth(1), line.split_whitespace().nth(1));
+
+    // --force replaces the key with a different one.
+    let replaced = setup(serial, "p256", &pin, &["--force"]).unwrap();
+    assert_ne!(replaced.split_whitespace().nth(1), line.split_whitespace().nth(1));
+
+    // An unknown serial is a clear error.
+    let out = keytap(&["setup", "--token", "piv", "--serial", "1", "--pin-file", pin.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no token with serial 1"), "{}", text(&out));
+}
+
+#[test]
+fn wrong_pin_counts_down_and_the_last_retry_is_never_spent() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_200_001;
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let wrong = pin_file(dir.path(), "wrong", "999999");
+    let good = pin_file(dir.path(), "good", GOOD_PIN);
+
+    // 3 -> 2: the file's PIN is wrong, and no other PIN source exists.
+    let first = setup(serial, "p256", &wrong, &[]).unwrap_err();
+    assert!(!first.contains("only one PIN try is left"), "{first}");
+    // 2 -> 1, and then keytap stops before spending the last try.
+    let second = setup(serial, "p256", &wrong, &[]).unwrap_err();
+    assert!(second.contains("only one PIN try is left"), "{second}");
+    // Even the right PIN is not tried at one retry left: the user must unblock deliberately.
+    let third = setup(serial, "p256", &good, &[]).unwrap_err();
+    assert!(third.contains("only one PIN try is left"), "{third}");
+    let out = keytap(&["list", "--token", "piv"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no keys"), "{}", text(&out));
+}
+
+#[test]
+fn agent_signs_survives_unplug_and_picks_up_the_card_again() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("card");
+    let serial = 7_300_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let card = VCard::start(1, &state, serial);
+    let line = setup(serial, "p256", &pin, &[]).unwrap();
+
+    let agent = Agent::start(dir.path(), &pin);
+    agent.wait_listed(&[&line]);
+    agent.sign_and_verify(dir.path(), &line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
+    // A second signature uses the card's PIN cache (one long-lived handle).
+    agent.sign_and_verify(dir.path(), &line).unwrap();
+    // `ssh-add -D` lets go of the card; the next request reconnects by itself.
+    let out = Command::new("ssh-add").arg("-D").env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    agent.sign_and_verify(dir.path(), &line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
+
+    // Unplug: the key disappears and signing fails cleanly, the agent keeps running.
+    card.unplug();
+    agent.wait_listed(&[]);
+    assert!(agent.sign_and_verify(dir.path(), &line).is_err());
+
+    // Plug back in (same card state): listed and signing again, PIN re-verified from the file.
+    let _card = VCard::start(1, &state, serial);
+    agent.wait_listed(&[&line]);
+    agent.sign_and_verify(dir.path(), &line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
+    let log = agent.log(dir.path());
+    assert!(log.contains("signed"), "{log}");
+}
+
+#[test]
+fn agent_started_without_a_card_picks_it_up_later() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("card");
+    let serial = 7_400_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let card = VCard::start(1, &state, serial);
+    let line = setup(serial, "p256", &pin, &[]).unwrap();
+    card.unplug();
+
+    // Without a card, direct commands fail with what to do next.
+    let out = keytap(&["list", "--token", "piv"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no YubiKey found; plug it in"), "{}", text(&out));
+
+    let agent = Agent::start(dir.path(), &pin);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.listed().is_empty());
+    let status = Command::new(KEYTAP).arg("status").env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
+    assert!(status.status.success(), "{}", text(&status));
+
+    let _card = VCard::start(1, &state, serial);
+    agent.wait_listed(&[&line]);
+    agent.sign_and_verify(dir.path(), &line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
+}
+
+#[test]
+fn two_cards_are_two_tokens_and_each_signs() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_500_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let _cards = VCard::start(2, &dir.path().join("cards"), serial);
+    // Both virtual cards seed their RNG alike: different algorithms keep the keys distinct.
+    let first = setup(serial, "p256", &pin, &[]).unwrap();
+    let second = setup(serial + 1, "p384", &pin, &[]).unwrap();
+    assert!(second.starts_with("ecdsa-sha2-nistp384"));
+
+    // Without --serial, setup refuses to guess.
+    let out = keytap(&["setup", "--token", "piv", "--pin-file", pin.to_str().unwrap(), "--force"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--serial"), "{}", text(&out));
+
+    let agent = Agent::start(dir.path(), &pin);
+    agent.wait_listed(&[&first, &second]);
+    agent.sign_and_verify(dir.path(), &first).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
+    agent.sign_and_verify(dir.path(), &second).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
+    let status = Command::new(KEYTAP).args(["status", "--json"]).env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let mut serials: Vec<u64> =
+        report["tokens"].as_array().unwrap().iter().filter_map(|t| t["serial"].as_u64()).collect();
+    serials.sort();
+    assert_eq!(serials, vec![u64::from(serial), u64::from(serial) + 1]);
+}
+
+#[test]
+fn setup_goes_through_the_running_agent() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_600_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let agent = Agent::start(dir.path(), &pin);
+    agent.wait_listed(&[]);
+    let via_agent = |extra: &[&str]| {
+        let mut args = vec!["setup", "--slot", "9a", "--alg", "p256", "--touch", "never", "--pin-policy", "once"];
+        args.extend_from_slice(extra);
+        // No --pin-file: the agent asks for the PIN with its own prompter (its --pin-file).
+        Command::new(KEYTAP).args(&args).env("SSH_AUTH_SOCK", &agent.socket).output().unwrap()
+    };
+    let out = via_agent(&[]);
+    assert!(out.status.success(), "{}\nagent log:\n{}", text(&out), agent.log(dir.path()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("through the agent"), "{stdout}");
+    let line = stdout.lines().last().unwrap().to_string();
+    // The agent serves the new key at once, and it signs.
+    agent.wait_listed(&[&line]);
+    agent.sign_and_verify(dir.path(), &line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
+    // Replacing still needs --force, and the refusal says so.
+    let out = via_agent(&[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the agent refused") && stderr.contains("--force"), "{stderr}");
+}
+
+#[test]
+fn management_key_is_replaced_by_a_pin_protected_one() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_700_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let first = keytap(&[
+        "setup", "--token", "piv", "--serial", "7700001", "--touch", "never", "--protect-management-key", "--pin-file",
+        pin.to_str().unwrap(),
+    ]);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("replaced by a random one"), "{}", text(&first));
+    // Key management still works: with the PIN, keytap finds the protected key on the card.
+    let again = keytap(&[
+        "setup", "--token", "piv", "--serial", "7700001", "--touch", "never", "--force", "--protect-management-key",
+        "--pin-file", pin.to_str().unwrap(),
+    ]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("not the factory default"), "{}", text(&again));
+    let a = String::from_utf8_lossy(&first.stdout).lines().last().unwrap().to_string();
+    let b = String::from_utf8_lossy(&again.stdout).lines().last().unwrap().to_string();
+    assert_ne!(a, b);
+}
+
+#[test]
+fn ssh_login_through_the_piv_path() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_800_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let line = setup(serial, "p256", &pin, &[]).unwrap();
+    let agent = Agent::start(dir.path(), &pin);
+    agent.wait_listed(&[&line]);
+    let sshd = support::Sshd::start(std::slice::from_ref(&line), &[]);
+    let known_hosts = dir.path().join("known_hosts");
+    std::fs::write(&known_hosts, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_key_pub)).unwrap();
+    let out = Command::new("ssh")
+        .args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o"])
+        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
+        .args(["-o", "ConnectTimeout=10", "-p", &sshd.port.to_string()])
+        .arg(format!("{}@127.0.0.1", support::user()))
+        .arg("echo logged-in-with-piv")
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("logged-in-with-piv"),
+        "{}\nsshd:\n{}\nagent:\n{}",
+        text(&out),
+        sshd.log_text(),
+        agent.log(dir.path())
+    );
+    assert!(sshd.log_text().contains("Accepted publickey"), "{}", sshd.log_text());
+    // The agent recorded the signature as an SSH login.
+    assert!(agent.log(dir.path()).contains("signed"), "{}", agent.log(dir.path()));
+}
