@@ -37,7 +37,7 @@ fn touch_deny_timeout_and_delay() {
     agent.wait_log("touch was not given in time");
 
     // A touch that takes a while is announced, naming the token, the program and the purpose.
-    agent.mock(&["touch", "delay:1300"]);
+    agent.mock(&["touch", "delay:1600"]);
     let out = sshsig(&agent, "9c");
     assert!(out.status.success(), "{}", text(&out));
     let log = agent.wait_log("Touch YubiKey 12345678 to let ssh-keygen (pid ");

@@ -124,8 +124,8 @@ struct Cached {
 
 /// A slot's private key, parsed once per state-file version.
 enum ParsedKey {
-    P256(p256::ecdsa::SigningKey),
-    P384(p384::ecdsa::SigningKey),
+    /// ECDSA keys in ring's form (DER signatures straight out, like a PIV card's).
+    Ecdsa(ring::signature::EcdsaKeyPair),
     Ed25519(ed25519_dalek::SigningKey),
     Rsa(rsa::RsaPrivateKey),
 }
@@ -507,8 +507,16 @@ fn parse_key(s: &SlotState) -> TokenResult<ParsedKey> {
     use p256::pkcs8::DecodePrivateKey;
     let pem = s.private_key_pkcs8.as_str();
     Ok(match s.algorithm {
-        KeyAlgorithm::P256 => ParsedKey::P256(p256::ecdsa::SigningKey::from_pkcs8_pem(pem).map_err(corrupt)?),
-        KeyAlgorithm::P384 => ParsedKey::P384(p384::ecdsa::SigningKey::from_pkcs8_pem(pem).map_err(corrupt)?),
+        KeyAlgorithm::P256 | KeyAlgorithm::P384 => {
+            let alg = if s.algorithm == KeyAlgorithm::P256 {
+                &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING
+            } else {
+                &ring::signature::ECDSA_P384_SHA384_ASN1_SIGNING
+            };
+            let (_, der) = p256::pkcs8::SecretDocument::from_pem(pem).map_err(corrupt)?;
+            let rng = ring::rand::SystemRandom::new();
+            ParsedKey::Ecdsa(ring::signature::EcdsaKeyPair::from_pkcs8(alg, der.as_bytes(), &rng).map_err(corrupt)?)
+        }
         KeyAlgorithm::Ed25519 => ParsedKey::Ed25519(ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(corrupt)?),
         KeyAlgorithm::Rsa2048 => ParsedKey::Rsa(rsa::RsaPrivateKey::from_pkcs8_pem(pem).map_err(corrupt)?),
     })
@@ -517,13 +525,12 @@ fn parse_key(s: &SlotState) -> TokenResult<ParsedKey> {
 fn sign_with(key: &ParsedKey, alg: KeyAlgorithm, slot: Slot, scheme: SignScheme, message: &[u8]) -> TokenResult<Vec<u8>> {
     use signature::Signer;
     match (key, scheme) {
-        (ParsedKey::P256(sk), SignScheme::EcdsaSha256) => {
-            let sig: p256::ecdsa::Signature = sk.sign(message);
-            Ok(sig.to_der().as_bytes().to_vec())
-        }
-        (ParsedKey::P384(sk), SignScheme::EcdsaSha384) => {
-            let sig: p384::ecdsa::Signature = sk.sign(message);
-            Ok(sig.to_der().as_bytes().to_vec())
+        (ParsedKey::Ecdsa(sk), SignScheme::EcdsaSha256 | SignScheme::EcdsaSha384)
+            if (alg == KeyAlgorithm::P256) == (scheme == SignScheme::EcdsaSha256) =>
+        {
+            let rng = ring::rand::SystemRandom::new();
+            let sig = sk.sign(&rng, message).map_err(|_| TokenError::Other("mock ECDSA signing failed".into()))?;
+            Ok(sig.as_ref().to_vec())
         }
         (ParsedKey::Ed25519(sk), SignScheme::Ed25519) => Ok(sk.sign(message).to_bytes().to_vec()),
         (ParsedKey::Rsa(sk), SignScheme::RsaPkcs1Sha256) => {

@@ -97,40 +97,76 @@ impl Owner {
     }
 }
 
-/// Tells the user about a pending touch if the token has not answered within a second. One
-/// long-lived thread per owner, armed and disarmed around each signature (no thread per sign).
+/// Tells the user about a pending touch if the token has not answered within a second.
+///
+/// Arming and disarming only write a mutex-guarded slot: no thread is woken per signature. The
+/// notice thread polls that slot every 100 ms while signatures are frequent and parks after
+/// ten quiet seconds; the first arm after that unparks it.
 struct TouchNotifier {
-    tx: mpsc::Sender<Option<String>>,
+    shared: Arc<NoticeShared>,
+    thread: std::thread::Thread,
 }
+
+struct NoticeShared {
+    /// When the pending touch was armed, and what to say.
+    armed: std::sync::Mutex<Option<(Instant, String)>>,
+    parked: std::sync::atomic::AtomicBool,
+}
+
+const NOTICE_POLL: Duration = Duration::from_millis(100);
+const NOTICE_IDLE_PARK: Duration = Duration::from_secs(10);
 
 impl TouchNotifier {
     fn new(prompter: Arc<dyn Prompter>) -> TouchNotifier {
-        let (tx, rx) = mpsc::channel::<Option<String>>();
-        std::thread::Builder::new()
+        use std::sync::atomic::Ordering;
+        let shared = Arc::new(NoticeShared { armed: std::sync::Mutex::new(None), parked: false.into() });
+        let state = shared.clone();
+        let handle = std::thread::Builder::new()
             .name("touch-notice".into())
             .spawn(move || {
-                // Some(message) arms, None disarms.
-                while let Ok(armed) = rx.recv() {
-                    let Some(mut message) = armed else { continue };
-                    loop {
-                        match rx.recv_timeout(TOUCH_NOTICE_DELAY) {
-                            Err(RecvTimeoutError::Timeout) => {
-                                prompter.notify(&message);
-                                break;
+                let mut last_armed = Instant::now();
+                loop {
+                    let due = {
+                        let mut armed = state.armed.lock().expect("notice lock");
+                        match armed.as_ref() {
+                            Some((at, _)) => {
+                                last_armed = Instant::now();
+                                if at.elapsed() >= TOUCH_NOTICE_DELAY {
+                                    armed.take().map(|(_, message)| message)
+                                } else {
+                                    None
+                                }
                             }
-                            Err(RecvTimeoutError::Disconnected) => return,
-                            Ok(None) => break,
-                            Ok(Some(next)) => message = next,
+                            None => None,
                         }
+                    };
+                    if let Some(message) = due {
+                        prompter.notify(&message);
+                    }
+                    if Arc::strong_count(&state) == 1 {
+                        return; // the owner is gone
+                    }
+                    if last_armed.elapsed() > NOTICE_IDLE_PARK {
+                        state.parked.store(true, Ordering::SeqCst);
+                        if state.armed.lock().expect("notice lock").is_none() {
+                            std::thread::park_timeout(NOTICE_IDLE_PARK);
+                        }
+                        state.parked.store(false, Ordering::SeqCst);
+                        last_armed = Instant::now();
+                    } else {
+                        std::thread::sleep(NOTICE_POLL);
                     }
                 }
             })
             .expect("spawning the touch notice thread");
-        TouchNotifier { tx }
+        TouchNotifier { shared, thread: handle.thread().clone() }
     }
 
     fn arm(&self, message: String) -> TouchNoticeGuard<'_> {
-        let _ = self.tx.send(Some(message));
+        *self.shared.armed.lock().expect("notice lock") = Some((Instant::now(), message));
+        if self.shared.parked.load(std::sync::atomic::Ordering::SeqCst) {
+            self.thread.unpark();
+        }
         TouchNoticeGuard { notifier: self }
     }
 }
@@ -141,7 +177,7 @@ struct TouchNoticeGuard<'a> {
 
 impl Drop for TouchNoticeGuard<'_> {
     fn drop(&mut self) {
-        let _ = self.notifier.tx.send(None);
+        *self.notifier.shared.armed.lock().expect("notice lock") = None;
     }
 }
 
@@ -406,7 +442,7 @@ mod tests {
     fn a_slow_touch_is_announced_with_requester_and_purpose() {
         let prompter = Scripted::new(&["123456"]);
         let (dir, mut owner, key) = owner(prompter.clone());
-        std::fs::write(dir.path().join("touch"), "delay:1300").unwrap();
+        std::fs::write(dir.path().join("touch"), "delay:1600").unwrap();
         owner.sign(&key, SignScheme::EcdsaSha256, b"data", &context()).unwrap();
         let notices = prompter.notices.lock().unwrap();
         assert_eq!(notices.as_slice(), ["Touch YubiKey 4242 to let git (pid 1) sign a git commit or tag"]);
