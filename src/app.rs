@@ -438,8 +438,10 @@ pub fn shell_commands(socket: &Path, pid: u32, csh: bool) -> String {
 }
 
 fn init_agent_logging(args: &AgentArgs) -> Result<(), AppError> {
+    // The yubikey crate logs every empty reader as an error on each scan; keytap reports what
+    // matters itself (KEYTAP_LOG=yubikey=debug brings it back).
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYTAP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,yubikey=off"));
     if args.daemon_child {
         let path = args.log_file.clone().unwrap_or_else(|| paths::state_home().join("agent.log"));
         if let Some(dir) = path.parent() {
