@@ -41,8 +41,9 @@ fn text(o: &Output) -> String {
 }
 
 #[test]
+#[ignore = "needs a real YubiKey: KEYTAP_TEST_YUBIKEY_SERIAL=NNN cargo test --test yubikey_hw -- --ignored --test-threads 1"]
 fn device_is_found_by_serial_and_lists_keys_with_metadata_policies() {
-    let Some(serial) = serial() else { return };
+    let serial = serial().expect("set KEYTAP_TEST_YUBIKEY_SERIAL to the serial of the YubiKey to test");
     let out = keytap(&["list", "--token", "piv", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -129,8 +130,9 @@ fn sign(agent: &Agent, dir: &Path, key_line: &str) -> Result<(), String> {
 }
 
 #[test]
+#[ignore = "needs a real YubiKey: KEYTAP_TEST_YUBIKEY_SERIAL=NNN cargo test --test yubikey_hw -- --ignored --test-threads 1"]
 fn destructive_setup_in_slot_95_and_touch_sign_through_the_agent() {
-    let Some(serial) = serial() else { return };
+    let serial = serial().expect("set KEYTAP_TEST_YUBIKEY_SERIAL to the serial of the YubiKey to test");
     if !destructive() {
         eprintln!("skipping: set KEYTAP_TEST_YUBIKEY_DESTRUCTIVE=1 to let this test overwrite slot 95");
         return;
