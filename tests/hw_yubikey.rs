@@ -41,7 +41,7 @@ fn text(o: &Output) -> String {
 }
 
 #[test]
-#[ignore = "needs a real YubiKey: KEYTAP_TEST_YUBIKEY_SERIAL=NNN cargo test --test yubikey_hw -- --ignored --test-threads 1"]
+#[ignore = "needs a real YubiKey: KEYTAP_TEST_YUBIKEY_SERIAL=NNN cargo test --test hw_yubikey -- --ignored --test-threads 1"]
 fn device_is_found_by_serial_and_lists_keys_with_metadata_policies() {
     let serial = serial().expect("set KEYTAP_TEST_YUBIKEY_SERIAL to the serial of the YubiKey to test");
     let out = keytap(&["list", "--token", "piv", "--json"]);
@@ -130,7 +130,7 @@ fn sign(agent: &Agent, dir: &Path, key_line: &str) -> Result<(), String> {
 }
 
 #[test]
-#[ignore = "needs a real YubiKey: KEYTAP_TEST_YUBIKEY_SERIAL=NNN cargo test --test yubikey_hw -- --ignored --test-threads 1"]
+#[ignore = "needs a real YubiKey: KEYTAP_TEST_YUBIKEY_SERIAL=NNN cargo test --test hw_yubikey -- --ignored --test-threads 1"]
 fn destructive_setup_in_slot_95_and_touch_sign_through_the_agent() {
     let serial = serial().expect("set KEYTAP_TEST_YUBIKEY_SERIAL to the serial of the YubiKey to test");
     if !destructive() {
