@@ -272,7 +272,9 @@ fn malformed_input_gets_failure_or_close_and_never_hurts_the_agent() {
     let unknown_blob = key_blob(&support_keygen_line(&agent));
 
     // Each case: raw bytes, expected answer (Some(FAILURE)) or a closed connection (None).
-    let mut cases: Vec<(&str, Vec<u8>, Option<&[u8]>)> = vec![
+    // (name, raw bytes, expected answer or None for a closed connection)
+    type Case<'a> = (&'a str, Vec<u8>, Option<&'a [u8]>);
+    let mut cases: Vec<Case> = vec![
         ("4 GiB length prefix", vec![0xff, 0xff, 0xff, 0xff, 11], None),
         ("just over 256 KiB", ((256 * 1024 + 1) as u32).to_be_bytes().to_vec(), None),
         ("zero length", vec![0, 0, 0, 0], None),
