@@ -75,6 +75,25 @@ pub struct SetupArgs {
     /// pinentry program [default: `pinentry` on PATH].
     #[arg(long, value_name = "PROGRAM")]
     pub pinentry: Option<String>,
+    /// Change the PIN (the current one from --pin-file or pinentry, the new one from
+    /// --new-pin-file or pinentry, asked twice).
+    #[arg(long)]
+    pub change_pin: bool,
+    /// Change the PUK (current from --puk-file or pinentry, new from --new-puk-file or pinentry).
+    #[arg(long)]
+    pub change_puk: bool,
+    /// The new PIN, in a file (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub new_pin_file: Option<PathBuf>,
+    /// The current PUK, in a file (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub puk_file: Option<PathBuf>,
+    /// The new PUK, in a file (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub new_puk_file: Option<PathBuf>,
+    /// Create no key: only change the PIN, PUK or management key.
+    #[arg(long)]
+    pub no_key: bool,
 }
 
 #[derive(Args, Debug)]

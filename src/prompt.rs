@@ -87,7 +87,14 @@ impl Prompter for SystemPrompter {
         if self.pinentry.is_none() && which(&program).is_none() {
             return Err(PromptError::NoPinSource);
         }
-        pinentry_get_pin(&program, request)
+        let mut desc = format!(
+            "Enter the PIN of YubiKey {} ({} tries left).\n{}",
+            request.serial, request.retries, request.reason
+        );
+        if let Some(error) = &request.error {
+            desc = format!("{error}\n{desc}");
+        }
+        pinentry_ask(&program, &desc, "PIN:")
     }
 
     fn confirm(&self, message: &str) -> bool {
@@ -176,8 +183,17 @@ fn assuan_unescape(data: &str) -> Zeroizing<String> {
     Zeroizing::new(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Ask for a PIN through the pinentry Assuan protocol.
-fn pinentry_get_pin(program: &str, request: &PinRequest) -> Result<Option<Pin>, PromptError> {
+/// Ask for a secret (PIN, PUK) with `pinentry` (or the given program); `Ok(None)` if cancelled.
+pub fn ask_with_pinentry(pinentry: Option<&str>, description: &str, prompt: &str) -> Result<Option<Pin>, PromptError> {
+    let program = pinentry.unwrap_or("pinentry");
+    if pinentry.is_none() && which(program).is_none() {
+        return Err(PromptError::NoPinSource);
+    }
+    pinentry_ask(program, description, prompt)
+}
+
+/// Ask for a secret through the pinentry Assuan protocol.
+fn pinentry_ask(program: &str, description: &str, prompt: &str) -> Result<Option<Pin>, PromptError> {
     let fail = |e: String| PromptError::Program(program.to_string(), e);
     let mut child = Command::new(program)
         .stdin(Stdio::piped())
@@ -198,17 +214,10 @@ fn pinentry_get_pin(program: &str, request: &PinRequest) -> Result<Option<Pin>, 
         }
     };
     expect_ok(&mut stdout, &mut line)?;
-    let mut desc = format!(
-        "Enter the PIN of YubiKey {} ({} tries left).\n{}",
-        request.serial, request.retries, request.reason
-    );
-    if let Some(error) = &request.error {
-        desc = format!("{error}\n{desc}");
-    }
     for command in [
         "SETTITLE keytap".to_string(),
-        format!("SETDESC {}", assuan_escape(&desc)),
-        "SETPROMPT PIN:".to_string(),
+        format!("SETDESC {}", assuan_escape(description)),
+        format!("SETPROMPT {}", assuan_escape(prompt)),
     ] {
         writeln!(stdin, "{command}").map_err(|e| fail(e.to_string()))?;
         expect_ok(&mut stdout, &mut line)?;

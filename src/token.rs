@@ -204,6 +204,12 @@ pub enum TokenError {
     WrongPin { retries: u8 },
     #[error("PIN is blocked; unblock it with the PUK (`ykman piv access unblock-pin`)")]
     PinBlocked,
+    #[error("wrong PUK, {retries} tries left; check the PUK before trying again (a blocked PUK cannot be unblocked)")]
+    WrongPuk { retries: u8 },
+    #[error("the PUK is blocked; the PIV application can only be reset (`ykman piv reset`, which erases its keys)")]
+    PukBlocked,
+    #[error("{0}")]
+    BadNewSecret(String),
     #[error("only one PIN try is left; keytap will not spend it. Unblock or reset the PIN with the PUK (`ykman piv access change-pin` with the right PIN, or `ykman piv access unblock-pin`)")]
     PinLastRetry,
     #[error("no PIN was given: {0}")]
@@ -247,12 +253,47 @@ pub trait Token: Send {
     fn generate(&mut self, request: GenerateRequest, force: bool) -> TokenResult<KeyInfo>;
     /// Drop any connection to the device so other programs can use it; the next call reconnects.
     fn release(&mut self) {}
+    /// Change the PIN or the PUK. A wrong `current` spends one of its retries.
+    fn change_secret(&mut self, which: Secret, _current: &Pin, _new: &Pin) -> TokenResult<()> {
+        Err(TokenError::Unsupported(format!("changing the {which} on this token")))
+    }
     /// Replace a factory-default management key with a random one stored PIN-protected on the
     /// token (as `ykman piv access change-management-key --generate --protect`). Needs the PIN
     /// verified. `Ok(false)`: the management key was not the default, nothing changed.
     fn protect_management_key(&mut self) -> TokenResult<bool> {
         Err(TokenError::Unsupported("this token has no management key".into()))
     }
+}
+
+/// The token's two secrets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Secret {
+    Pin,
+    Puk,
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Secret::Pin => "PIN",
+            Secret::Puk => "PUK",
+        })
+    }
+}
+
+/// The factory defaults of a YubiKey's PIV application (and of the mock token).
+pub const DEFAULT_PIN: &str = "123456";
+pub const DEFAULT_PUK: &str = "12345678";
+
+/// PIV PINs and PUKs are 6 to 8 characters.
+pub fn check_new_secret(which: Secret, new: &str) -> TokenResult<()> {
+    if !(6..=8).contains(&new.len()) || !new.is_ascii() {
+        return Err(TokenError::BadNewSecret(format!("a {which} must be 6 to 8 ASCII characters; choose another")));
+    }
+    if (which == Secret::Pin && new == DEFAULT_PIN) || (which == Secret::Puk && new == DEFAULT_PUK) {
+        return Err(TokenError::BadNewSecret(format!("the new {which} is the factory default; choose another")));
+    }
+    Ok(())
 }
 
 /// Which kind of token a command uses.

@@ -166,9 +166,14 @@ fn setup(serial: u32, alg: &str, pin: &Path, extra: &[&str]) -> Result<String, S
         return Err(text(&out));
     }
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let line = stdout.lines().last().unwrap_or_default().to_string();
+    let line = key_line(&stdout);
     assert!(line.starts_with("ecdsa-sha2-nistp"), "no key line in:\n{stdout}");
     Ok(line)
+}
+
+/// The authorized_keys line `keytap setup` printed (notes such as the default-PIN offer follow it).
+fn key_line(stdout: &str) -> String {
+    stdout.lines().find(|l| l.starts_with("ssh-") || l.starts_with("ecdsa-")).unwrap_or_default().to_string()
 }
 
 struct Agent {
@@ -472,7 +477,7 @@ fn setup_goes_through_the_running_agent() {
     assert!(out.status.success(), "{}\nagent log:\n{}", text(&out), agent.log(dir.path()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("through the agent"), "{stdout}");
-    let line = stdout.lines().last().unwrap().to_string();
+    let line = key_line(&stdout);
     // The agent serves the new key at once, and it signs.
     agent.wait_listed(&[&line]);
     agent.sign_and_verify(dir.path(), &line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
@@ -506,8 +511,8 @@ fn management_key_is_replaced_by_a_pin_protected_one() {
     ]);
     assert!(again.status.success(), "{}", text(&again));
     assert!(String::from_utf8_lossy(&again.stdout).contains("not the factory default"), "{}", text(&again));
-    let a = String::from_utf8_lossy(&first.stdout).lines().last().unwrap().to_string();
-    let b = String::from_utf8_lossy(&again.stdout).lines().last().unwrap().to_string();
+    let a = key_line(&String::from_utf8_lossy(&first.stdout));
+    let b = key_line(&String::from_utf8_lossy(&again.stdout));
     assert_ne!(a, b);
 }
 
@@ -547,4 +552,41 @@ fn ssh_login_through_the_piv_path() {
     assert!(sshd.log_text().contains("Accepted publickey"), "{}", sshd.log_text());
     // The agent recorded the signature as an SSH login.
     assert!(agent.log(dir.path()).contains("signed"), "{}", agent.log(dir.path()));
+}
+
+#[test]
+fn setup_changes_pin_and_puk_on_the_card() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_800_001;
+    let card = VCard::start(1, &dir.path().join("card"), serial);
+    let good = pin_file(dir.path(), "good", GOOD_PIN);
+    let new_pin = pin_file(dir.path(), "new-pin", "75318642");
+    let puk = pin_file(dir.path(), "puk", "12345678");
+    let new_puk = pin_file(dir.path(), "new-puk", "64297531");
+    let serial_arg = serial.to_string();
+    // First-time setup on the factory PIN ends with the offer to change it.
+    let out = keytap(&["setup", "--token", "piv", "--serial", &serial_arg, "--touch", "never", "--pin-file", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("keytap setup --no-key --change-pin --change-puk\n"), "{}", text(&out));
+    let out = keytap(&[
+        "setup", "--token", "piv", "--serial", &serial_arg, "--no-key",
+        "--pin-file", good.to_str().unwrap(), "--change-pin", "--new-pin-file", new_pin.to_str().unwrap(),
+        "--change-puk", "--puk-file", puk.to_str().unwrap(), "--new-puk-file", new_puk.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PUK changed.\nPIN changed.\n");
+    // Replug (the card keeps its state, and forgets that a PIN was verified): the old PIN is
+    // refused, the new one is taken and no change is offered any more.
+    card.unplug();
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let old = keytap(&["setup", "--token", "piv", "--serial", &serial_arg, "--no-key", "--pin-file", good.to_str().unwrap()]);
+    assert_eq!(old.status.code(), Some(1), "{}", text(&old));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("no PIN was given"), "{}", text(&old));
+    let out = keytap(&["setup", "--token", "piv", "--serial", &serial_arg, "--no-key", "--pin-file", new_pin.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }

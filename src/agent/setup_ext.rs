@@ -25,12 +25,53 @@ pub struct SetupRequest {
     pub force: bool,
     #[serde(default)]
     pub protect_management_key: bool,
+    /// Change the PIN: (current, new). Sent over the uid-checked agent socket, like
+    /// `ssh-add -x` sends its passphrase; zeroized on both sides.
+    #[serde(default)]
+    pub change_pin: Option<SecretChange>,
+    #[serde(default)]
+    pub change_puk: Option<SecretChange>,
+    /// Create no key (only change secrets).
+    #[serde(default)]
+    pub no_key: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SecretChange {
+    pub current: zeroize::Zeroizing<String>,
+    pub new: zeroize::Zeroizing<String>,
+}
+
+/// What setup tells the user when the token still has the factory PIN.
+pub const DEFAULT_PIN_OFFER: &str = "This token still uses the factory default PIN (123456), so anyone holding it can use its keys. \
+Change the PIN and PUK now: keytap setup --no-key --change-pin --change-puk";
+
+/// After a key was created (or not): change the PIN and PUK as asked, and offer to when the
+/// PIN is still the factory default. Returns lines for the user. Runs on the token's owner.
+pub fn finish(owner: &mut crate::token::owner::Owner, change_pin: Option<SecretChange>, change_puk: Option<SecretChange>) -> Result<Vec<String>, TokenError> {
+    use crate::token::Secret;
+    let mut notes = Vec::new();
+    let asked_pin = change_pin.is_some();
+    if let Some(change) = change_puk {
+        owner.token.change_secret(Secret::Puk, &change.current, &change.new)?;
+        notes.push("PUK changed.".to_string());
+    }
+    if let Some(change) = change_pin {
+        owner.token.change_secret(Secret::Pin, &change.current, &change.new)?;
+        owner.default_pin_in_use = false;
+        notes.push("PIN changed.".to_string());
+    }
+    if !asked_pin && owner.default_pin_in_use {
+        notes.push(DEFAULT_PIN_OFFER.to_string());
+    }
+    Ok(notes)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum SetupAnswer {
-    /// The key, and whether the management key was replaced (when asked to protect it).
-    Created(KeyReport, Option<bool>),
+    /// The key (unless `no_key`), whether the management key was replaced (when asked to
+    /// protect it), and lines for the user (PIN/PUK changed, default-PIN offer).
+    Created(Option<KeyReport>, Option<bool>, Vec<String>),
     Refused(String),
 }
 
@@ -94,8 +135,20 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String,
     let context = SignContext { requester, purpose: format!("create a key in slot {}", request.slot) };
     let force = request.force;
     let protect = request.protect_management_key;
+    let (change_pin, change_puk, no_key) = (request.change_pin, request.change_puk, request.no_key);
     let result = token
         .run(move |owner| {
+            if no_key {
+                if protect {
+                    match owner.token.pin_retries()? {
+                        0 => {}
+                        retries => owner.ensure_pin(retries, &context)?,
+                    }
+                }
+                let protected = if protect { Some(owner.token.protect_management_key()?) } else { None };
+                let notes = finish(owner, change_pin, change_puk)?;
+                return Ok((None, protected, notes));
+            }
             if !force && owner.token.keys()?.iter().any(|k| k.slot == generate.slot) {
                 return Err(TokenError::SlotOccupied(generate.slot));
             }
@@ -115,14 +168,20 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String,
                 other => other,
             }?;
             let protected = if protect { Some(owner.token.protect_management_key()?) } else { None };
-            Ok((key, protected))
+            let notes = finish(owner, change_pin, change_puk)?;
+            Ok((Some(key), protected, notes))
         })
         .await;
     match result.and_then(|r| r) {
-        Ok((key, protected)) => {
+        Ok((key, protected, notes)) => {
             token.refresh().await;
-            tracing::info!(serial = key.serial, slot = %key.slot, algorithm = %key.algorithm, "setup: created a key");
-            SetupAnswer::Created(KeyReport::from(&key), protected)
+            if let Some(key) = &key {
+                tracing::info!(serial = key.serial, slot = %key.slot, algorithm = %key.algorithm, "setup: created a key");
+            }
+            for note in &notes {
+                tracing::info!("setup: {note}");
+            }
+            SetupAnswer::Created(key.as_ref().map(KeyReport::from), protected, notes)
         }
         Err(e) => SetupAnswer::Refused(e.to_string()),
     }

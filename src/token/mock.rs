@@ -21,7 +21,7 @@ use ssh_key::public::KeyData;
 use zeroize::Zeroizing;
 
 use super::{
-    Attestation, GenerateRequest, KeyAlgorithm, KeyInfo, Pin, PinPolicy, SignScheme, Slot, Token,
+    Attestation, GenerateRequest, Secret, KeyAlgorithm, KeyInfo, Pin, PinPolicy, SignScheme, Slot, Token,
     TokenError, TokenInfo, TokenResult, TouchPolicy,
 };
 
@@ -30,8 +30,7 @@ pub const STATE_FILE: &str = "mock-token.json";
 const WARNING_FILE: &str = "THIS-IS-A-TEST-TOKEN.txt";
 const WARNING: &str = "TEST TOKEN: keytap's mock token. Its private keys are stored in this \
 directory in plain text. Never use them for anything real.";
-pub const DEFAULT_PIN: &str = "123456";
-pub const DEFAULT_PUK: &str = "12345678";
+pub use super::{DEFAULT_PIN, DEFAULT_PUK};
 const PIN_TRIES: u8 = 3;
 /// How long one touch satisfies a `cached` touch policy (YubiKey: 15 s).
 const TOUCH_CACHE: Duration = Duration::from_secs(15);
@@ -54,6 +53,10 @@ fn yes() -> bool {
     true
 }
 
+fn three() -> u8 {
+    PIN_TRIES
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 struct State {
     #[serde(rename = "WARNING")]
@@ -63,6 +66,8 @@ struct State {
     pin: String,
     puk: String,
     pin_retries: u8,
+    #[serde(default = "three")]
+    puk_retries: u8,
     slots: BTreeMap<Slot, SlotState>,
     /// Mock attestation CA (root + f9), PEM; see `attest::mock`.
     #[serde(default)]
@@ -183,6 +188,7 @@ impl MockToken {
             pin: DEFAULT_PIN.to_string(),
             puk: DEFAULT_PUK.to_string(),
             pin_retries: PIN_TRIES,
+            puk_retries: PIN_TRIES,
             slots,
             attestation: Some(attestation),
         };
@@ -404,6 +410,34 @@ impl Token for MockToken {
     fn release(&mut self) {
         self.pin_verified = false;
         self.last_touch = None;
+    }
+
+    fn change_secret(&mut self, which: Secret, current: &Pin, new: &Pin) -> TokenResult<()> {
+        super::check_new_secret(which, new)?;
+        let mut state = self.present_state()?;
+        let (stored, retries) = match which {
+            Secret::Pin => (&mut state.pin, &mut state.pin_retries),
+            Secret::Puk => (&mut state.puk, &mut state.puk_retries),
+        };
+        if *retries == 0 {
+            return Err(if which == Secret::Pin { TokenError::PinBlocked } else { TokenError::PukBlocked });
+        }
+        let ok: bool = subtle::ConstantTimeEq::ct_eq(current.as_bytes(), stored.as_bytes()).into();
+        if ok {
+            *stored = new.to_string();
+            *retries = PIN_TRIES;
+        } else {
+            *retries -= 1;
+        }
+        let left = *retries;
+        self.save(&state)?;
+        match (ok, which, left) {
+            (true, _, _) => Ok(()),
+            (false, Secret::Pin, 0) => Err(TokenError::PinBlocked),
+            (false, Secret::Pin, retries) => Err(TokenError::WrongPin { retries }),
+            (false, Secret::Puk, 0) => Err(TokenError::PukBlocked),
+            (false, Secret::Puk, retries) => Err(TokenError::WrongPuk { retries }),
+        }
     }
 }
 

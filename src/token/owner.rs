@@ -29,12 +29,14 @@ pub struct Owner {
     pub prompter: Arc<dyn Prompter>,
     info: Option<TokenInfo>,
     notifier: TouchNotifier,
+    /// The last PIN verified here was the factory default (setup offers to change it).
+    pub default_pin_in_use: bool,
 }
 
 impl Owner {
     pub fn new(token: Box<dyn Token>, prompter: Arc<dyn Prompter>) -> Self {
         let notifier = TouchNotifier::new(prompter.clone());
-        Owner { token, prompter, info: None, notifier }
+        Owner { token, prompter, info: None, notifier, default_pin_in_use: false }
     }
 
     fn serial(&mut self) -> u32 {
@@ -65,7 +67,10 @@ impl Owner {
                 .map_err(|e| TokenError::PinUnavailable(e.to_string()))?
                 .ok_or_else(|| TokenError::PinUnavailable("PIN entry was cancelled".into()))?;
             match self.token.verify_pin(&pin) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.default_pin_in_use = pin.as_str() == crate::token::DEFAULT_PIN;
+                    return Ok(());
+                }
                 Err(TokenError::WrongPin { retries: left }) => {
                     tracing::warn!(serial, retries_left = left, "wrong PIN");
                     retries = left;

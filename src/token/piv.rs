@@ -317,6 +317,24 @@ impl Token for PivToken {
         }
     }
 
+    fn change_secret(&mut self, which: crate::token::Secret, current: &Pin, new: &Pin) -> TokenResult<()> {
+        use crate::token::Secret;
+        crate::token::check_new_secret(which, new)?;
+        let yk = self.connect()?;
+        let result = match which {
+            Secret::Pin => yk.change_pin(current.as_bytes(), new.as_bytes()),
+            Secret::Puk => yk.change_puk(current.as_bytes(), new.as_bytes()),
+        };
+        match (result, which) {
+            (Ok(()), _) => Ok(()),
+            (Err(yubikey::Error::WrongPin { tries: 0 }) | Err(yubikey::Error::PinLocked), Secret::Pin) => Err(TokenError::PinBlocked),
+            (Err(yubikey::Error::WrongPin { tries }), Secret::Pin) => Err(TokenError::WrongPin { retries: tries }),
+            (Err(yubikey::Error::WrongPin { tries: 0 }) | Err(yubikey::Error::PinLocked), Secret::Puk) => Err(TokenError::PukBlocked),
+            (Err(yubikey::Error::WrongPin { tries }), Secret::Puk) => Err(TokenError::WrongPuk { retries: tries }),
+            (Err(e), _) => Err(self.card_error(&format!("changing the {which}"), e)),
+        }
+    }
+
     fn verify_pin(&mut self, pin: &Pin) -> TokenResult<()> {
         let yk = self.connect()?;
         match yk.verify_pin(pin.as_bytes()) {
