@@ -141,10 +141,6 @@ impl From<&KeyInfo> for KeyReport {
     }
 }
 
-enum Reply {
-    Send(Vec<u8>),
-}
-
 /// Why a sign request got FAILURE: refused by a rule, or failed on the way.
 enum Refusal {
     Denied(String),
@@ -310,7 +306,7 @@ impl Agent {
                     return;
                 }
             };
-            let Reply::Send(answer) = self.handle(&mut conn, &body).await;
+            let answer = self.handle(&mut conn, &body).await;
             if let Err(e) = frame::write_frame(&mut stream, &answer).await {
                 tracing::debug!(peer = %conn.peer, "client went away before the answer: {e}");
                 return;
@@ -318,15 +314,16 @@ impl Agent {
         }
     }
 
-    async fn handle(&self, conn: &mut Connection, body: &[u8]) -> Reply {
+    /// Answer one request; every path produces an answer (FAILURE at worst).
+    async fn handle(&self, conn: &mut Connection, body: &[u8]) -> Vec<u8> {
         let request = match parse_request(body) {
             Ok(request) => request,
             Err(e) => {
                 tracing::warn!(peer = %conn.peer, message = body.first().copied().unwrap_or(0), "{e}; refused");
-                return Reply::Send(failure());
+                return failure();
             }
         };
-        Reply::Send(match request {
+        match request {
             Request::RequestIdentities => self.identities(),
             Request::SignRequest(req) => self.sign(conn, req).await,
             Request::Extension(ext) => self.extension(conn, ext).await,
@@ -358,7 +355,7 @@ impl Agent {
                 );
                 failure()
             }
-        })
+        }
     }
 
     fn identities(&self) -> Vec<u8> {
