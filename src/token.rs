@@ -194,8 +194,10 @@ pub struct GenerateRequest {
 /// Errors a token can report. Each carries what the user can do next.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("token not present: {0}; plug it in (or `keytap mock plug` for the mock) and retry")]
+    #[error("token not present: {0}; plug it in and retry")]
     NotPresent(String),
+    #[error("the PC/SC service is not available ({0}); start pcscd (`sudo systemctl start pcscd.socket`) and retry")]
+    NoPcsc(String),
     #[error("no key in slot {0}; create one with `keytap setup --slot {0}`")]
     NoKey(Slot),
     #[error("the token needs its PIN ({retries} tries left)")]

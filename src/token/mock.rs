@@ -250,7 +250,7 @@ impl MockToken {
         if self.unplugged() {
             self.pin_verified = false;
             self.last_touch = None;
-            return Err(TokenError::NotPresent("the mock token is unplugged".into()));
+            return Err(TokenError::NotPresent("the mock token is unplugged (`keytap mock plug` plugs it back)".into()));
         }
         self.load()
     }

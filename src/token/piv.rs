@@ -512,7 +512,7 @@ impl Token for PivToken {
 /// Serials of the YubiKeys connected now. Probes (opens) only readers not in `skip`.
 fn probe_readers(skip: &HashSet<CString>) -> TokenResult<Vec<(CString, u32)>> {
     let mut ctx = yubikey::reader::Context::open()
-        .map_err(|e| TokenError::NotPresent(format!("no PC/SC service ({e}); is pcscd running?")))?;
+        .map_err(|e| TokenError::NoPcsc(e.to_string()))?;
     let readers = ctx.iter().map_err(|e| TokenError::NotPresent(format!("listing readers failed: {e}")))?;
     let mut found = Vec::new();
     for reader in readers {
