@@ -81,7 +81,7 @@ pub fn select_key(keys: &[AgentKey], selector: Option<&KeySelector>) -> Result<A
                 .find(|k| k.key.algorithm() == Algorithm::Ed25519)
                 .or_else(|| keys.iter().find(|k| is_ecdsa(&k.key)));
             return chosen.cloned().ok_or(CotError::NoKey(
-                "the agent holds no Ed25519 or ECDSA key; create one on the token (e.g. `keytap setup --slot 9c --algorithm ed25519`)".into(),
+                "the agent holds no Ed25519 or ECDSA key; create one on the token (e.g. `keytap setup --slot 9c --alg ed25519`)".into(),
             ));
         }
         Some(KeySelector::Fingerprint(fp)) => keys.iter().filter(|k| &k.fingerprint() == fp).collect(),
