@@ -203,9 +203,9 @@ pub enum AttestError {
     BadExtension { which: &'static str, reason: String },
     #[error("token serial {0} is not in the allow-list; add it to --allow-serial if this worker's YubiKey is trusted")]
     SerialNotAllowed(u32),
-    #[error("the key's PIN policy is {have}, weaker than the required {need}; re-create the key with `keytap setup --pin-policy {need}`")]
+    #[error("the key's PIN policy is {have}, weaker than the required {need}; re-create the key with `keytap setup --pin-policy {need} --force`")]
     PinPolicyTooWeak { have: PinPolicy, need: PinPolicy },
-    #[error("the key's touch policy is {have}, weaker than the required {need}; re-create the key with `keytap setup --touch-policy {need}`")]
+    #[error("the key's touch policy is {have}, weaker than the required {need}; re-create the key with `keytap setup --touch {need} --force`")]
     TouchPolicyTooWeak { have: TouchPolicy, need: TouchPolicy },
     #[error("the proof answers a different nonce (replay?); ask the worker for a fresh proof with the current nonce")]
     NonceMismatch,
