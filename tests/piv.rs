@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// All tests share vpcd's readers: one at a time.
 static CARD_LOCK: Mutex<()> = Mutex::new(());
 
-const KEYTAP: &str = env!("CARGO_BIN_EXE_keytap");
+use support::{secret_file as pin_file, text, KEYTAP};
 const GOOD_PIN: &str = "123456";
 
 fn vpcd_listening() -> bool {
@@ -138,17 +138,6 @@ fn wait_for_card(reader: u16, present: bool) {
 
 fn keytap(args: &[&str]) -> Output {
     Command::new(KEYTAP).args(args).env_remove("SSH_AUTH_SOCK").env("KEYTAP_LOG", "warn").output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("status {:?}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn pin_file(dir: &Path, name: &str, pin: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{pin}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
 }
 
 /// `keytap setup` on the virtual card; returns the authorized_keys line.

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const KEYTAP: &str = env!("CARGO_BIN_EXE_keytap");
+mod support;
+
+use support::{text, KEYTAP};
 
 fn run(args: &[&str], sock: Option<&Path>) -> Output {
     let mut c = Command::new(KEYTAP);
@@ -25,18 +27,11 @@ const OFFER: &str = "This token still uses the factory default PIN (123456), so 
 Change the PIN and PUK now: keytap setup --no-key --change-pin --change-puk";
 
 fn secret_file(dir: &Path, name: &str, value: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{value}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path.to_str().unwrap().to_string()
+    support::secret_file(dir, name, value).to_str().unwrap().to_string()
 }
 
 fn mock_state(state: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(Path::new(state).join("mock-token.json")).unwrap()).unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!("{:?}\n{}\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 #[test]

@@ -38,6 +38,13 @@ pub fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// A secret (PIN, PUK) on one line of a mode-0600 file `dir/name`.
+pub fn secret_file(dir: &Path, name: &str, value: &str) -> PathBuf {
+    let path = dir.join(name);
+    write_private(&path, &format!("{value}\n"));
+    path
+}
+
 impl Agent {
     pub fn start() -> Agent {
         Agent::start_with(AgentOptions::default())
