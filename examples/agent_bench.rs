@@ -6,6 +6,9 @@
 //! starting `keytap agent` to a socket that answers. With `--piv-socket` and
 //! `--baseline-piv-socket` it also compares two agents already running on the virtual PIV card.
 //! Not part of the test suite: numbers are printed (and with `--write FILE`, put in a doc).
+//!
+//! Options: `--rounds N`, `--seconds S`, `--clients 1,8,64`, `--only list,sign`, `--driver
+//! loops|threads`, `--generator-threads N`, `--spread` (each run's percentiles), `--keytap BIN`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -22,6 +25,13 @@ struct Args {
     clients: Vec<usize>,
     write: Option<PathBuf>,
     piv: Option<(PathBuf, PathBuf)>,
+    /// Only the workloads whose name starts with one of these (e.g. `list`, `sign`).
+    only: Vec<String>,
+    driver: Driver,
+    /// Event-loop threads of the `loops` driver.
+    generator_threads: usize,
+    /// Print each run's latency percentiles, to see how stable a cell is.
+    spread: bool,
 }
 
 fn parse_args() -> Args {
@@ -32,6 +42,10 @@ fn parse_args() -> Args {
         clients: vec![1, 8, 64],
         write: None,
         piv: None,
+        only: Vec::new(),
+        driver: Driver::Loops,
+        generator_threads: 1,
+        spread: false,
     };
     let mut it = std::env::args().skip(1);
     let mut piv_keytap = None;
@@ -43,6 +57,16 @@ fn parse_args() -> Args {
             "--rounds" => args.rounds = value().parse().expect("--rounds N"),
             "--seconds" => args.seconds = value().parse().expect("--seconds S"),
             "--clients" => args.clients = value().split(',').map(|c| c.parse().expect("--clients 1,8,64")).collect(),
+            "--driver" => {
+                args.driver = match value().as_str() {
+                    "loops" => Driver::Loops,
+                    "threads" => Driver::Threads,
+                    other => panic!("--driver loops|threads, not {other}"),
+                }
+            }
+            "--generator-threads" => args.generator_threads = value().parse().expect("--generator-threads N"),
+            "--spread" => args.spread = true,
+            "--only" => args.only = value().split(',').map(str::to_string).collect(),
             "--write" => args.write = Some(PathBuf::from(value())),
             "--piv-socket" => piv_keytap = Some(PathBuf::from(value())),
             "--baseline-piv-socket" => piv_baseline = Some(PathBuf::from(value())),
@@ -114,35 +138,130 @@ struct Stats {
     p99_us: f64,
 }
 
+/// How the load generator holds its connections.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Driver {
+    /// Like `wrk -t1`: one poll(2) loop thread (`--generator-threads` to change) drives every
+    /// connection. On a small machine this keeps the generator from oversubscribing the cores
+    /// it measures: more busy threads than cores means kernel time slices, and a connection
+    /// whose thread waits out a slice shows that wait as agent latency.
+    Loops,
+    /// One blocking OS thread per connection (`--driver threads`): on 2 cores, 64 of them mostly
+    /// measure how the kernel schedules 64 busy client threads.
+    Threads,
+}
+
 /// Drive `clients` connections for `seconds`, each sending `request` in a loop.
-fn drive(socket: &Path, request: &[u8], expect: u8, clients: usize, seconds: f64) -> Stats {
+fn drive(socket: &Path, request: &[u8], expect: u8, clients: usize, seconds: f64, args: &Args) -> Stats {
+    let Args { driver, generator_threads, spread, .. } = *args;
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let socket = socket.to_path_buf();
-            let request = request.to_vec();
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut s = UnixStream::connect(&socket).expect("connect");
-                let mut buf = Vec::new();
-                let mut lat = Vec::with_capacity(4096);
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    assert_eq!(exchange(&mut s, &request, &mut buf), expect, "unexpected answer");
-                    lat.push(t.elapsed().as_nanos() as u64);
-                }
-                lat
+    let threads: Vec<_> = match driver {
+        Driver::Threads => (0..clients)
+            .map(|_| {
+                let socket = socket.to_path_buf();
+                let request = request.to_vec();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut s = UnixStream::connect(&socket).expect("connect");
+                    let mut buf = Vec::new();
+                    let mut lat = latency_buffer(seconds);
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        assert_eq!(exchange(&mut s, &request, &mut buf), expect, "unexpected answer");
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    }
+                    lat
+                })
             })
-        })
-        .collect();
+            .collect(),
+        Driver::Loops => {
+            let loops = generator_threads.clamp(1, clients);
+            (0..loops)
+                .map(|i| {
+                    let mine = clients / loops + usize::from(i < clients % loops);
+                    let socket = socket.to_path_buf();
+                    let request = request.to_vec();
+                    let stop = stop.clone();
+                    std::thread::spawn(move || poll_loop(&socket, &request, expect, mine, seconds, &stop))
+                })
+                .collect()
+        }
+    };
     std::thread::sleep(Duration::from_secs_f64(seconds));
     stop.store(true, Ordering::Relaxed);
     let mut all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     let elapsed = start.elapsed().as_secs_f64();
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
+    if spread {
+        eprintln!("  p10 {:.0} p50 {:.0} p75 {:.0} p90 {:.0} p95 {:.0} p98 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}", pct(0.1), pct(0.5), pct(0.75), pct(0.9), pct(0.95), pct(0.98), pct(0.99), pct(0.999), pct(1.0));
+    }
     Stats { ops_per_s: all.len() as f64 / elapsed, p50_us: pct(0.50), p99_us: pct(0.99) }
+}
+
+/// One load-generator thread: `count` connections, each with one request in flight. Every
+/// pass over poll(2) answers all ready connections in order (fair by construction) and sends
+/// each its next request at once; latency runs from the write to the read that completes the
+/// answer.
+fn poll_loop(socket: &Path, request: &[u8], expect: u8, count: usize, seconds: f64, stop: &AtomicBool) -> Vec<u64> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    struct InFlight {
+        sent: Instant,
+        buf: Vec<u8>,
+    }
+    let streams: Vec<UnixStream> = (0..count)
+        .map(|_| {
+            let stream = UnixStream::connect(socket).expect("connect");
+            stream.set_nonblocking(true).expect("nonblocking");
+            stream
+        })
+        .collect();
+    let send = |stream: &UnixStream, f: &mut InFlight| {
+        f.buf.clear();
+        f.sent = Instant::now();
+        // One request in flight per connection always fits the socket buffer.
+        (&*stream).write_all(request).expect("write");
+    };
+    let mut flights: Vec<InFlight> = (0..count).map(|_| InFlight { sent: Instant::now(), buf: Vec::with_capacity(1024) }).collect();
+    let mut lat = latency_buffer(seconds);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut fds: Vec<PollFd> = streams.iter().map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
+    for (stream, f) in streams.iter().zip(&mut flights) {
+        send(stream, f);
+    }
+    while !stop.load(Ordering::Relaxed) {
+        poll(&mut fds, PollTimeout::from(100u16)).expect("poll");
+        for (i, fd) in fds.iter().enumerate() {
+            if !fd.revents().is_some_and(|r| !r.is_empty()) {
+                continue;
+            }
+            let (stream, f) = (&streams[i], &mut flights[i]);
+            loop {
+                match (&*stream).read(&mut chunk) {
+                    Ok(0) => panic!("agent closed the connection"),
+                    Ok(n) => f.buf.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            if f.buf.len() >= 4 && f.buf.len() >= 4 + u32::from_be_bytes(f.buf[..4].try_into().unwrap()) as usize {
+                lat.push(f.sent.elapsed().as_nanos() as u64);
+                assert_eq!(f.buf[4], expect, "unexpected answer");
+                send(stream, f);
+            }
+        }
+    }
+    lat
+}
+
+/// Room for every latency of a run, allocated and touched up front: growing the vector (or
+/// faulting its pages in) mid-run would stall the generator and show up as the agent's tail.
+fn latency_buffer(seconds: f64) -> Vec<u64> {
+    let mut v = vec![0u64; (seconds * 300_000.0) as usize];
+    v.clear();
+    v
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -246,11 +365,11 @@ fn compare(a: &Path, b: &Path, workloads: &[(String, Vec<u8>, Vec<u8>, u8)], arg
             for round in 0..args.rounds {
                 // Alternate which agent goes first, so neither always runs on a warmer machine.
                 if round % 2 == 0 {
-                    runs_a.push(drive(a, req_a, *expect, clients, args.seconds));
-                    runs_b.push(drive(b, req_b, *expect, clients, args.seconds));
+                    runs_a.push(drive(a, req_a, *expect, clients, args.seconds, args));
+                    runs_b.push(drive(b, req_b, *expect, clients, args.seconds, args));
                 } else {
-                    runs_b.push(drive(b, req_b, *expect, clients, args.seconds));
-                    runs_a.push(drive(a, req_a, *expect, clients, args.seconds));
+                    runs_b.push(drive(b, req_b, *expect, clients, args.seconds, args));
+                    runs_a.push(drive(a, req_a, *expect, clients, args.seconds, args));
                 }
             }
             let row = Row { workload: name.clone(), clients, keytap: median_stats(&runs_a), baseline: median_stats(&runs_b) };
@@ -321,6 +440,8 @@ fn main() {
         ("sign P-256".to_string(), sign_request(&blob_of_type(&k_sock, "ecdsa-sha2-nistp256"), &data), sign_request(&blob_of_type(&s_sock, "ecdsa-sha2-nistp256"), &data), 14),
         ("sign Ed25519".to_string(), sign_request(&blob_of_type(&k_sock, "ssh-ed25519"), &data), sign_request(&blob_of_type(&s_sock, "ssh-ed25519"), &data), 14),
     ];
+    let workloads: Vec<_> =
+        workloads.into_iter().filter(|w| args.only.is_empty() || args.only.iter().any(|o| w.0.starts_with(o.as_str()))).collect();
     let mut rows = Vec::new();
     compare(&k_sock, &s_sock, &workloads, &args, &mut rows);
     let peak_keytap = rss_kib(keytap.0.id(), "VmHWM:");
@@ -345,10 +466,14 @@ fn main() {
     let mut report = format!(
         "Measured {} on {machine}; baseline {ssh_version} `ssh-agent` with software keys; keytap on the mock token \
          (9a P-256 PIN once + touch cached, 9c Ed25519 PIN always + touch always, audit log on); \
-         {} rounds of {} s per cell, agents alternating, medians.\n\n",
+         {} rounds of {} s per cell, agents alternating, medians; load generator: {}.\n\n",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         args.rounds,
-        args.seconds
+        args.seconds,
+        match args.driver {
+            Driver::Loops => format!("{} poll(2) event-loop thread(s), one request in flight per connection", args.generator_threads),
+            Driver::Threads => "one blocking thread per connection".to_string(),
+        }
     );
     report.push_str(&table(&rows, "ssh-agent"));
     report.push_str(&format!(
