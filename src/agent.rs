@@ -1,7 +1,8 @@
 //! The agent: accepts connections, checks who connects, decodes capped frames and answers.
 //!
-//! Every request is handled on the tokio runtime without blocking; anything that touches a
-//! token goes to that token's owner thread (see `token::owner`).
+//! Every connection is served on one single-threaded tokio event loop, and no request blocks
+//! it: anything that touches a token goes to that token's owner thread (see `token::owner`);
+//! file writes, prompts and known_hosts reads go to tokio's blocking threads.
 
 pub mod attest_ext;
 pub mod cert_ext;
@@ -296,9 +297,11 @@ impl Agent {
         }
         tracing::debug!(peer = %peer, "connected");
         let mut conn = Connection { peer, bindings: Vec::new() };
+        let (reader, mut writer) = stream.split();
+        let mut reader = frame::ReadAhead::new(reader, 4096);
         loop {
             // Zeroized after use: a frame may carry a lock passphrase.
-            let body = match frame::read_frame(&mut stream, self.options.timeouts).await {
+            let body = match frame::read_frame(&mut reader, self.options.timeouts).await {
                 Ok(body) => Zeroizing::new(body),
                 Err(FrameError::Closed) => return,
                 Err(e) => {
@@ -307,7 +310,7 @@ impl Agent {
                 }
             };
             let answer = self.handle(&mut conn, &body).await;
-            if let Err(e) = frame::write_frame(&mut stream, &answer).await {
+            if let Err(e) = frame::write_frame(&mut writer, &answer).await {
                 tracing::debug!(peer = %conn.peer, "client went away before the answer: {e}");
                 return;
             }

@@ -406,7 +406,12 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
         .map(|(label, token)| TokenHandle::spawn(label, token, prompter.clone(), owner_options.clone()))
         .collect();
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One event loop for every connection, like ssh-agent's: a request's own work is a few
+    // microseconds, and the heavy parts run elsewhere (signatures on the token owner threads,
+    // audit writes and prompts on blocking threads). Measured on 2 cores, a work-stealing runtime
+    // or a loop per core answered no faster and woke threads across cores for every request,
+    // which stretched the latency tail (docs/performance.md).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     raise_fd_limit();
     let (std_listener, socket_path) = match socket::from_systemd()? {
         Some(listener) => (listener, None),

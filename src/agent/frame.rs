@@ -1,8 +1,11 @@
 //! Length-prefixed agent frames, capped before anything is buffered.
 
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use zeroize::{Zeroize, Zeroizing};
 
 /// OpenSSH's AGENT_MAX_LEN: no frame may exceed 256 KiB.
 pub const MAX_FRAME: usize = 256 * 1024;
@@ -32,7 +35,8 @@ pub struct FrameTimeouts {
     pub frame: Duration,
 }
 
-/// Read one frame body. The length is checked before any body byte is read.
+/// Read one frame body. The length is checked before the body's buffer is allocated, so a
+/// client can make the agent hold at most [`MAX_FRAME`] bytes for it (plus [`ReadAhead`]'s).
 pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, timeouts: FrameTimeouts) -> Result<Vec<u8>, FrameError> {
     let mut first = [0u8; 1];
     match tokio::time::timeout(timeouts.idle, reader.read(&mut first)).await {
@@ -63,6 +67,46 @@ fn eof_is_closed(e: std::io::Error) -> FrameError {
         FrameError::Closed
     } else {
         FrameError::Io(e)
+    }
+}
+
+/// A small read-ahead buffer for a connection: one `read(2)` usually brings a whole request
+/// (its length and body) instead of three. Its bytes are wiped as soon as they are consumed
+/// and when it is dropped, because a frame may carry a lock passphrase. Reads as large as the
+/// buffer bypass it.
+pub struct ReadAhead<R> {
+    inner: R,
+    buf: Zeroizing<Vec<u8>>,
+    pos: usize,
+    filled: usize,
+}
+
+impl<R> ReadAhead<R> {
+    pub fn new(inner: R, capacity: usize) -> ReadAhead<R> {
+        ReadAhead { inner, buf: Zeroizing::new(vec![0; capacity.max(1)]), pos: 0, filled: 0 }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadAhead<R> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos == this.filled {
+            if out.remaining() >= this.buf.len() {
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            let mut ahead = ReadBuf::new(&mut this.buf[..]);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut ahead))?;
+            this.filled = ahead.filled().len();
+            this.pos = 0;
+        }
+        let n = out.remaining().min(this.filled - this.pos);
+        out.put_slice(&this.buf[this.pos..this.pos + n]);
+        this.pos += n;
+        if this.pos == this.filled {
+            this.buf[..this.filled].zeroize();
+            (this.pos, this.filled) = (0, 0);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -104,6 +148,41 @@ mod tests {
         assert!(matches!(read_frame(&mut input, T).await, Err(FrameError::Closed)));
         let mut input: &[u8] = &[0, 0, 0, 0];
         assert!(matches!(read_frame(&mut input, T).await, Err(FrameError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn read_ahead_yields_the_same_frames_and_wipes_what_it_consumed() {
+        let big = vec![7u8; 10_000];
+        let mut input = Vec::new();
+        for body in [&[11u8][..], &[13, 1, 2, 3][..], &big[..], &[25, 9, 9][..]] {
+            input.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            input.extend_from_slice(body);
+        }
+        // A reader that hands out at most 7 bytes a call, as a socket may.
+        let (mut client, server) = tokio::io::duplex(7);
+        let writer = tokio::spawn(async move { client.write_all(&input).await });
+        let mut reader = ReadAhead::new(server, 64);
+        assert_eq!(read_frame(&mut reader, T).await.unwrap(), vec![11]);
+        assert_eq!(read_frame(&mut reader, T).await.unwrap(), vec![13, 1, 2, 3]);
+        assert_eq!(read_frame(&mut reader, T).await.unwrap(), big);
+        assert_eq!(read_frame(&mut reader, T).await.unwrap(), vec![25, 9, 9]);
+        writer.await.unwrap().unwrap();
+        assert!(matches!(read_frame(&mut reader, T).await, Err(FrameError::Closed)));
+        assert!(reader.buf.iter().all(|&b| b == 0), "consumed bytes stay in memory");
+    }
+
+    #[tokio::test]
+    async fn read_ahead_still_caps_and_keeps_unread_bytes() {
+        let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
+        let mut reader = ReadAhead::new(&mut input, 4096);
+        assert!(matches!(read_frame(&mut reader, T).await, Err(FrameError::TooLarge(0xffff_ffff))));
+        let mut two = [0u8; 2];
+        reader.read_exact(&mut two).await.unwrap();
+        assert_eq!(two, [1, 2], "bytes after the refused length are still there, in order");
+        let mut last = [0u8; 1];
+        reader.read_exact(&mut last).await.unwrap();
+        assert_eq!(last, [3]);
+        assert!(reader.buf.iter().all(|&b| b == 0));
     }
 
     #[tokio::test]
