@@ -298,11 +298,10 @@ impl Agent {
         tracing::debug!(peer = %peer, "connected");
         let mut conn = Connection { peer, bindings: Vec::new() };
         let (reader, mut writer) = stream.split();
-        let mut reader = frame::ReadAhead::new(reader, 4096);
+        let mut reader = frame::FrameReader::new(reader);
         loop {
-            // Zeroized after use: a frame may carry a lock passphrase.
-            let body = match frame::read_frame(&mut reader, self.options.timeouts).await {
-                Ok(body) => Zeroizing::new(body),
+            let body = match reader.next(self.options.timeouts).await {
+                Ok(body) => body,
                 Err(FrameError::Closed) => return,
                 Err(e) => {
                     tracing::info!(peer = %conn.peer, "closing connection: {e}");
@@ -657,9 +656,9 @@ pub fn parse_session_bind(details: &[u8]) -> Result<ssh_agent_lib::proto::extens
 pub fn exercise_decoders(input: &[u8]) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
     let timeouts = FrameTimeouts { idle: Duration::from_secs(1), frame: Duration::from_secs(1) };
-    let mut reader = input;
+    let mut reader = frame::FrameReader::new(input);
     runtime.block_on(async {
-        while let Ok(body) = frame::read_frame(&mut reader, timeouts).await {
+        while let Ok(body) = reader.next(timeouts).await {
             match parse_request(&body) {
                 Ok(Request::SignRequest(req)) => {
                     let key = match &req.credential {

@@ -1,14 +1,16 @@
 //! Length-prefixed agent frames, capped before anything is buffered.
 
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::ops::Deref;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use zeroize::{Zeroize, Zeroizing};
 
 /// OpenSSH's AGENT_MAX_LEN: no frame may exceed 256 KiB.
 pub const MAX_FRAME: usize = 256 * 1024;
+
+/// A connection's read-ahead: one `read(2)` usually brings a whole request.
+pub const READ_AHEAD: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -35,31 +37,126 @@ pub struct FrameTimeouts {
     pub frame: Duration,
 }
 
-/// Read one frame body. The length is checked before the body's buffer is allocated, so a
-/// client can make the agent hold at most [`MAX_FRAME`] bytes for it (plus [`ReadAhead`]'s).
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, timeouts: FrameTimeouts) -> Result<Vec<u8>, FrameError> {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(timeouts.idle, reader.read(&mut first)).await {
-        Err(_) => return Err(FrameError::Idle(timeouts.idle)),
-        Ok(Ok(0)) => return Err(FrameError::Closed),
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => return Err(e.into()),
+/// Reads frames from one connection through a small read-ahead buffer.
+///
+/// A request that fits the buffer (nearly all do) arrives in one `read(2)` and is lent to the
+/// caller in place, so the request decoder's copy is the only one. A longer frame gets a buffer
+/// of its own, allocated only after its length passed the cap. Bytes are wiped once consumed
+/// and on drop: a frame may carry a lock passphrase.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Zeroizing<Vec<u8>>,
+    /// Unconsumed bytes are `buf[pos..filled]`.
+    pos: usize,
+    filled: usize,
+    /// The last frame lent out of `buf` ends here; wiped at the next read.
+    lent: usize,
+}
+
+/// One frame body: lent from the reader's buffer, or its own (wiped on drop).
+pub enum Frame<'a> {
+    Lent(&'a [u8]),
+    Owned(Zeroizing<Vec<u8>>),
+}
+
+impl Deref for Frame<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Frame::Lent(b) => b,
+            Frame::Owned(b) => b,
+        }
     }
-    let rest = async {
-        let mut len_rest = [0u8; 3];
-        reader.read_exact(&mut len_rest).await.map_err(eof_is_closed)?;
-        let len = u32::from_be_bytes([first[0], len_rest[0], len_rest[1], len_rest[2]]) as usize;
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> FrameReader<R> {
+        FrameReader::with_capacity(inner, READ_AHEAD)
+    }
+
+    fn with_capacity(inner: R, capacity: usize) -> FrameReader<R> {
+        FrameReader { inner, buf: Zeroizing::new(vec![0; capacity.max(4)]), pos: 0, filled: 0, lent: 0 }
+    }
+
+    /// Read the next frame. Its length is checked before any buffer is allocated for it.
+    pub async fn next(&mut self, timeouts: FrameTimeouts) -> Result<Frame<'_>, FrameError> {
+        self.reclaim();
+        if self.pos == self.filled {
+            match tokio::time::timeout(timeouts.idle, self.fill()).await {
+                Err(_) => return Err(FrameError::Idle(timeouts.idle)),
+                Ok(Ok(0)) => return Err(FrameError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        tokio::time::timeout(timeouts.frame, self.rest()).await.map_err(|_| FrameError::Slow(timeouts.frame))?
+    }
+
+    /// The frame after its first byte is buffered.
+    async fn rest(&mut self) -> Result<Frame<'_>, FrameError> {
+        self.buffer_at_least(4).await?;
+        let header: [u8; 4] = self.buf[self.pos..self.pos + 4].try_into().expect("four bytes");
+        let len = u32::from_be_bytes(header) as usize;
         if len > MAX_FRAME {
             return Err(FrameError::TooLarge(len as u64));
         }
         if len == 0 {
             return Err(FrameError::Empty);
         }
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body).await.map_err(eof_is_closed)?;
-        Ok(body)
-    };
-    tokio::time::timeout(timeouts.frame, rest).await.map_err(|_| FrameError::Slow(timeouts.frame))?
+        if 4 + len <= self.buf.len() {
+            self.buffer_at_least(4 + len).await?;
+            let start = self.pos + 4;
+            self.pos = start + len;
+            self.lent = self.pos;
+            return Ok(Frame::Lent(&self.buf[start..start + len]));
+        }
+        let mut body = Zeroizing::new(vec![0u8; len]);
+        let have = self.filled - self.pos - 4;
+        body[..have].copy_from_slice(&self.buf[self.pos + 4..self.filled]);
+        self.pos = self.filled;
+        self.reclaim();
+        self.inner.read_exact(&mut body[have..]).await.map_err(eof_is_closed)?;
+        Ok(Frame::Owned(body))
+    }
+
+    /// Make `n` (at most the buffer's size) unconsumed bytes available.
+    async fn buffer_at_least(&mut self, n: usize) -> Result<(), FrameError> {
+        if self.filled - self.pos >= n {
+            return Ok(());
+        }
+        if self.pos + n > self.buf.len() {
+            // Move the partial frame to the front, wiping where it was.
+            let (pos, filled) = (self.pos, self.filled);
+            self.buf.copy_within(pos..filled, 0);
+            self.buf[filled - pos..filled].zeroize();
+            (self.pos, self.filled) = (0, filled - pos);
+        }
+        while self.filled - self.pos < n {
+            if self.fill().await? == 0 {
+                return Err(FrameError::Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// One read into the free end of the buffer.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        let n = self.inner.read(&mut self.buf[self.filled..]).await?;
+        self.filled += n;
+        Ok(n)
+    }
+
+    /// Wipe what was consumed; once everything is, start again at the front.
+    fn reclaim(&mut self) {
+        if self.lent > 0 {
+            self.buf[..self.lent].zeroize();
+            self.lent = 0;
+        }
+        if self.pos == self.filled {
+            self.buf[..self.filled].zeroize();
+            (self.pos, self.filled) = (0, 0);
+        }
+    }
 }
 
 fn eof_is_closed(e: std::io::Error) -> FrameError {
@@ -67,46 +164,6 @@ fn eof_is_closed(e: std::io::Error) -> FrameError {
         FrameError::Closed
     } else {
         FrameError::Io(e)
-    }
-}
-
-/// A small read-ahead buffer for a connection: one `read(2)` usually brings a whole request
-/// (its length and body) instead of three. Its bytes are wiped as soon as they are consumed
-/// and when it is dropped, because a frame may carry a lock passphrase. Reads as large as the
-/// buffer bypass it.
-pub struct ReadAhead<R> {
-    inner: R,
-    buf: Zeroizing<Vec<u8>>,
-    pos: usize,
-    filled: usize,
-}
-
-impl<R> ReadAhead<R> {
-    pub fn new(inner: R, capacity: usize) -> ReadAhead<R> {
-        ReadAhead { inner, buf: Zeroizing::new(vec![0; capacity.max(1)]), pos: 0, filled: 0 }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for ReadAhead<R> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if this.pos == this.filled {
-            if out.remaining() >= this.buf.len() {
-                return Pin::new(&mut this.inner).poll_read(cx, out);
-            }
-            let mut ahead = ReadBuf::new(&mut this.buf[..]);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut ahead))?;
-            this.filled = ahead.filled().len();
-            this.pos = 0;
-        }
-        let n = out.remaining().min(this.filled - this.pos);
-        out.put_slice(&this.buf[this.pos..this.pos + n]);
-        this.pos += n;
-        if this.pos == this.filled {
-            this.buf[..this.filled].zeroize();
-            (this.pos, this.filled) = (0, 0);
-        }
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -124,73 +181,87 @@ mod tests {
 
     const T: FrameTimeouts = FrameTimeouts { idle: Duration::from_secs(5), frame: Duration::from_secs(5) };
 
+    async fn next_owned<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<Vec<u8>, FrameError> {
+        reader.next(T).await.map(|f| f.to_vec())
+    }
+
+    fn framed(bodies: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for body in bodies {
+            out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            out.extend_from_slice(body);
+        }
+        out
+    }
+
     #[tokio::test]
     async fn reads_a_frame() {
-        let mut input: &[u8] = &[0, 0, 0, 1, 11];
-        assert_eq!(read_frame(&mut input, T).await.unwrap(), vec![11]);
-        assert!(matches!(read_frame(&mut input, T).await, Err(FrameError::Closed)));
+        let mut reader = FrameReader::new(&[0u8, 0, 0, 1, 11][..]);
+        assert_eq!(next_owned(&mut reader).await.unwrap(), vec![11]);
+        assert!(matches!(reader.next(T).await, Err(FrameError::Closed)));
     }
 
     #[tokio::test]
     async fn refuses_oversized_length_without_reading_body() {
-        let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(read_frame(&mut input, T).await, Err(FrameError::TooLarge(0xffff_ffff))));
+        let mut reader = FrameReader::new(&[0xffu8, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(reader.next(T).await, Err(FrameError::TooLarge(0xffff_ffff))));
         let just_over = ((MAX_FRAME + 1) as u32).to_be_bytes();
-        let mut input: &[u8] = &just_over;
-        assert!(matches!(read_frame(&mut input, T).await, Err(FrameError::TooLarge(_))));
+        let mut reader = FrameReader::new(&just_over[..]);
+        assert!(matches!(reader.next(T).await, Err(FrameError::TooLarge(_))));
+        let exactly = framed(&[&vec![5u8; MAX_FRAME]]);
+        let mut reader = FrameReader::new(&exactly[..]);
+        assert_eq!(next_owned(&mut reader).await.unwrap().len(), MAX_FRAME);
     }
 
     #[tokio::test]
     async fn truncated_frames_are_closed() {
-        let mut input: &[u8] = &[0, 0];
-        assert!(matches!(read_frame(&mut input, T).await, Err(FrameError::Closed)));
-        let mut input: &[u8] = &[0, 0, 0, 9, 13, 0];
-        assert!(matches!(read_frame(&mut input, T).await, Err(FrameError::Closed)));
-        let mut input: &[u8] = &[0, 0, 0, 0];
-        assert!(matches!(read_frame(&mut input, T).await, Err(FrameError::Empty)));
+        for input in [&[0u8, 0][..], &[0, 0, 0, 9, 13, 0][..], &framed(&[&[1u8; 5000]])[..4000]] {
+            let mut reader = FrameReader::new(input);
+            assert!(matches!(reader.next(T).await, Err(FrameError::Closed)), "{} bytes", input.len());
+        }
+        let mut reader = FrameReader::new(&[0u8, 0, 0, 0][..]);
+        assert!(matches!(reader.next(T).await, Err(FrameError::Empty)));
     }
 
     #[tokio::test]
-    async fn read_ahead_yields_the_same_frames_and_wipes_what_it_consumed() {
+    async fn frames_split_anyhow_arrive_whole_and_in_order() {
         let big = vec![7u8; 10_000];
-        let mut input = Vec::new();
-        for body in [&[11u8][..], &[13, 1, 2, 3][..], &big[..], &[25, 9, 9][..]] {
-            input.extend_from_slice(&(body.len() as u32).to_be_bytes());
-            input.extend_from_slice(body);
-        }
-        // A reader that hands out at most 7 bytes a call, as a socket may.
+        let bodies: [&[u8]; 5] = [&[11], &[13, 1, 2, 3], &big, &[25, 9, 9], &[27; 50]];
+        let input = framed(&bodies);
+        // A pipe that moves at most 7 bytes at a time, as a socket may; a 64-byte read-ahead so
+        // frames straddle its end and the 10,000-byte one gets its own buffer.
         let (mut client, server) = tokio::io::duplex(7);
         let writer = tokio::spawn(async move { client.write_all(&input).await });
-        let mut reader = ReadAhead::new(server, 64);
-        assert_eq!(read_frame(&mut reader, T).await.unwrap(), vec![11]);
-        assert_eq!(read_frame(&mut reader, T).await.unwrap(), vec![13, 1, 2, 3]);
-        assert_eq!(read_frame(&mut reader, T).await.unwrap(), big);
-        assert_eq!(read_frame(&mut reader, T).await.unwrap(), vec![25, 9, 9]);
+        let mut reader = FrameReader::with_capacity(server, 64);
+        for body in bodies {
+            assert_eq!(next_owned(&mut reader).await.unwrap(), body);
+        }
         writer.await.unwrap().unwrap();
-        assert!(matches!(read_frame(&mut reader, T).await, Err(FrameError::Closed)));
-        assert!(reader.buf.iter().all(|&b| b == 0), "consumed bytes stay in memory");
+        assert!(matches!(reader.next(T).await, Err(FrameError::Closed)));
     }
 
     #[tokio::test]
-    async fn read_ahead_still_caps_and_keeps_unread_bytes() {
-        let mut input: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
-        let mut reader = ReadAhead::new(&mut input, 4096);
-        assert!(matches!(read_frame(&mut reader, T).await, Err(FrameError::TooLarge(0xffff_ffff))));
-        let mut two = [0u8; 2];
-        reader.read_exact(&mut two).await.unwrap();
-        assert_eq!(two, [1, 2], "bytes after the refused length are still there, in order");
-        let mut last = [0u8; 1];
-        reader.read_exact(&mut last).await.unwrap();
-        assert_eq!(last, [3]);
+    async fn consumed_bytes_are_wiped() {
+        let secret = b"\x16passphrase-that-must-not-linger";
+        let pipelined = b"\x16a-second-one";
+        let input = framed(&[secret, &[11], pipelined]);
+        let mut reader = FrameReader::new(&input[..]);
+        assert_eq!(&*reader.next(T).await.unwrap(), secret);
+        assert_eq!(&*reader.next(T).await.unwrap(), &[11]);
+        let lingering = |r: &FrameReader<&[u8]>| r.buf.windows(10).any(|w| w == b"passphrase");
+        assert!(!lingering(&reader), "a consumed frame is still in the buffer");
+        assert_eq!(&*reader.next(T).await.unwrap(), pipelined);
+        assert!(matches!(reader.next(T).await, Err(FrameError::Closed)));
         assert!(reader.buf.iter().all(|&b| b == 0));
     }
 
     #[tokio::test]
     async fn slow_and_idle_clients_time_out() {
         let t = FrameTimeouts { idle: Duration::from_millis(50), frame: Duration::from_millis(50) };
-        let (mut client, mut server) = tokio::io::duplex(64);
-        assert!(matches!(read_frame(&mut server, t).await, Err(FrameError::Idle(_))));
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(server);
+        assert!(matches!(reader.next(t).await, Err(FrameError::Idle(_))));
         client.write_all(&[0]).await.unwrap();
-        assert!(matches!(read_frame(&mut server, t).await, Err(FrameError::Slow(_))));
+        assert!(matches!(reader.next(t).await, Err(FrameError::Slow(_))));
     }
 }
