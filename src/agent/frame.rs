@@ -41,8 +41,8 @@ pub struct FrameTimeouts {
 ///
 /// A request that fits the buffer (nearly all do) arrives in one `read(2)` and is lent to the
 /// caller in place, so the request decoder's copy is the only one. A longer frame gets a buffer
-/// of its own, allocated only after its length passed the cap. Bytes are wiped once consumed
-/// and on drop: a frame may carry a lock passphrase.
+/// of its own, allocated only after its length passed the cap. A lent frame's bytes are wiped
+/// when the next frame is read, and everything on drop: a frame may carry a lock passphrase.
 pub struct FrameReader<R> {
     inner: R,
     buf: Zeroizing<Vec<u8>>,
