@@ -15,7 +15,7 @@ use crate::paths;
 use crate::prompt::{Prompter, SystemPrompter};
 use crate::token::mock::{InitOptions, MockToken};
 use crate::token::owner::{OwnerOptions, TokenHandle};
-use crate::token::{piv, Token, TokenError, TokenKind};
+use crate::token::{piv, KeySelector, Token, TokenError, TokenKind};
 
 /// Errors a command reports; each says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -593,7 +593,7 @@ fn parse_since(text: &str) -> Result<std::time::SystemTime, AppError> {
     Ok(std::time::SystemTime::now() - age)
 }
 
-fn record_matches(r: &audit::Record, since: Option<std::time::SystemTime>, key: Option<&str>) -> bool {
+fn record_matches(r: &audit::Record, since: Option<std::time::SystemTime>, key: Option<&KeySelector>) -> bool {
     if let Some(since) = since {
         match humantime::parse_rfc3339_weak(&r.time) {
             Ok(t) if t >= since => {}
@@ -602,8 +602,7 @@ fn record_matches(r: &audit::Record, since: Option<std::time::SystemTime>, key: 
     }
     if let Some(key) = key {
         let Some(k) = &r.key else { return false };
-        let serial_slot = format!("{}/{}", k.serial, k.slot);
-        if k.fingerprint != key && k.slot != key && serial_slot != key {
+        if !key.matches(k.slot.parse().ok().map(|slot| (k.serial, slot)), &k.fingerprint) {
             return false;
         }
     }
@@ -613,6 +612,7 @@ fn record_matches(r: &audit::Record, since: Option<std::time::SystemTime>, key: 
 fn log(args: LogArgs) -> Result<(), AppError> {
     let path = args.file.clone().unwrap_or_else(default_audit_path);
     let since = args.since.as_deref().map(parse_since).transpose()?;
+    let key = args.key.as_deref().map(str::parse::<KeySelector>).transpose().map_err(|e| AppError::Message(format!("--key: {e}")))?;
     let files = audit::files_oldest_first(&path);
     if files.is_empty() && !args.follow {
         return Err(AppError::Message(format!(
@@ -626,7 +626,7 @@ fn log(args: LogArgs) -> Result<(), AppError> {
             return Ok(());
         }
         match serde_json::from_str::<audit::Record>(line) {
-            Ok(r) if record_matches(&r, since, args.key.as_deref()) => {
+            Ok(r) if record_matches(&r, since, key.as_ref()) => {
                 if args.json {
                     writeln!(out, "{line}")
                 } else {

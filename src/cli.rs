@@ -104,7 +104,7 @@ pub struct LogArgs {
     /// Only records since this time: RFC 3339 (2026-11-22T10:00:00Z) or an age (10m, 2h, 1d).
     #[arg(long, value_name = "TIME")]
     pub since: Option<String>,
-    /// Only records for this key: a SHA256 fingerprint, a slot (9a) or SERIAL/SLOT.
+    /// Only records for this key: a slot (9a), SERIAL/SLOT (12345678/9a) or a SHA256 fingerprint.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
     /// Audit log file [default: $XDG_STATE_HOME/keytap/audit.jsonl].
@@ -343,8 +343,9 @@ pub enum GitCommand {
 pub struct GitSetupArgs {
     #[command(flatten)]
     pub token: TokenArgs,
-    /// The key: a slot (9c) or a fingerprint (SHA256:...) [default: 9c if present, else 9a].
-    #[arg(long, value_name = "SLOT|FINGERPRINT")]
+    /// The key: a slot (9c), SERIAL/SLOT (12345678/9c) or a SHA256 fingerprint [default: 9c if
+    /// present, else 9a].
+    #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
     /// Write to the global git config instead of this repository's.
     #[arg(long)]
@@ -358,8 +359,9 @@ pub struct GitSetupArgs {
 pub struct AuthorizedKeyArgs {
     #[command(flatten)]
     pub token: TokenArgs,
-    /// The key: a slot (9a) or a fingerprint (SHA256:...) [default: 9a if present, else the first].
-    #[arg(long, value_name = "SLOT|FINGERPRINT")]
+    /// The key: a slot (9a), SERIAL/SLOT (12345678/9a) or a SHA256 fingerprint [default: 9a if
+    /// present, else the first].
+    #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
 }
 
@@ -392,9 +394,9 @@ pub struct CotSignArgs {
     /// Worker environment (JSON object) to embed [default: {}].
     #[arg(long, value_name = "FILE")]
     pub environment: Option<PathBuf>,
-    /// Agent key: a slot (9c), SERIAL/SLOT (12345678/9c) or a SHA256: fingerprint
+    /// Agent key: a slot (9c), SERIAL/SLOT (12345678/9c) or a SHA256 fingerprint
     /// [default: the first Ed25519 key, else the first ECDSA key].
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
     /// Where to write chain-of-trust.json and its signature [default: the current directory].
     #[arg(long, value_name = "DIR")]
@@ -435,6 +437,6 @@ pub struct CotVerifyArgs {
 #[derive(Args, Debug)]
 pub struct CotPubkeyArgs {
     /// Agent key, as for `keytap cot sign --key` [default: the first Ed25519 key].
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
 }

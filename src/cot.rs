@@ -17,8 +17,9 @@ use serde_json::Value;
 
 use crate::cli::{CotCommand, CotPubkeyArgs, CotSignArgs, CotVerifyArgs};
 use crate::client::{AgentClient, ClientError};
+use crate::token::KeySelector;
 use hash::{Algorithms, HashError};
-use sign::{AgentKey, KeySelector, SignedOutput};
+use sign::{AgentKey, SignedOutput};
 pub use verify::{verify_cot, Failure, Report, VerifyOptions};
 
 /// The document's file name, as Taskcluster publishes it (under `public/`).

@@ -11,7 +11,7 @@ use crate::agent::KeyReport;
 use crate::app::{self, AppError};
 use crate::cli::{AuthorizedKeyArgs, GitSetupArgs, TokenArgs};
 use crate::client;
-use crate::token::Slot;
+use crate::token::{KeySelector, Slot};
 
 /// The token keys, through the running keytap agent when SSH_AUTH_SOCK is keytap's, else from
 /// the tokens themselves.
@@ -25,24 +25,25 @@ fn keys(token: &TokenArgs) -> Result<Vec<KeyReport>, AppError> {
     }
 }
 
-/// Pick a key by slot or fingerprint, or the first of `defaults` present (then any key when
-/// `any_fallback`).
+/// Pick the key `wanted` names (see [`KeySelector`]), or the first of `defaults` present (then
+/// any key when `any_fallback`).
 pub fn choose<'a>(keys: &'a [KeyReport], wanted: Option<&str>, defaults: &[Slot], any_fallback: bool) -> Result<&'a KeyReport, String> {
     if keys.is_empty() {
         return Err("no keys on any token; create one with `keytap setup --slot 9c` (signing) or `--slot 9a`".into());
     }
-    if let Some(w) = wanted {
-        if let Ok(slot) = w.parse::<Slot>() {
-            return keys
-                .iter()
-                .find(|k| k.slot == slot.to_string())
-                .ok_or_else(|| format!("no key in slot {slot}; `keytap list` shows the keys there are"));
-        }
-        let fp = if w.starts_with("SHA256:") { w.to_string() } else { format!("SHA256:{w}") };
-        return keys
-            .iter()
-            .find(|k| k.fingerprint == fp)
-            .ok_or_else(|| format!("no key with fingerprint {fp}; `keytap list` shows the keys there are"));
+    if let Some(wanted) = wanted {
+        let selector: KeySelector = wanted.parse()?;
+        let location = |k: &KeyReport| k.slot.parse().ok().map(|slot| (k.serial, slot));
+        let found: Vec<&KeyReport> = keys.iter().filter(|k| selector.matches(location(k), &k.fingerprint)).collect();
+        return match found.as_slice() {
+            [] => Err(format!("no key matches {selector}; `keytap list` shows the keys there are")),
+            [one] => Ok(one),
+            many => Err(format!(
+                "{} keys match {selector} ({}); name one as SERIAL/SLOT or by fingerprint",
+                many.len(),
+                many.iter().map(|k| format!("{}/{}", k.serial, k.slot)).collect::<Vec<_>>().join(", ")
+            )),
+        };
     }
     for slot in defaults {
         if let Some(k) = keys.iter().find(|k| k.slot == slot.to_string()) {
@@ -217,13 +218,23 @@ mod tests {
     }
 
     #[test]
-    fn choose_by_slot_or_fingerprint() {
-        let keys = vec![report("9a", "SHA256:a"), report("9c", "SHA256:c")];
+    fn choose_by_slot_serial_slot_or_fingerprint() {
+        let fp_c = "SHA256:Y2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2NjY2M";
+        let keys = vec![report("9a", "SHA256:a"), report("9c", fp_c)];
         assert_eq!(choose(&keys, Some("9a"), &[], false).unwrap().slot, "9a");
-        assert_eq!(choose(&keys, Some("SHA256:c"), &[], false).unwrap().slot, "9c");
-        assert_eq!(choose(&keys, Some("c"), &[], false).unwrap().slot, "9c", "SHA256: prefix is optional");
-        assert!(choose(&keys, Some("9d"), &[], false).unwrap_err().contains("slot 9d"));
-        assert!(choose(&keys, Some("SHA256:zz"), &[], false).unwrap_err().contains("fingerprint"));
+        assert_eq!(choose(&keys, Some("1/9c"), &[], false).unwrap().slot, "9c");
+        assert_eq!(choose(&keys, Some(fp_c), &[], false).unwrap().slot, "9c");
+        assert_eq!(choose(&keys, Some(&fp_c[7..]), &[], false).unwrap().slot, "9c", "SHA256: prefix is optional");
+        assert!(choose(&keys, Some("9d"), &[], false).unwrap_err().contains("no key matches slot 9d"));
+        assert!(choose(&keys, Some("2/9c"), &[], false).unwrap_err().contains("no key matches 2/9c"));
+        assert!(choose(&keys, Some("SHA256:zz"), &[], false).unwrap_err().contains("no key matches SHA256:zz"));
+        assert!(choose(&keys, Some("9z"), &[], false).unwrap_err().contains("invalid key"));
+        // Two tokens with a key in the same slot: a slot alone is ambiguous.
+        let mut two = keys.clone();
+        two.push(KeyReport { serial: 2, ..report("9c", "SHA256:other") });
+        let err = choose(&two, Some("9c"), &[], false).unwrap_err();
+        assert!(err.contains("2 keys match slot 9c (1/9c, 2/9c)"), "{err}");
+        assert_eq!(choose(&two, Some("2/9c"), &[], false).unwrap().fingerprint, "SHA256:other");
     }
 
     #[test]

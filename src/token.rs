@@ -53,6 +53,62 @@ impl std::str::FromStr for Slot {
     }
 }
 
+/// A key as a `--key` option names it: a slot (`9c`), `SERIAL/SLOT` (`12345678/9c`) or a
+/// SHA256 fingerprint (`SHA256:...`, the prefix optional). Every command that picks a key parses
+/// it here, so they all take the same forms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySelector {
+    Slot(Slot),
+    SerialSlot(u32, Slot),
+    Fingerprint(String),
+}
+
+impl std::str::FromStr for KeySelector {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.starts_with("SHA256:") && s.len() > 7 {
+            return Ok(KeySelector::Fingerprint(s.to_string()));
+        }
+        if let Some((serial, slot)) = s.split_once('/') {
+            if let (Ok(serial), Ok(slot)) = (serial.parse(), slot.parse()) {
+                return Ok(KeySelector::SerialSlot(serial, slot));
+            }
+        }
+        if let Ok(slot) = s.parse() {
+            return Ok(KeySelector::Slot(slot));
+        }
+        // A SHA-256 fingerprint without its prefix: 43 characters of unpadded base64.
+        if s.len() == 43 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/') {
+            return Ok(KeySelector::Fingerprint(format!("SHA256:{s}")));
+        }
+        Err(format!("invalid key {s:?}: use a slot (9a, 9c, 9d, 9e or 82-95), SERIAL/SLOT (12345678/9c) or a SHA256: fingerprint"))
+    }
+}
+
+impl fmt::Display for KeySelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySelector::Slot(slot) => write!(f, "slot {slot}"),
+            KeySelector::SerialSlot(serial, slot) => write!(f, "{serial}/{slot}"),
+            KeySelector::Fingerprint(fp) => f.write_str(fp),
+        }
+    }
+}
+
+impl KeySelector {
+    /// Does it name the key with this fingerprint, found in `location` (serial and slot; `None`
+    /// for a key that is not on a keytap token, which only a fingerprint can name)?
+    pub fn matches(&self, location: Option<(u32, Slot)>, fingerprint: &str) -> bool {
+        match (self, location) {
+            (KeySelector::Fingerprint(fp), _) => fp == fingerprint,
+            (KeySelector::Slot(slot), Some((_, s))) => s == *slot,
+            (KeySelector::SerialSlot(serial, slot), Some(at)) => at == (*serial, *slot),
+            (_, None) => false,
+        }
+    }
+}
+
 impl TryFrom<String> for Slot {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
@@ -305,4 +361,30 @@ pub enum TokenKind {
     Mock,
     /// YubiKeys (and other PIV cards) over PC/SC.
     Piv,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_selectors_parse_and_match() {
+        let fp = "SHA256:Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE";
+        assert_eq!("9c".parse(), Ok(KeySelector::Slot(Slot::SIGNATURE)));
+        assert_eq!(" 12345678/9a ".parse(), Ok(KeySelector::SerialSlot(12345678, Slot::AUTHENTICATION)));
+        assert_eq!(fp.parse(), Ok(KeySelector::Fingerprint(fp.into())));
+        assert_eq!(fp[7..].parse(), Ok(KeySelector::Fingerprint(fp.into())), "the SHA256: prefix is optional");
+        for bad in ["", "9z", "SHA256:", "x/9c", "1/9z", "Zm9v"] {
+            let err = bad.parse::<KeySelector>().unwrap_err();
+            assert!(err.contains("invalid key") && err.contains("SERIAL/SLOT"), "{bad:?}: {err}");
+        }
+        let at = Some((12345678, Slot::SIGNATURE));
+        assert!(KeySelector::Slot(Slot::SIGNATURE).matches(at, "SHA256:x"));
+        assert!(!KeySelector::Slot(Slot::AUTHENTICATION).matches(at, "SHA256:x"));
+        assert!(KeySelector::SerialSlot(12345678, Slot::SIGNATURE).matches(at, "SHA256:x"));
+        assert!(!KeySelector::SerialSlot(87654321, Slot::SIGNATURE).matches(at, "SHA256:x"));
+        assert!(KeySelector::Fingerprint("SHA256:x".into()).matches(None, "SHA256:x"));
+        assert!(!KeySelector::Fingerprint("SHA256:x".into()).matches(at, "SHA256:y"));
+        assert!(!KeySelector::Slot(Slot::SIGNATURE).matches(None, "SHA256:x"), "a key off keytap's tokens has no slot");
+    }
 }

@@ -379,7 +379,7 @@ fn authorized_key_prints_the_slot_line_through_agent_or_token() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), agent.key_line("9e"));
     let err = keytap_err(&agent, &["authorized-key", "--key", "SHA256:nope"]);
-    assert!(err.contains("no key with fingerprint SHA256:nope"), "{err}");
+    assert!(err.contains("no key matches SHA256:nope"), "{err}");
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {

@@ -76,6 +76,14 @@ fn a_git_only_key_signs_commits_and_nothing_else() {
     assert!(printed.lines().nth(1).unwrap().contains("by ssh-keygen <- "), "{printed}");
     let none = agent.keytap().args(["log", "--file"]).arg(&audit).args(["--key", "9a"]).output().unwrap();
     assert_eq!(String::from_utf8(none.stdout).unwrap(), "");
+    // The same key forms as every other --key: SERIAL/SLOT, and a clear refusal of a typo.
+    let by_serial = agent.keytap().args(["log", "--file"]).arg(&audit).args(["--key", "12345678/9d"]).output().unwrap();
+    assert_eq!(String::from_utf8(by_serial.stdout).unwrap(), printed);
+    let other_token = agent.keytap().args(["log", "--file"]).arg(&audit).args(["--key", "87654321/9d"]).output().unwrap();
+    assert_eq!(String::from_utf8(other_token.stdout).unwrap(), "");
+    let typo = agent.keytap().args(["log", "--file"]).arg(&audit).args(["--key", "9z"]).output().unwrap();
+    assert_eq!(typo.status.code(), Some(1), "{}", text(&typo));
+    assert!(text(&typo).contains("--key: invalid key \"9z\": use a slot (9a, 9c, 9d, 9e or 82-95), SERIAL/SLOT"), "{}", text(&typo));
     let future = agent.keytap().args(["log", "--since", "2999-01-01T00:00:00Z", "--file"]).arg(&audit).output().unwrap();
     assert_eq!(String::from_utf8(future.stdout).unwrap(), "");
     let recent = agent.keytap().args(["log", "--since", "1h", "--file"]).arg(&audit).output().unwrap();

@@ -5,43 +5,10 @@ use ssh_key::public::KeyData;
 use ssh_key::{Algorithm, HashAlg, LineEnding, PublicKey, SshSig};
 
 use crate::client::AgentClient;
-use crate::token::Slot;
+use crate::token::{KeySelector, Slot};
 
 use super::trust::NAMESPACE;
 use super::CotError;
-
-/// `--key`: which agent key signs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeySelector {
-    Slot(Slot),
-    SerialSlot(u32, Slot),
-    Fingerprint(String),
-}
-
-impl std::str::FromStr for KeySelector {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.starts_with("SHA256:") {
-            return Ok(KeySelector::Fingerprint(s.to_string()));
-        }
-        if let Some((serial, slot)) = s.split_once('/') {
-            let serial = serial.parse().map_err(|_| format!("invalid key {s:?}: the serial before / must be a number, as in 12345678/9c"))?;
-            return Ok(KeySelector::SerialSlot(serial, slot.parse()?));
-        }
-        s.parse().map(KeySelector::Slot).map_err(|e| format!("{e}, SERIAL/SLOT or a SHA256: fingerprint"))
-    }
-}
-
-impl std::fmt::Display for KeySelector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeySelector::Slot(slot) => write!(f, "slot {slot}"),
-            KeySelector::SerialSlot(serial, slot) => write!(f, "{serial}/{slot}"),
-            KeySelector::Fingerprint(fp) => f.write_str(fp),
-        }
-    }
-}
 
 /// An agent identity: the key and the comment (`keytap SERIAL/SLOT` for keytap's keys).
 #[derive(Clone, Debug)]
@@ -84,9 +51,7 @@ pub fn select_key(keys: &[AgentKey], selector: Option<&KeySelector>) -> Result<A
                 "the agent holds no Ed25519 or ECDSA key; create one on the token (e.g. `keytap setup --slot 9c --alg ed25519`)".into(),
             ));
         }
-        Some(KeySelector::Fingerprint(fp)) => keys.iter().filter(|k| &k.fingerprint() == fp).collect(),
-        Some(KeySelector::SerialSlot(serial, slot)) => keys.iter().filter(|k| k.location() == Some((*serial, *slot))).collect(),
-        Some(KeySelector::Slot(slot)) => keys.iter().filter(|k| k.location().map(|(_, s)| s) == Some(*slot)).collect(),
+        Some(selector) => keys.iter().filter(|k| selector.matches(k.location(), &k.fingerprint())).collect(),
     };
     match matches.as_slice() {
         [] => Err(CotError::NoKey(format!(
