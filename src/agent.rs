@@ -2,7 +2,7 @@
 //!
 //! Every connection is served on one single-threaded tokio event loop, and no request blocks
 //! it: anything that touches a token goes to that token's owner thread (see `token::owner`);
-//! file writes, prompts and known_hosts reads go to tokio's blocking threads.
+//! file writes, prompts, known_hosts and /proc reads go to tokio's blocking threads.
 
 pub mod attest_ext;
 pub mod cert_ext;
@@ -283,13 +283,15 @@ impl Agent {
     }
 
     async fn connection(&self, mut stream: UnixStream) {
-        let peer = match PeerInfo::from_stream(&stream) {
-            Ok(peer) => peer,
+        let credentials = match PeerInfo::credentials(&stream) {
+            Ok(credentials) => credentials,
             Err(e) => {
                 tracing::warn!("cannot read peer credentials: {e}; closing");
                 return;
             }
         };
+        let fallback = credentials.clone();
+        let peer = tokio::task::spawn_blocking(move || credentials.with_process_details()).await.unwrap_or(fallback);
         if peer.uid != self.uid {
             tracing::warn!(peer_uid = peer.uid, pid = ?peer.pid, exe = ?peer.exe, "refused a connection from another user (uid {} is not {})", peer.uid, self.uid);
             self.audit(event_record("refused-peer", &peer, "deny", &format!("uid {} is not the agent's uid {}", peer.uid, self.uid))).await;

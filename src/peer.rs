@@ -19,17 +19,22 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    /// Describe the peer of a connected Unix socket.
-    pub fn from_stream(stream: &tokio::net::UnixStream) -> std::io::Result<PeerInfo> {
+    /// The peer's credentials (SO_PEERCRED): pid and uid only, without blocking.
+    pub fn credentials(stream: &tokio::net::UnixStream) -> std::io::Result<PeerInfo> {
         let cred = stream.peer_cred()?;
-        let pid = cred.pid();
-        let mut peer = PeerInfo { pid, uid: cred.uid(), ..Default::default() };
-        if let Some(pid) = pid {
-            peer.exe = process_exe(pid);
-            peer.cmdline = process_cmdline(pid);
-            peer.parents = parent_chain(pid, 8);
+        Ok(PeerInfo { pid: cred.pid(), uid: cred.uid(), ..Default::default() })
+    }
+
+    /// Add the executable, command line and parent chain from /proc. This can block: reading a
+    /// process's command line waits for its memory-map lock, which that process can hold, so
+    /// the agent calls it on a blocking thread, never on its event loop.
+    pub fn with_process_details(mut self) -> PeerInfo {
+        if let Some(pid) = self.pid {
+            self.exe = process_exe(pid);
+            self.cmdline = process_cmdline(pid);
+            self.parents = parent_chain(pid, 8);
         }
-        Ok(peer)
+        self
     }
 
     /// Short program name: the executable's file name, or "unknown".
