@@ -136,7 +136,12 @@ struct Stats {
     ops_per_s: f64,
     p50_us: f64,
     p99_us: f64,
+    /// The run's percentiles in µs, for `--spread`: p10 p50 p75 p90 p95 p98 p99 p99.9 max.
+    spread: [f64; 9],
 }
+
+const SPREAD: [(&str, f64); 9] =
+    [("p10", 0.10), ("p50", 0.50), ("p75", 0.75), ("p90", 0.90), ("p95", 0.95), ("p98", 0.98), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0)];
 
 /// How the load generator holds its connections.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -153,7 +158,7 @@ enum Driver {
 
 /// Drive `clients` connections for `seconds`, each sending `request` in a loop.
 fn drive(socket: &Path, request: &[u8], expect: u8, clients: usize, seconds: f64, args: &Args) -> Stats {
-    let Args { driver, generator_threads, spread, .. } = *args;
+    let Args { driver, generator_threads, .. } = *args;
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let threads: Vec<_> = match driver {
@@ -165,7 +170,7 @@ fn drive(socket: &Path, request: &[u8], expect: u8, clients: usize, seconds: f64
                 std::thread::spawn(move || {
                     let mut s = UnixStream::connect(&socket).expect("connect");
                     let mut buf = Vec::new();
-                    let mut lat = latency_buffer(seconds);
+                    let mut lat = latency_buffer(seconds, clients);
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
                         assert_eq!(exchange(&mut s, &request, &mut buf), expect, "unexpected answer");
@@ -185,7 +190,7 @@ fn drive(socket: &Path, request: &[u8], expect: u8, clients: usize, seconds: f64
                     let socket = socket.to_path_buf();
                     let request = request.to_vec();
                     let stop = stop.clone();
-                    std::thread::spawn(move || poll_loop(&socket, &request, expect, mine, seconds, &stop))
+                    std::thread::spawn(move || poll_loop(&socket, &request, expect, mine, latency_buffer(seconds, loops), &stop))
                 })
                 .collect()
         }
@@ -199,17 +204,14 @@ fn drive(socket: &Path, request: &[u8], expect: u8, clients: usize, seconds: f64
     assert!(!all.is_empty(), "no answer within {seconds} s; is the agent stuck?");
     all.sort_unstable();
     let pct = |p: f64| all[((all.len() as f64 - 1.0) * p) as usize] as f64 / 1000.0;
-    if spread {
-        eprintln!("  p10 {:.0} p50 {:.0} p75 {:.0} p90 {:.0} p95 {:.0} p98 {:.0} p99 {:.0} p99.9 {:.0} max {:.0}", pct(0.1), pct(0.5), pct(0.75), pct(0.9), pct(0.95), pct(0.98), pct(0.99), pct(0.999), pct(1.0));
-    }
-    Stats { ops_per_s: all.len() as f64 / elapsed, p50_us: pct(0.50), p99_us: pct(0.99) }
+    Stats { ops_per_s: all.len() as f64 / elapsed, p50_us: pct(0.50), p99_us: pct(0.99), spread: SPREAD.map(|(_, p)| pct(p)) }
 }
 
 /// One load-generator thread: `count` connections, each with one request in flight. Every
 /// pass over poll(2) answers all ready connections in order (fair by construction) and sends
 /// each its next request at once; latency runs from the write to the read that completes the
 /// answer.
-fn poll_loop(socket: &Path, request: &[u8], expect: u8, count: usize, seconds: f64, stop: &AtomicBool) -> Vec<u64> {
+fn poll_loop(socket: &Path, request: &[u8], expect: u8, count: usize, mut lat: Vec<u64>, stop: &AtomicBool) -> Vec<u64> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     struct InFlight {
@@ -230,7 +232,6 @@ fn poll_loop(socket: &Path, request: &[u8], expect: u8, count: usize, seconds: f
         (&*stream).write_all(request).expect("write");
     };
     let mut flights: Vec<InFlight> = (0..count).map(|_| InFlight { sent: Instant::now(), buf: Vec::with_capacity(1024) }).collect();
-    let mut lat = latency_buffer(seconds);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut fds: Vec<PollFd> = streams.iter().map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
     for (stream, f) in streams.iter().zip(&mut flights) {
@@ -264,10 +265,11 @@ fn poll_loop(socket: &Path, request: &[u8], expect: u8, count: usize, seconds: f
     lat
 }
 
-/// Room for every latency of a run, allocated and touched up front: growing the vector (or
-/// faulting its pages in) mid-run would stall the generator and show up as the agent's tail.
-fn latency_buffer(seconds: f64) -> Vec<u64> {
-    let mut v = vec![0u64; (seconds * 300_000.0) as usize];
+/// Room for one of `threads` generator threads' latencies (up to 400,000 answers a second in
+/// all), allocated and touched up front: growing the vector (or faulting its pages in) mid-run
+/// would stall the generator and show up as the agent's tail.
+fn latency_buffer(seconds: f64, threads: usize) -> Vec<u64> {
+    let mut v = vec![0u64; (seconds * 400_000.0 / threads.max(1) as f64) as usize];
     v.clear();
     v
 }
@@ -282,7 +284,13 @@ fn median_stats(runs: &[Stats]) -> Stats {
         ops_per_s: median(runs.iter().map(|s| s.ops_per_s).collect()),
         p50_us: median(runs.iter().map(|s| s.p50_us).collect()),
         p99_us: median(runs.iter().map(|s| s.p99_us).collect()),
+        spread: [0.0; 9],
     }
+}
+
+fn print_spread(agent: &str, run: &Stats) {
+    let cells: Vec<String> = SPREAD.iter().zip(run.spread).map(|((name, _), us)| format!("{name} {us:.0}")).collect();
+    eprintln!("  {agent:<9} {} (µs)", cells.join(" "));
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -379,6 +387,10 @@ fn compare(a: &Path, b: &Path, workloads: &[(String, Vec<u8>, Vec<u8>, u8)], arg
                     runs_b.push(drive(b, req_b, *expect, clients, args.seconds, args));
                     runs_a.push(drive(a, req_a, *expect, clients, args.seconds, args));
                 }
+            }
+            if args.spread {
+                runs_a.iter().for_each(|r| print_spread("keytap", r));
+                runs_b.iter().for_each(|r| print_spread("baseline", r));
             }
             let row = Row { workload: name.clone(), clients, keytap: median_stats(&runs_a), baseline: median_stats(&runs_b) };
             eprintln!(
