@@ -59,29 +59,27 @@ impl TrustedKeys {
     }
 }
 
-/// Split on whitespace outside double quotes.
-fn fields(line: &str) -> Vec<String> {
+/// Split `s` at every character `is_separator` accepts outside double quotes (quotes are kept).
+fn split_unquoted(s: &str, is_separator: impl Fn(char) -> bool) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
-    for c in line.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
-            }
-            c if c.is_whitespace() && !quoted => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
+    for c in s.chars() {
+        if c == '"' {
+            quoted = !quoted;
+        } else if !quoted && is_separator(c) {
+            out.push(std::mem::take(&mut cur));
+            continue;
         }
+        cur.push(c);
     }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
+    out.push(cur);
     out
+}
+
+/// Fields separated by runs of whitespace outside double quotes.
+fn fields(line: &str) -> Vec<String> {
+    split_unquoted(line, char::is_whitespace).into_iter().filter(|f| !f.is_empty()).collect()
 }
 
 /// `Ok(None)` for lines keytap deliberately skips (certificate authorities).
@@ -119,22 +117,9 @@ fn looks_like_key_type(s: &str) -> bool {
     s.starts_with("ssh-") || s.starts_with("ecdsa-") || s.starts_with("sk-")
 }
 
+/// Comma-separated options; an empty one is kept, so it is refused as unknown.
 fn split_options(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in s.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
-            }
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
+    split_unquoted(s, |c| c == ',')
 }
 
 /// A detached signature over a chain-of-trust document.
@@ -216,6 +201,14 @@ fn allows_namespace(s: &AllowedSigner) -> bool {
 mod tests {
     use super::*;
     use ssh_key::{Algorithm, LineEnding, PrivateKey};
+
+    #[test]
+    fn splitting_keeps_quoted_separators() {
+        assert_eq!(fields("  a \"b c\"\td  "), ["a", "\"b c\"", "d"]);
+        assert_eq!(fields(""), Vec::<String>::new());
+        assert_eq!(split_options("cert-authority,namespaces=\"git,cot\""), ["cert-authority", "namespaces=\"git,cot\""]);
+        assert_eq!(split_options("a,,b"), ["a", "", "b"]);
+    }
 
     #[test]
     fn allowed_signers_lines() {
