@@ -162,6 +162,36 @@ pub enum TouchPolicy {
     Cached,
 }
 
+/// Yubico's PIN/touch policy extension (1.3.6.1.4.1.41482.3.8) stores each policy as one byte;
+/// attestation certificates and keytap's own slot certificates use it.
+impl PinPolicy {
+    pub fn yubico_byte(self) -> u8 {
+        match self {
+            PinPolicy::Never => 1,
+            PinPolicy::Once => 2,
+            PinPolicy::Always => 3,
+        }
+    }
+
+    pub fn from_yubico_byte(b: u8) -> Option<PinPolicy> {
+        [PinPolicy::Never, PinPolicy::Once, PinPolicy::Always].into_iter().find(|p| p.yubico_byte() == b)
+    }
+}
+
+impl TouchPolicy {
+    pub fn yubico_byte(self) -> u8 {
+        match self {
+            TouchPolicy::Never => 1,
+            TouchPolicy::Always => 2,
+            TouchPolicy::Cached => 3,
+        }
+    }
+
+    pub fn from_yubico_byte(b: u8) -> Option<TouchPolicy> {
+        [TouchPolicy::Never, TouchPolicy::Always, TouchPolicy::Cached].into_iter().find(|t| t.yubico_byte() == b)
+    }
+}
+
 impl fmt::Display for PinPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -386,5 +416,19 @@ mod tests {
         assert!(KeySelector::Fingerprint("SHA256:x".into()).matches(None, "SHA256:x"));
         assert!(!KeySelector::Fingerprint("SHA256:x".into()).matches(at, "SHA256:y"));
         assert!(!KeySelector::Slot(Slot::SIGNATURE).matches(None, "SHA256:x"), "a key off keytap's tokens has no slot");
+    }
+
+    #[test]
+    fn yubico_policy_bytes_round_trip() {
+        assert_eq!([PinPolicy::Never, PinPolicy::Once, PinPolicy::Always].map(PinPolicy::yubico_byte), [1, 2, 3]);
+        assert_eq!([TouchPolicy::Never, TouchPolicy::Always, TouchPolicy::Cached].map(TouchPolicy::yubico_byte), [1, 2, 3]);
+        for b in 1..=3 {
+            assert_eq!(PinPolicy::from_yubico_byte(b).map(PinPolicy::yubico_byte), Some(b));
+            assert_eq!(TouchPolicy::from_yubico_byte(b).map(TouchPolicy::yubico_byte), Some(b));
+        }
+        for b in [0, 4, 0xff] {
+            assert_eq!(PinPolicy::from_yubico_byte(b), None);
+            assert_eq!(TouchPolicy::from_yubico_byte(b), None);
+        }
     }
 }

@@ -174,16 +174,6 @@ impl MockAttestationCa {
         let f9_der = self.f9_der()?;
         let f9 = Certificate::from_der(&f9_der).map_err(err)?;
         let f9_key = p256::ecdsa::SigningKey::from_pkcs8_pem(&self.f9_key_pkcs8).map_err(err)?;
-        let pin_byte = match pin {
-            PinPolicy::Never => 0x01,
-            PinPolicy::Once => 0x02,
-            PinPolicy::Always => 0x03,
-        };
-        let touch_byte = match touch {
-            TouchPolicy::Never => 0x01,
-            TouchPolicy::Always => 0x02,
-            TouchPolicy::Cached => 0x03,
-        };
         let tbs = TbsCertificate {
             version: Version::V3,
             serial_number: random_serial()?,
@@ -197,7 +187,7 @@ impl MockAttestationCa {
             extensions: Some(vec![
                 raw_extension(OID_FIRMWARE, vec![firmware.0, firmware.1, firmware.2])?,
                 raw_extension(OID_SERIAL, serial.to_der().map_err(err)?)?,
-                raw_extension(OID_POLICY, vec![pin_byte, touch_byte])?,
+                raw_extension(OID_POLICY, vec![pin.yubico_byte(), touch.yubico_byte()])?,
                 raw_extension(OID_FORM_FACTOR, vec![FORM_FACTOR])?,
             ]),
         };

@@ -266,18 +266,8 @@ pub fn yubico_extensions(cert: &Certificate) -> Result<YubicoExtensions, AttestE
     let policy = raw(OID_POLICY).ok_or(AttestError::MissingExtension("PIN/touch policy (1.3.6.1.4.1.41482.3.8)"))?;
     let (pin_policy, touch_policy) = match policy {
         [p, t, ..] => (
-            match p {
-                1 => PinPolicy::Never,
-                2 => PinPolicy::Once,
-                3 => PinPolicy::Always,
-                other => return Err(bad("policy", format!("unknown PIN policy byte {other:#04x}"))),
-            },
-            match t {
-                1 => TouchPolicy::Never,
-                2 => TouchPolicy::Always,
-                3 => TouchPolicy::Cached,
-                other => return Err(bad("policy", format!("unknown touch policy byte {other:#04x}"))),
-            },
+            PinPolicy::from_yubico_byte(*p).ok_or_else(|| bad("policy", format!("unknown PIN policy byte {p:#04x}")))?,
+            TouchPolicy::from_yubico_byte(*t).ok_or_else(|| bad("policy", format!("unknown touch policy byte {t:#04x}")))?,
         ),
         _ => return Err(bad("policy", format!("{} bytes, expected 2", policy.len()))),
     };

@@ -8,11 +8,9 @@
 use der::{Decode, Encode};
 use ssh_key::public::KeyData;
 
+use crate::attest::x509::OID_POLICY;
 use crate::token::{KeyAlgorithm, KeyInfo, PinPolicy, TokenError, TokenResult, TouchPolicy};
 
-/// DER of OID 1.3.6.1.4.1.41482.3.8 (contents only).
-const OID_YUBICO_POLICY: &[u8] = &[0x2b, 0x06, 0x01, 0x04, 0x01, 0x82, 0xc4, 0x0a, 0x03, 0x08];
-const OID_YUBICO_POLICY_STR: &str = "1.3.6.1.4.1.41482.3.8";
 /// 2.5.4.3 commonName.
 const OID_CN: &[u8] = &[0x55, 0x04, 0x03];
 
@@ -52,40 +50,14 @@ pub fn key_from_certificate(der: &[u8]) -> TokenResult<(KeyAlgorithm, KeyData, O
     let (alg, key) = key_from_spki(&spki)?;
     let policy = tbs.extensions.as_ref().and_then(|exts| {
         exts.iter()
-            .find(|e| e.extn_id.to_string() == OID_YUBICO_POLICY_STR)
+            .find(|e| e.extn_id == OID_POLICY)
             .and_then(|e| policy_from_bytes(e.extn_value.as_bytes()))
     });
     Ok((alg, key, policy))
 }
 
 fn policy_from_bytes(b: &[u8]) -> Option<(PinPolicy, TouchPolicy)> {
-    let pin = match b.first()? {
-        1 => PinPolicy::Never,
-        2 => PinPolicy::Once,
-        3 => PinPolicy::Always,
-        _ => return None,
-    };
-    let touch = match b.get(1)? {
-        1 => TouchPolicy::Never,
-        2 => TouchPolicy::Always,
-        3 => TouchPolicy::Cached,
-        _ => return None,
-    };
-    Some((pin, touch))
-}
-
-fn policy_bytes(pin: PinPolicy, touch: TouchPolicy) -> [u8; 2] {
-    let p = match pin {
-        PinPolicy::Never => 1,
-        PinPolicy::Once => 2,
-        PinPolicy::Always => 3,
-    };
-    let t = match touch {
-        TouchPolicy::Never => 1,
-        TouchPolicy::Always => 2,
-        TouchPolicy::Cached => 3,
-    };
-    [p, t]
+    Some((PinPolicy::from_yubico_byte(*b.first()?)?, TouchPolicy::from_yubico_byte(*b.get(1)?)?))
 }
 
 /// A PIV data object is `70 <cert> 71 <info> [FE]`; return the certificate inside, or the
@@ -179,8 +151,8 @@ pub fn self_signed(
     let cn = format!("keytap {}/{}", key.serial, key.slot);
     let name = seq(&[&tlv(0x31, &seq(&[&tlv(0x06, OID_CN), &tlv(0x0c, cn.as_bytes())]))]);
     let validity = seq(&[&utc_time(now), &tlv(0x18, b"99991231235959Z")]);
-    let policy = policy_bytes(key.pin_policy, key.touch_policy);
-    let extension = seq(&[&tlv(0x06, OID_YUBICO_POLICY), &tlv(0x04, &policy)]);
+    let policy = [key.pin_policy.yubico_byte(), key.touch_policy.yubico_byte()];
+    let extension = seq(&[&tlv(0x06, OID_POLICY.as_bytes()), &tlv(0x04, &policy)]);
     let extensions = tlv(0xa3, &seq(&[&extension]));
     let sig_alg = signature_algorithm(key.algorithm);
     let tbs = seq(&[
