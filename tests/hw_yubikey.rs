@@ -2,7 +2,8 @@
 //! `KEYTAP_TEST_YUBIKEY_PIN_FILE`). Read-only unless `KEYTAP_TEST_YUBIKEY_DESTRUCTIVE=1`, which
 //! overwrites slot 95 only. Touch tests need a human. See docs/testing.md.
 
-use std::io::Write;
+mod support;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -93,40 +94,7 @@ fn start_agent(dir: &Path, pin: &Path) -> Agent {
 }
 
 fn sign(agent: &Agent, dir: &Path, key_line: &str) -> Result<(), String> {
-    let pubkey = dir.join("key.pub");
-    std::fs::write(&pubkey, format!("{key_line}\n")).unwrap();
-    let data = dir.join("data");
-    std::fs::write(&data, b"hardware test\n").unwrap();
-    let _ = std::fs::remove_file(dir.join("data.sig"));
-    let out = Command::new("ssh-keygen")
-        .args(["-Y", "sign", "-n", "file", "-f"])
-        .arg(&pubkey)
-        .arg(&data)
-        .env("SSH_AUTH_SOCK", &agent.socket)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Err(text(&out));
-    }
-    let signers = dir.join("signers");
-    std::fs::write(&signers, format!("t {key_line}\n")).unwrap();
-    let mut v = Command::new("ssh-keygen")
-        .args(["-Y", "verify", "-n", "file", "-I", "t", "-f"])
-        .arg(&signers)
-        .arg("-s")
-        .arg(dir.join("data.sig"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    v.stdin.take().unwrap().write_all(b"hardware test\n").unwrap();
-    let out = v.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(text(&out))
-    }
+    support::sshsig_sign_and_verify(&agent.socket, dir, key_line, b"hardware test\n")
 }
 
 #[test]

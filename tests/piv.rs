@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -228,41 +227,7 @@ impl Agent {
 
     /// `ssh-keygen -Y sign` through the agent, then `-Y verify`; Ok when both succeed.
     fn sign_and_verify(&self, dir: &Path, key_line: &str) -> Result<(), String> {
-        let pubkey = dir.join("key.pub");
-        std::fs::write(&pubkey, format!("{key_line}\n")).unwrap();
-        let data = dir.join("data.txt");
-        std::fs::write(&data, b"signed through keytap and a PIV card\n").unwrap();
-        let sig = dir.join("data.txt.sig");
-        let _ = std::fs::remove_file(&sig);
-        let out = Command::new("ssh-keygen")
-            .args(["-Y", "sign", "-n", "file", "-f"])
-            .arg(&pubkey)
-            .arg(&data)
-            .env("SSH_AUTH_SOCK", &self.socket)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            return Err(format!("ssh-keygen -Y sign: {}", text(&out)));
-        }
-        let signers = dir.join("allowed_signers");
-        std::fs::write(&signers, format!("tester {key_line}\n")).unwrap();
-        let mut verify = Command::new("ssh-keygen")
-            .args(["-Y", "verify", "-n", "file", "-I", "tester", "-f"])
-            .arg(&signers)
-            .arg("-s")
-            .arg(&sig)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        verify.stdin.take().unwrap().write_all(&std::fs::read(&data).unwrap()).unwrap();
-        let out = verify.wait_with_output().unwrap();
-        if !out.status.success() {
-            return Err(format!("ssh-keygen -Y verify: {}", text(&out)));
-        }
-        Ok(())
+        support::sshsig_sign_and_verify(&self.socket, dir, key_line, b"signed through keytap and a PIV card\n")
     }
 
     fn log(&self, dir: &Path) -> String {

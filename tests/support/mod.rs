@@ -303,6 +303,47 @@ impl Drop for Sshd {
     }
 }
 
+/// `ssh-keygen -Y sign` (namespace `file`) of `message` with the agent at `socket`, then
+/// `ssh-keygen -Y verify` of the signature; Ok when both succeed. Works in `dir`.
+pub fn sshsig_sign_and_verify(socket: &Path, dir: &Path, key_line: &str, message: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let pubkey = dir.join("key.pub");
+    std::fs::write(&pubkey, format!("{key_line}\n")).unwrap();
+    let data = dir.join("data.txt");
+    std::fs::write(&data, message).unwrap();
+    let sig = dir.join("data.txt.sig");
+    let _ = std::fs::remove_file(&sig);
+    let out = Command::new("ssh-keygen")
+        .args(["-Y", "sign", "-n", "file", "-f"])
+        .arg(&pubkey)
+        .arg(&data)
+        .env("SSH_AUTH_SOCK", socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(format!("ssh-keygen -Y sign: {}", text(&out)));
+    }
+    let signers = dir.join("allowed_signers");
+    std::fs::write(&signers, format!("tester {key_line}\n")).unwrap();
+    let mut verify = Command::new("ssh-keygen")
+        .args(["-Y", "verify", "-n", "file", "-I", "tester", "-f"])
+        .arg(&signers)
+        .arg("-s")
+        .arg(&sig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    verify.stdin.take().unwrap().write_all(message).unwrap();
+    let out = verify.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(format!("ssh-keygen -Y verify: {}", text(&out)));
+    }
+    Ok(())
+}
+
 /// Output as text, for assertion messages.
 pub fn text(out: &Output) -> String {
     format!(
