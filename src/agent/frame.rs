@@ -46,11 +46,10 @@ pub struct FrameTimeouts {
 pub struct FrameReader<R> {
     inner: R,
     buf: Zeroizing<Vec<u8>>,
-    /// Unconsumed bytes are `buf[pos..filled]`.
-    pos: usize,
+    /// Every frame starts at `buf[0]`. `buf[..consumed]` was handed out (wiped at the next
+    /// read); `buf[consumed..filled]` was read ahead.
+    consumed: usize,
     filled: usize,
-    /// The last frame lent out of `buf` ends here; wiped at the next read.
-    lent: usize,
 }
 
 /// One frame body: lent from the reader's buffer, or its own (wiped on drop).
@@ -75,13 +74,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     fn with_capacity(inner: R, capacity: usize) -> FrameReader<R> {
-        FrameReader { inner, buf: Zeroizing::new(vec![0; capacity.max(4)]), pos: 0, filled: 0, lent: 0 }
+        FrameReader { inner, buf: Zeroizing::new(vec![0; capacity.max(4)]), consumed: 0, filled: 0 }
     }
 
     /// Read the next frame. Its length is checked before any buffer is allocated for it.
     pub async fn next(&mut self, timeouts: FrameTimeouts) -> Result<Frame<'_>, FrameError> {
         self.reclaim();
-        if self.pos == self.filled {
+        if self.filled == 0 {
             match tokio::time::timeout(timeouts.idle, self.fill()).await {
                 Err(_) => return Err(FrameError::Idle(timeouts.idle)),
                 Ok(Ok(0)) => return Err(FrameError::Closed),
@@ -95,7 +94,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The frame after its first byte is buffered.
     async fn rest(&mut self) -> Result<Frame<'_>, FrameError> {
         self.buffer_at_least(4).await?;
-        let header: [u8; 4] = self.buf[self.pos..self.pos + 4].try_into().expect("four bytes");
+        let header: [u8; 4] = self.buf[..4].try_into().expect("four bytes");
         let len = u32::from_be_bytes(header) as usize;
         if len > MAX_FRAME {
             return Err(FrameError::TooLarge(len as u64));
@@ -105,33 +104,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         if 4 + len <= self.buf.len() {
             self.buffer_at_least(4 + len).await?;
-            let start = self.pos + 4;
-            self.pos = start + len;
-            self.lent = self.pos;
-            return Ok(Frame::Lent(&self.buf[start..start + len]));
+            self.consumed = 4 + len;
+            return Ok(Frame::Lent(&self.buf[4..4 + len]));
         }
         let mut body = Zeroizing::new(vec![0u8; len]);
-        let have = self.filled - self.pos - 4;
-        body[..have].copy_from_slice(&self.buf[self.pos + 4..self.filled]);
-        self.pos = self.filled;
+        let have = self.filled - 4;
+        body[..have].copy_from_slice(&self.buf[4..self.filled]);
+        self.consumed = self.filled;
         self.reclaim();
         self.inner.read_exact(&mut body[have..]).await.map_err(eof_is_closed)?;
         Ok(Frame::Owned(body))
     }
 
-    /// Make `n` (at most the buffer's size) unconsumed bytes available.
+    /// Have the frame's first `n` bytes (at most the buffer's size) in the buffer.
     async fn buffer_at_least(&mut self, n: usize) -> Result<(), FrameError> {
-        if self.filled - self.pos >= n {
-            return Ok(());
-        }
-        if self.pos + n > self.buf.len() {
-            // Move the partial frame to the front, wiping where it was.
-            let (pos, filled) = (self.pos, self.filled);
-            self.buf.copy_within(pos..filled, 0);
-            self.buf[filled - pos..filled].zeroize();
-            (self.pos, self.filled) = (0, filled - pos);
-        }
-        while self.filled - self.pos < n {
+        while self.filled < n {
             if self.fill().await? == 0 {
                 return Err(FrameError::Closed);
             }
@@ -146,16 +133,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(n)
     }
 
-    /// Wipe what was consumed; once everything is, start again at the front.
+    /// Wipe the frame handed out last and move the bytes read ahead of it to the front.
     fn reclaim(&mut self) {
-        if self.lent > 0 {
-            self.buf[..self.lent].zeroize();
-            self.lent = 0;
+        let (consumed, filled) = (self.consumed, self.filled);
+        if consumed == 0 {
+            return;
         }
-        if self.pos == self.filled {
-            self.buf[..self.filled].zeroize();
-            (self.pos, self.filled) = (0, 0);
-        }
+        self.buf.copy_within(consumed..filled, 0);
+        self.buf[filled - consumed..filled].zeroize();
+        (self.consumed, self.filled) = (0, filled - consumed);
     }
 }
 
