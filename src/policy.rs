@@ -19,7 +19,7 @@ use serde::Deserialize;
 use ssh_key::public::KeyData;
 
 use crate::purpose::Purpose;
-use crate::token::{KeyInfo, Slot, TouchPolicy};
+use crate::token::{KeyInfo, KeySelector, TouchPolicy};
 
 /// One allowed purpose.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,13 +56,12 @@ impl std::str::FromStr for Allow {
     }
 }
 
-/// Which keys a rule applies to.
+/// Which keys a rule applies to. The config spells them with prefixes (`slot:9c`,
+/// `serial:N/slot:9c`, `SHA256:...`) and can also name every key of one token (`serial:N`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyMatch {
-    Slot(Slot),
-    Fingerprint(String),
+    Key(KeySelector),
     Serial(u32),
-    SerialSlot(u32, Slot),
 }
 
 impl std::str::FromStr for KeyMatch {
@@ -70,17 +69,17 @@ impl std::str::FromStr for KeyMatch {
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || format!("bad key match {s:?}: use \"slot:9c\", \"SHA256:<fingerprint>\", \"serial:N\" or \"serial:N/slot:9c\"");
         if s.starts_with("SHA256:") && s.len() > 7 {
-            return Ok(KeyMatch::Fingerprint(s.to_string()));
+            return Ok(KeyMatch::Key(KeySelector::Fingerprint(s.to_string())));
         }
         if let Some(slot) = s.strip_prefix("slot:") {
-            return slot.parse().map(KeyMatch::Slot).map_err(|_| bad());
+            return slot.parse().map(|slot| KeyMatch::Key(KeySelector::Slot(slot))).map_err(|_| bad());
         }
         if let Some(rest) = s.strip_prefix("serial:") {
             return match rest.split_once("/slot:") {
-                Some((serial, slot)) => Ok(KeyMatch::SerialSlot(
+                Some((serial, slot)) => Ok(KeyMatch::Key(KeySelector::SerialSlot(
                     serial.parse().map_err(|_| bad())?,
                     slot.parse().map_err(|_| bad())?,
-                )),
+                ))),
                 None => rest.parse().map(KeyMatch::Serial).map_err(|_| bad()),
             };
         }
@@ -91,10 +90,8 @@ impl std::str::FromStr for KeyMatch {
 impl KeyMatch {
     pub fn matches(&self, key: &KeyInfo) -> bool {
         match self {
-            KeyMatch::Slot(slot) => key.slot == *slot,
-            KeyMatch::Fingerprint(fp) => key.fingerprint() == *fp,
+            KeyMatch::Key(selector) => selector.matches(Some((key.serial, key.slot)), &key.fingerprint()),
             KeyMatch::Serial(serial) => key.serial == *serial,
-            KeyMatch::SerialSlot(serial, slot) => key.serial == *serial && key.slot == *slot,
         }
     }
 }
@@ -349,7 +346,7 @@ fn allow_name(a: &Allow) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::{KeyAlgorithm, PinPolicy};
+    use crate::token::{KeyAlgorithm, PinPolicy, Slot};
 
     fn key(slot: u8, serial: u32) -> KeyInfo {
         let k = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
@@ -462,6 +459,10 @@ allow = ["raw"]
         assert_eq!(by_fp.for_key(&k).allow, vec![Allow::Raw]);
         assert_eq!(by_fp.for_key(&key(0x9d, 5)).allow, vec![Allow::Any]);
         assert_eq!(Policy::parse("").unwrap().for_key(&k), KeyPolicy::default());
+        let by_serial = Policy::parse("[[key]]\nmatch = \"serial:5\"\nallow = [\"raw\"]\n").unwrap();
+        assert_eq!(by_serial.for_key(&key(0x9a, 5)).allow, vec![Allow::Raw]);
+        assert_eq!(by_serial.for_key(&key(0x9d, 5)).allow, vec![Allow::Raw]);
+        assert_eq!(by_serial.for_key(&key(0x9a, 6)).allow, vec![Allow::Any]);
     }
 
     #[test]
