@@ -480,12 +480,14 @@ impl Agent {
             Decision::Allow => {}
             Decision::Deny(reason) => return Err(Refusal::Denied(reason)),
             Decision::Confirm => {
+                // The warning first, and the peer's text (user name, process names) escaped,
+                // so nothing the peer chose can push it out of view.
                 let message = format!(
-                    "Allow {} ({}) to {}{} with key {}/{} ({})?",
+                    "{}Allow {} ({}) to {} with key {}/{} ({})?",
+                    if conn.forwarded() { "FORWARDED agent: " } else { "" },
                     conn.peer,
-                    conn.peer.chain(),
-                    purpose.describe(),
-                    if conn.forwarded() { " through a FORWARDED agent" } else { "" },
+                    crate::text::escape(&conn.peer.chain()),
+                    crate::text::escape(&purpose.describe()),
                     key.serial,
                     key.slot,
                     key.fingerprint()
