@@ -261,18 +261,6 @@ impl AuditLog {
         }
         Ok(())
     }
-
-    /// Write out every pending count now (at shutdown).
-    pub fn flush_counts(&self) -> Result<(), AuditError> {
-        let mut inner = self.inner.lock().expect("audit lock");
-        let path = inner.path.clone();
-        let mut pending: Vec<Record> = inner.peers.values_mut().filter_map(|b| b.counted.take_summary(false)).collect();
-        pending.extend(inner.overall.take_summary(true));
-        for record in pending {
-            inner.write(&record, SystemTime::now()).map_err(|source| AuditError { path: path.clone(), source })?;
-        }
-        Ok(())
-    }
 }
 
 impl Inner {
