@@ -328,7 +328,7 @@ impl Agent {
             }
         };
         match request {
-            Request::RequestIdentities => self.identities(),
+            Request::RequestIdentities => self.identities().await,
             Request::SignRequest(req) => self.sign(conn, req).await,
             Request::Extension(ext) => self.extension(conn, ext).await,
             Request::Lock(passphrase) => {
@@ -362,13 +362,13 @@ impl Agent {
         }
     }
 
-    fn identities(&self) -> Vec<u8> {
+    async fn identities(&self) -> Vec<u8> {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
         let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
         let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
-        let ids = self.certs.identities(&keys);
+        let ids = self.certs.identities(&keys).await;
         encode(Response::IdentitiesAnswer(ids))
     }
 
@@ -427,7 +427,7 @@ impl Agent {
                 // Only a certificate this agent offers right now may sign.
                 let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
                 let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
-                self.certs.signable(c, &keys).map_err(Refusal::Denied)?;
+                self.certs.signable(c, &keys).await.map_err(Refusal::Denied)?;
                 c.public_key().clone()
             }
         };
@@ -480,12 +480,14 @@ impl Agent {
             Decision::Allow => {}
             Decision::Deny(reason) => return Err(Refusal::Denied(reason)),
             Decision::Confirm => {
+                // The warning first, and the peer's text (user name, process names) escaped,
+                // so nothing the peer chose can push it out of view.
                 let message = format!(
-                    "Allow {} ({}) to {}{} with key {}/{} ({})?",
+                    "{}Allow {} ({}) to {} with key {}/{} ({})?",
+                    if conn.forwarded() { "FORWARDED agent: " } else { "" },
                     conn.peer,
-                    conn.peer.chain(),
-                    purpose.describe(),
-                    if conn.forwarded() { " through a FORWARDED agent" } else { "" },
+                    crate::text::escape(&conn.peer.chain()),
+                    crate::text::escape(&purpose.describe()),
                     key.serial,
                     key.slot,
                     key.fingerprint()
@@ -542,7 +544,7 @@ impl Agent {
                 } else {
                     let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
                     let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
-                    self.certs.handle(ext.details.as_ref(), &keys)
+                    self.certs.handle(ext.details.as_ref(), &keys).await
                 };
                 // Changes to what the agent offers are audited; listing is not.
                 if !matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List)) {

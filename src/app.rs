@@ -370,7 +370,8 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
     init_agent_logging(&args)?;
     let policy = load_policy(args.config.as_deref())?;
     let audit_path = args.audit_log.clone().unwrap_or_else(default_audit_path);
-    let audit_log = AuditLog::open(&audit_path, args.audit_max_bytes.max(4096), 5)?;
+    let retention = crate::audit::Retention { min_age: Duration::from_secs(args.audit_retain_days.saturating_mul(86400)), ..Default::default() };
+    let audit_log = AuditLog::open_with(&audit_path, args.audit_max_bytes.max(4096), 5, retention)?;
     tracing::info!(audit = %audit_path.display(), "audit log");
     let prompter: Arc<dyn Prompter> =
         Arc::new(SystemPrompter::new(args.pin_file.clone(), args.pinentry.clone(), args.askpass.clone()));
@@ -628,7 +629,7 @@ fn log(args: LogArgs) -> Result<(), AppError> {
         match serde_json::from_str::<audit::Record>(line) {
             Ok(r) if record_matches(&r, since, key.as_ref()) => {
                 if args.json {
-                    writeln!(out, "{line}")
+                    writeln!(out, "{}", crate::text::json_line(line))
                 } else {
                     writeln!(out, "{}", audit::format_record(&r))
                 }

@@ -7,11 +7,22 @@
 pub mod command;
 pub mod scan;
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
+use ssh_encoding::Encode;
 use ssh_key::certificate::CertType;
 use ssh_key::public::KeyData;
 use ssh_key::Certificate;
+
+/// The largest certificate kept, as a wire blob. Real ones are far smaller (an RSA-16384 CA
+/// signing an RSA-16384 key with a few principals is about 6 KiB); the cap keeps the store and
+/// the identities answer small however many a client hands over.
+pub const MAX_CERT_BYTES: usize = 16 * 1024;
+/// Certificates kept from `keytap cert add` at once.
+pub const MAX_ADDED: usize = 32;
+/// Certificates read from the directory (the first ones by file name).
+pub const MAX_DIR: usize = 32;
 
 /// Why a certificate cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -24,6 +35,10 @@ pub enum CertError {
     Expired { name: String, key_id: String, valid_before: u64, now: u64 },
     #[error("{name}: certificate {key_id:?} is for key {fingerprint}, which is on no token; sign the public key from `keytap list` instead")]
     NotOnToken { name: String, key_id: String, fingerprint: String },
+    #[error("{name}: the certificate is {size} bytes, over keytap's limit of {max} bytes; ask the CA for one with fewer principals or extensions", max = MAX_CERT_BYTES)]
+    TooLarge { name: String, size: usize },
+    #[error("{name}: the agent already holds {max} added certificates; remove some with `keytap cert remove` first", max = MAX_ADDED)]
+    TooMany { name: String },
 }
 
 /// Where a certificate came from.
@@ -99,6 +114,10 @@ pub fn parse(text: &str, name: &str) -> Result<Certificate, CertError> {
     if line.is_empty() {
         return Err(corrupt("the file is empty".into()));
     }
+    // Base64 takes 4 characters per 3 bytes; refuse an oversized one before decoding it.
+    if line.len() > MAX_CERT_BYTES / 3 * 4 + 1024 {
+        return Err(CertError::TooLarge { name: name.to_string(), size: line.len() / 4 * 3 });
+    }
     let cert = Certificate::from_openssh(line).map_err(|e| corrupt(e.to_string()))?;
     check_decoded(&cert, name)?;
     Ok(cert)
@@ -106,12 +125,19 @@ pub fn parse(text: &str, name: &str) -> Result<Certificate, CertError> {
 
 /// Parse a certificate's wire blob (as `keytap cert add` sends it to the agent).
 pub fn from_blob(blob: &[u8], name: &str) -> Result<Certificate, CertError> {
+    if blob.len() > MAX_CERT_BYTES {
+        return Err(CertError::TooLarge { name: name.into(), size: blob.len() });
+    }
     let cert = Certificate::from_bytes(blob).map_err(|e| CertError::Corrupt { name: name.into(), reason: e.to_string() })?;
     check_decoded(&cert, name)?;
     Ok(cert)
 }
 
 fn check_decoded(cert: &Certificate, name: &str) -> Result<(), CertError> {
+    let size = cert.encoded_len().unwrap_or(usize::MAX);
+    if size > MAX_CERT_BYTES {
+        return Err(CertError::TooLarge { name: name.into(), size });
+    }
     cert.verify_signature().map_err(|e| CertError::Corrupt {
         name: name.into(),
         reason: format!("the CA signature does not verify: {e}"),
@@ -171,11 +197,18 @@ pub struct CertStore {
 impl CertStore {
     /// Add a certificate after [`check_usable`]; adding the same one again replaces it.
     /// Returns whether it was new.
+    /// At most [`MAX_ADDED`] are kept: one more is refused ([`CertError::TooMany`]).
     pub fn add(&mut self, entry: Entry, now: u64, keys: &[KeyData]) -> Result<bool, CertError> {
         check_usable(&entry.cert, &entry.name, now, keys)?;
+        if entry.blob.len() > MAX_CERT_BYTES {
+            return Err(CertError::TooLarge { name: entry.name, size: entry.blob.len() });
+        }
         let before = self.added.len();
         self.added.retain(|e| e.blob != entry.blob);
         let new = self.added.len() == before;
+        if new && self.added.len() >= MAX_ADDED {
+            return Err(CertError::TooMany { name: entry.name });
+        }
         self.added.push(entry);
         Ok(new)
     }
@@ -193,8 +226,10 @@ impl CertStore {
         self.from_dir.iter().filter(|e| selector.matches(e)).collect()
     }
 
-    /// Replace the directory's certificates with a fresh scan.
-    pub fn set_dir_entries(&mut self, entries: Vec<Entry>) {
+    /// Replace the directory's certificates with a fresh scan (at most [`MAX_DIR`]; the scan
+    /// reports any beyond that).
+    pub fn set_dir_entries(&mut self, mut entries: Vec<Entry>) {
+        entries.truncate(MAX_DIR);
         self.from_dir = entries;
     }
 
@@ -213,12 +248,10 @@ impl CertStore {
     /// The certificates to offer at `now`: valid now and for a key on a token, newest
     /// `valid_before` first (the one that lasts longest is the one ssh should try), each blob once.
     pub fn offerable(&self, now: u64, keys: &[KeyData]) -> Vec<&Entry> {
+        let mut seen: HashSet<&[u8]> = HashSet::new();
         let mut out: Vec<&Entry> = Vec::new();
         for e in self.all() {
-            if validity(&e.cert, now) == Validity::Valid
-                && keys.contains(e.key())
-                && !out.iter().any(|o| o.blob == e.blob)
-            {
+            if validity(&e.cert, now) == Validity::Valid && keys.contains(e.key()) && seen.insert(&e.blob) {
                 out.push(e);
             }
         }
@@ -234,24 +267,78 @@ impl CertStore {
 }
 
 /// One identity in the order the agent lists them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Offer<'a> {
-    Cert(&'a [u8]),
+    Cert(&'a Entry),
     Key(&'a KeyData),
+}
+
+impl PartialEq for Offer<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Offer::Cert(a), Offer::Cert(b)) => a.blob == b.blob,
+            (Offer::Key(a), Offer::Key(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Offer<'_> {
+    /// Bytes this identity takes in an IDENTITIES_ANSWER: the key or certificate blob and the
+    /// comment, each a length-prefixed string.
+    pub fn wire_len(&self, comment: &str) -> usize {
+        let blob = match self {
+            Offer::Cert(e) => e.blob.len(),
+            Offer::Key(k) => k.encoded_len().unwrap_or(usize::MAX / 4),
+        };
+        8 + blob + comment.len()
+    }
 }
 
 /// The identities to list: certificates first (ssh tries identities in order, and a server
 /// that wants a certificate counts every plain key tried before it), then plain keys. With
 /// `certs_only`, a key that has a valid certificate is not listed on its own.
 pub fn plan<'a>(keys: &'a [KeyData], offerable: &[&'a Entry], certs_only: bool) -> Vec<Offer<'a>> {
-    let mut out: Vec<Offer<'a>> = offerable.iter().map(|e| Offer::Cert(&e.blob)).collect();
+    let mut out: Vec<Offer<'a>> = offerable.iter().map(|e| Offer::Cert(e)).collect();
+    let covered: HashSet<&KeyData> = offerable.iter().map(|e| e.key()).collect();
     for k in keys {
-        if certs_only && offerable.iter().any(|e| e.key() == k) {
+        if certs_only && covered.contains(k) {
             continue;
         }
         out.push(Offer::Key(k));
     }
     out
+}
+
+/// Fit planned identities into an answer of at most `budget` bytes (the frame limit less the
+/// answer's header). Plain keys come first when room is short: a listing without a
+/// certificate still logs in where the key alone is enough, one that fails does not. Returns
+/// the identities kept, in the planned order, and the certificates left out.
+pub fn fit<'a>(planned: Vec<(Offer<'a>, String)>, budget: usize) -> (Vec<(Offer<'a>, String)>, Vec<&'a Entry>) {
+    let mut room = budget;
+    let mut keep = vec![false; planned.len()];
+    for pass_keys in [true, false] {
+        for (i, (offer, comment)) in planned.iter().enumerate() {
+            if matches!(offer, Offer::Key(_)) != pass_keys {
+                continue;
+            }
+            let len = offer.wire_len(comment);
+            if len <= room {
+                room -= len;
+                keep[i] = true;
+            }
+        }
+    }
+    let mut kept = Vec::new();
+    let mut left_out = Vec::new();
+    for ((offer, comment), keep) in planned.into_iter().zip(keep) {
+        match (keep, &offer) {
+            (true, _) => kept.push((offer, comment)),
+            (false, Offer::Cert(e)) => left_out.push(*e),
+            (false, Offer::Key(_)) => {}
+        }
+    }
+    (kept, left_out)
 }
 
 /// Seconds since the epoch, for the callers that pass time in.
@@ -460,6 +547,69 @@ mod tests {
         assert_eq!(store.all().count(), 1);
     }
 
+    fn big_cert(f: &Fixture, id: &str, principals: usize) -> Certificate {
+        let mut b = ssh_key::certificate::Builder::new_with_random_nonce(&mut rand_core::OsRng, f.on_token.clone(), 100, 200).unwrap();
+        b.key_id(id).unwrap().cert_type(CertType::User).unwrap();
+        for i in 0..principals {
+            b.valid_principal(format!("principal-number-{i:05}-padded-out-to-sixty-four-bytes-or-so-xxxxxxx")).unwrap();
+        }
+        b.sign(&f.ca).unwrap()
+    }
+
+    #[test]
+    fn oversized_certificates_are_refused_before_they_are_kept() {
+        let f = fixture();
+        let huge = big_cert(&f, "huge", 400);
+        let blob = huge.to_bytes().unwrap();
+        assert!(blob.len() > MAX_CERT_BYTES);
+        assert!(matches!(from_blob(&blob, "h-cert.pub"), Err(CertError::TooLarge { .. })));
+        let err = parse(&huge.to_openssh().unwrap(), "h-cert.pub").unwrap_err();
+        assert!(err.to_string().contains("over keytap's limit"), "{err}");
+        let fits = big_cert(&f, "fits", 100);
+        assert!(from_blob(&fits.to_bytes().unwrap(), "f-cert.pub").is_ok());
+    }
+
+    #[test]
+    fn the_store_holds_a_bounded_number_of_certificates() {
+        let f = fixture();
+        let keys = vec![f.on_token.clone()];
+        let mut store = CertStore::default();
+        let certs: Vec<Certificate> = (0..=MAX_ADDED).map(|i| cert(&f.ca, &f.on_token, &format!("c{i}"), 100, 200, CertType::User)).collect();
+        for c in &certs[..MAX_ADDED] {
+            assert!(store.add(entry(c.clone()), 150, &keys).unwrap());
+        }
+        let err = store.add(entry(certs[MAX_ADDED].clone()), 150, &keys).unwrap_err();
+        assert!(err.to_string().contains("keytap cert remove"), "{err}");
+        // The same one again is a replacement, not one more.
+        assert!(!store.add(entry(certs[0].clone()), 150, &keys).unwrap());
+        let dir: Vec<Entry> = certs.iter().map(|c| Entry::new(c.clone(), Source::Dir("/d".into()), "/d")).collect();
+        store.set_dir_entries(dir);
+        assert_eq!(store.all().count(), MAX_ADDED + MAX_DIR);
+        // Offered once each although every one is both added and in the directory.
+        assert_eq!(store.offerable(150, &keys).len(), MAX_ADDED);
+    }
+
+    #[test]
+    fn fit_keeps_keys_and_leaves_out_certificates_that_do_not_fit() {
+        let f = fixture();
+        let keys = vec![f.on_token.clone(), f.other.clone()];
+        let mut store = CertStore::default();
+        for i in 0..3 {
+            store.add(entry(big_cert(&f, &format!("b{i}"), 100)), 100, &keys).unwrap();
+        }
+        let offer = store.offerable(150, &keys);
+        let planned: Vec<(Offer, String)> = plan(&keys, &offer, false).into_iter().map(|o| (o, "comment".to_string())).collect();
+        let total: usize = planned.iter().map(|(o, c)| o.wire_len(c)).sum();
+        let one_cert = planned[0].0.wire_len("comment");
+        // Room for the keys and one certificate only.
+        let (kept, left_out) = fit(planned.clone(), total - 2 * one_cert);
+        assert_eq!(left_out.len(), 2);
+        assert_eq!(kept.len(), 3);
+        assert!(matches!(kept[0].0, Offer::Cert(_)) && matches!(kept[2].0, Offer::Key(_)), "order kept");
+        let (kept, left_out) = fit(planned, total);
+        assert_eq!((kept.len(), left_out.len()), (5, 0));
+    }
+
     #[test]
     fn plan_lists_certificates_before_keys_and_certs_only_hides_covered_keys() {
         let f = fixture();
@@ -467,9 +617,8 @@ mod tests {
         let mut store = CertStore::default();
         store.add(entry(cert(&f.ca, &f.on_token, "a", 100, 200, CertType::User)), 100, &keys).unwrap();
         let offer = store.offerable(150, &keys);
-        let blob = offer[0].blob.clone();
-        assert_eq!(plan(&keys, &offer, false), vec![Offer::Cert(&blob), Offer::Key(&keys[0]), Offer::Key(&keys[1])]);
-        assert_eq!(plan(&keys, &offer, true), vec![Offer::Cert(&blob), Offer::Key(&keys[1])]);
+        assert_eq!(plan(&keys, &offer, false), vec![Offer::Cert(offer[0]), Offer::Key(&keys[0]), Offer::Key(&keys[1])]);
+        assert_eq!(plan(&keys, &offer, true), vec![Offer::Cert(offer[0]), Offer::Key(&keys[1])]);
         // Once the certificate expires, certs-only shows the plain key again.
         let later = store.offerable(200, &keys);
         assert_eq!(plan(&keys, &later, true), vec![Offer::Key(&keys[0]), Offer::Key(&keys[1])]);

@@ -169,6 +169,10 @@ pub struct AgentArgs {
     /// Rotate the audit log when it reaches this many bytes.
     #[arg(long, default_value_t = 10 * 1024 * 1024, value_name = "BYTES")]
     pub audit_max_bytes: u64,
+    /// Audit records younger than this many days are not rotated away silently: while they
+    /// would be, refused requests are only counted (see docs/policy.md).
+    #[arg(long, default_value_t = 30, value_name = "DAYS")]
+    pub audit_retain_days: u64,
     /// Offer the certificates in this directory (`*-cert.pub`) [default: $XDG_CONFIG_HOME/keytap/certs].
     #[arg(long, value_name = "DIR")]
     pub cert_dir: Option<PathBuf>,

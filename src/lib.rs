@@ -16,4 +16,5 @@ pub mod policy;
 pub mod prompt;
 pub mod purpose;
 pub mod signature;
+pub mod text;
 pub mod token;

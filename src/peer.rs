@@ -52,11 +52,16 @@ impl PeerInfo {
     }
 }
 
+/// For people: the program name is the peer's to choose, so control and format characters in
+/// it are escaped (`crate::text`). [`PeerInfo::program`] and [`PeerInfo::chain`] stay raw for
+/// the audit record; escape them where they are shown.
 impl fmt::Display for PeerInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let program = self.program();
+        let program = crate::text::escape(&program);
         match self.pid {
-            Some(pid) => write!(f, "{} (pid {pid})", self.program()),
-            None => write!(f, "{} (pid unknown)", self.program()),
+            Some(pid) => write!(f, "{program} (pid {pid})"),
+            None => write!(f, "{program} (pid unknown)"),
         }
     }
 }
@@ -123,6 +128,13 @@ fn parent_chain(_pid: i32, _max: usize) -> Vec<String> {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_escapes_a_hostile_program_name() {
+        let peer = PeerInfo { pid: Some(7), exe: Some(PathBuf::from("/tmp/ssh\r\x1b[2Kallow\u{202e}")), ..Default::default() };
+        assert_eq!(peer.to_string(), "ssh\\r\\x1b[2Kallow\\u{202e} (pid 7)");
+        assert_eq!(peer.program(), "ssh\r\x1b[2Kallow\u{202e}", "raw for the audit record");
+    }
 
     #[test]
     fn describes_this_process_and_its_parents() {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use zeroize::Zeroizing;
 
+use crate::text::ensure_safe;
 use crate::token::Pin;
 
 /// What a PIN prompt shows.
@@ -36,7 +37,9 @@ pub enum PromptError {
 }
 
 /// PIN entry, confirmation and notification. Implementations block; they run on token owner
-/// threads, never on the async runtime.
+/// threads, never on the async runtime. Messages carry text from peers (user names, process
+/// names): callers escape it with `crate::text::escape`, and implementations that show text to a
+/// person pass it through `crate::text::ensure_safe` as a second guard.
 pub trait Prompter: Send + Sync {
     /// Ask for the PIN. `Ok(None)` means the user cancelled.
     fn pin(&self, request: &PinRequest) -> Result<Option<Pin>, PromptError>;
@@ -87,12 +90,15 @@ impl Prompter for SystemPrompter {
         if self.pinentry.is_none() && which(&program).is_none() {
             return Err(PromptError::NoPinSource);
         }
+        // The reason names a peer; its text is escaped so it cannot add lines or hide ours.
         let mut desc = format!(
             "Enter the PIN of YubiKey {} ({} tries left).\n{}",
-            request.serial, request.retries, request.reason
+            request.serial,
+            request.retries,
+            ensure_safe(&request.reason)
         );
         if let Some(error) = &request.error {
-            desc = format!("{error}\n{desc}");
+            desc = format!("{}\n{desc}", ensure_safe(error));
         }
         pinentry_ask(&program, &desc, "PIN:")
     }
@@ -102,10 +108,11 @@ impl Prompter for SystemPrompter {
             tracing::warn!("confirmation needed but no askpass program is set (SSH_ASKPASS); refusing");
             return false;
         };
-        askpass_confirm(&program, message)
+        askpass_confirm(&program, &ensure_safe(message))
     }
 
     fn notify(&self, message: &str) {
+        let message: &str = &ensure_safe(message);
         tracing::warn!("{message}");
         if which("notify-send").is_some()
             && (std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some())

@@ -6,19 +6,28 @@
 //! refusal reaches the user with its reason instead of a bare SSH_AGENT_FAILURE.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use ssh_agent_lib::proto::{Identity, PublicCredential};
 use ssh_encoding::{Decode, Encode};
 use ssh_key::public::KeyData;
 
-use crate::cert::scan::DirWatch;
+use crate::agent::frame::MAX_FRAME;
+use crate::cert::scan::{DirWatch, Skipped};
 use crate::cert::{self, CertStore, Entry, Offer, Selector, Source};
 use crate::token::KeyInfo;
 
 pub const EXT_CERT: &str = "keytap-cert@keytap.dev";
+
+/// How long a request waits for a directory scan before answering from what the agent has:
+/// the scan runs on a blocking thread and its result is used whenever it arrives.
+const SCAN_WAIT: Duration = Duration::from_secs(2);
+
+/// Room for identities (or certificate reports) in one answer: the frame limit, less the
+/// answer's header and some slack.
+const ANSWER_BUDGET: usize = MAX_FRAME - 1024;
 
 /// One certificate as `keytap cert list` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -47,6 +56,9 @@ pub struct CertReply {
     pub removed: usize,
     /// Directory certificates that matched a remove: they stay until their file is deleted.
     pub in_directory: Vec<String>,
+    /// Certificates left out of `certs` to keep the answer within the frame limit.
+    #[serde(default)]
+    pub omitted: usize,
 }
 
 /// A request, decoded.
@@ -123,53 +135,77 @@ pub fn decode_reply(details: &[u8]) -> Result<CertReply, String> {
     serde_json::from_slice(&json).map_err(|e| e.to_string())
 }
 
+/// A finished directory scan, waiting to be taken into the store.
+type Scan = (Vec<Entry>, Vec<Skipped>);
+
 /// The agent's certificates: the store, the directory it follows, and whether plain keys with a
 /// certificate are hidden.
+///
+/// The directory is read on a blocking thread, never on the event loop: a request waits for
+/// that read at most [`SCAN_WAIT`], and otherwise answers from the certificates it has.
 pub struct AgentCerts {
     store: Mutex<CertStore>,
-    dir: Option<Mutex<DirWatch>>,
+    dir: Option<Arc<Mutex<DirWatch>>>,
+    /// A scan that finished (possibly after its request stopped waiting).
+    scanned: Arc<Mutex<Option<Scan>>>,
     certs_only: bool,
-    /// Directory problems already logged: a bad file is reported once, not at every listing.
+    /// Problems already logged: a bad file is reported once, not at every listing.
     warned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl AgentCerts {
     pub fn new(dir: Option<PathBuf>, certs_only: bool) -> AgentCerts {
-        AgentCerts { store: Mutex::new(CertStore::default()), dir: dir.map(|d| Mutex::new(DirWatch::new(d))), certs_only, warned: Mutex::default() }
+        AgentCerts {
+            store: Mutex::new(CertStore::default()),
+            dir: dir.map(|d| Arc::new(Mutex::new(DirWatch::new(d)))),
+            scanned: Arc::default(),
+            certs_only,
+            warned: Mutex::default(),
+        }
     }
 
     fn warn_once(&self, message: String) {
         if self.warned.lock().expect("warned lock").insert(message.clone()) {
-            tracing::warn!("{message}");
+            tracing::warn!("{}", crate::text::escape(&message));
         }
     }
 
     /// Pick up directory changes and forget expired added certificates.
-    fn refresh(&self, now: u64, keys: &[&KeyInfo]) {
-        let mut store = self.store.lock().expect("cert store lock");
-        for gone in store.prune_expired(now) {
-            tracing::info!(key_id = gone.cert.key_id(), name = %gone.name, "certificate expired; no longer offered");
-        }
-        if let Some(dir) = &self.dir {
-            if let Some((entries, skipped)) = dir.lock().expect("cert dir lock").poll(Instant::now()) {
-                for s in skipped {
-                    self.warn_once(format!("certificate file skipped: {}", s.reason));
-                }
-                let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
-                for e in &entries {
-                    if let Err(problem) = cert::check_usable(&e.cert, &e.name, now, &key_data) {
-                        self.warn_once(format!("certificate file not offered: {problem}"));
-                    }
-                }
-                store.set_dir_entries(entries);
+    async fn refresh(&self, now: u64, keys: &[&KeyInfo]) {
+        {
+            let mut store = self.store.lock().expect("cert store lock");
+            for gone in store.prune_expired(now) {
+                tracing::info!(key_id = %crate::text::escape(gone.cert.key_id()), name = %gone.name, "certificate expired; no longer offered");
             }
         }
+        let Some(dir) = &self.dir else { return };
+        let (dir, scanned) = (dir.clone(), self.scanned.clone());
+        let scan = tokio::task::spawn_blocking(move || {
+            // A scan still running (a slow file system) is not started twice.
+            let Ok(mut watch) = dir.try_lock() else { return };
+            if let Some(result) = watch.poll(Instant::now()) {
+                *scanned.lock().expect("scan slot lock") = Some(result);
+            }
+        });
+        let _ = tokio::time::timeout(SCAN_WAIT, scan).await;
+        let Some((entries, skipped)) = self.scanned.lock().expect("scan slot lock").take() else { return };
+        for s in skipped {
+            self.warn_once(format!("certificate file skipped: {}", s.reason));
+        }
+        let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
+        for e in &entries {
+            if let Err(problem) = cert::check_usable(&e.cert, &e.name, now, &key_data) {
+                self.warn_once(format!("certificate file not offered: {problem}"));
+            }
+        }
+        self.store.lock().expect("cert store lock").set_dir_entries(entries);
     }
 
-    /// The identities to list at this moment: certificates first, then plain keys.
-    pub fn identities(&self, keys: &[&KeyInfo]) -> Vec<Identity> {
+    /// The identities to list at this moment: certificates first, then plain keys, within the
+    /// frame limit (certificates that do not fit are left out and logged).
+    pub async fn identities(&self, keys: &[&KeyInfo]) -> Vec<Identity> {
         let now = cert::unix_now();
-        self.refresh(now, keys);
+        self.refresh(now, keys).await;
         let store = self.store.lock().expect("cert store lock");
         if store.all().next().is_none() {
             // The common case: no certificates at all.
@@ -177,25 +213,36 @@ impl AgentCerts {
         }
         let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
         let offerable = store.offerable(now, &key_data);
-        cert::plan(&key_data, &offerable, self.certs_only)
+        let planned: Vec<(Offer, String)> = cert::plan(&key_data, &offerable, self.certs_only)
             .into_iter()
-            .map(|offer| match offer {
-                Offer::Cert(blob) => {
-                    let e = offerable.iter().find(|e| e.blob == blob).expect("planned from offerable");
-                    Identity { credential: PublicCredential::Cert(Box::new(e.cert.clone())), comment: e.comment() }
-                }
-                Offer::Key(k) => {
-                    let info = keys.iter().find(|i| &i.public_key == k).expect("planned from keys");
-                    Identity { credential: PublicCredential::Key(k.clone()), comment: info.comment() }
-                }
+            .map(|offer| {
+                let comment = match &offer {
+                    Offer::Cert(e) => crate::text::escape(&e.comment()).into_owned(),
+                    Offer::Key(k) => keys.iter().find(|i| &i.public_key == *k).map(|i| i.comment()).unwrap_or_default(),
+                };
+                (offer, comment)
+            })
+            .collect();
+        let (kept, left_out) = cert::fit(planned, ANSWER_BUDGET);
+        for e in left_out {
+            self.warn_once(format!(
+                "certificate {:?} ({}) not listed: the identities answer would exceed the 256 KiB frame limit; remove certificates with `keytap cert remove` or from the directory",
+                e.cert.key_id(),
+                e.name
+            ));
+        }
+        kept.into_iter()
+            .map(|(offer, comment)| match offer {
+                Offer::Cert(e) => Identity { credential: PublicCredential::Cert(Box::new(e.cert.clone())), comment },
+                Offer::Key(k) => Identity { credential: PublicCredential::Key(k.clone()), comment },
             })
             .collect()
     }
 
     /// May this certificate sign now? Only one the agent offers at this moment.
-    pub fn signable(&self, certificate: &ssh_key::Certificate, keys: &[&KeyInfo]) -> Result<(), String> {
+    pub async fn signable(&self, certificate: &ssh_key::Certificate, keys: &[&KeyInfo]) -> Result<(), String> {
         let now = cert::unix_now();
-        self.refresh(now, keys);
+        self.refresh(now, keys).await;
         let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
         let blob = certificate.to_bytes().map_err(|e| e.to_string())?;
         let store = self.store.lock().expect("cert store lock");
@@ -210,9 +257,9 @@ impl AgentCerts {
     }
 
     /// Answer a `keytap-cert@keytap.dev` request.
-    pub fn handle(&self, details: &[u8], keys: &[&KeyInfo]) -> CertReply {
+    pub async fn handle(&self, details: &[u8], keys: &[&KeyInfo]) -> CertReply {
         let now = cert::unix_now();
-        self.refresh(now, keys);
+        self.refresh(now, keys).await;
         let key_data: Vec<KeyData> = keys.iter().map(|k| k.public_key.clone()).collect();
         let op = match CertOp::decode(details) {
             Ok(op) => op,
@@ -226,16 +273,33 @@ impl AgentCerts {
                 match added {
                     Ok(_) => {
                         let e = store.all().find(|e| e.blob == blob).expect("just added");
-                        tracing::info!(key_id = e.cert.key_id(), name = %name, valid_before = e.cert.valid_before(), "certificate added");
+                        tracing::info!(key_id = %crate::text::escape(e.cert.key_id()), name = %crate::text::escape(&name), valid_before = e.cert.valid_before(), "certificate added");
                         CertReply { certs: vec![report(e, now, &key_data)], ..CertReply::default() }
                     }
                     Err(e) => {
-                        tracing::warn!("certificate refused: {e}");
+                        tracing::warn!("certificate refused: {}", crate::text::escape(&e.to_string()));
                         CertReply { error: Some(e.to_string()), ..CertReply::default() }
                     }
                 }
             }
-            CertOp::List => CertReply { certs: store.all().map(|e| report(e, now, &key_data)).collect(), ..CertReply::default() },
+            CertOp::List => {
+                // Within the frame limit: the JSON of each report (the certificate's text and
+                // its fields) counted as it goes, with room for the string's escaping.
+                let mut certs = Vec::new();
+                let mut omitted = 0;
+                let mut room = ANSWER_BUDGET / 2;
+                for e in store.all() {
+                    let r = report(e, now, &key_data);
+                    let len = serde_json::to_vec(&r).map(|v| v.len()).unwrap_or(usize::MAX);
+                    if len <= room {
+                        room -= len;
+                        certs.push(r);
+                    } else {
+                        omitted += 1;
+                    }
+                }
+                CertReply { certs, omitted, ..CertReply::default() }
+            }
             CertOp::Remove(selector) => {
                 let removed = store.remove(&selector);
                 let in_directory = store.dir_matches(&selector).iter().map(|e| e.name.clone()).collect();
@@ -287,11 +351,84 @@ mod tests {
         assert!(CertOp::decode(&unknown).unwrap_err().contains("unknown operation"));
     }
 
-    #[test]
-    fn malformed_request_gets_an_error_reply_not_a_panic() {
+    #[tokio::test]
+    async fn malformed_request_gets_an_error_reply_not_a_panic() {
         let certs = AgentCerts::new(None, false);
-        let reply = certs.handle(&[0, 0, 0, 9, 1], &[]);
+        let reply = certs.handle(&[0, 0, 0, 9, 1], &[]).await;
         assert!(reply.error.unwrap().contains("malformed"));
+    }
+
+    fn token_key() -> (ssh_key::PrivateKey, KeyInfo) {
+        let k = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+        let info = KeyInfo {
+            serial: 1,
+            slot: crate::token::Slot(0x9a),
+            algorithm: crate::token::KeyAlgorithm::Ed25519,
+            pin_policy: crate::token::PinPolicy::Once,
+            touch_policy: crate::token::TouchPolicy::Never,
+            public_key: k.public_key().key_data().clone(),
+        };
+        (k, info)
+    }
+
+    /// A certificate just under the size cap (many long principals).
+    fn large_cert(ca: &ssh_key::PrivateKey, subject: &KeyData, id: &str) -> ssh_key::Certificate {
+        let now = cert::unix_now();
+        let mut b = ssh_key::certificate::Builder::new_with_random_nonce(&mut rand_core::OsRng, subject.clone(), now - 60, now + 3600).unwrap();
+        b.key_id(id).unwrap().cert_type(ssh_key::certificate::CertType::User).unwrap();
+        for i in 0..200 {
+            b.valid_principal(format!("{id}-principal-{i:04}-{}", "p".repeat(50))).unwrap();
+        }
+        b.sign(ca).unwrap()
+    }
+
+    fn identities_answer_len(ids: Vec<Identity>) -> usize {
+        let mut out = Vec::new();
+        ssh_agent_lib::proto::Response::IdentitiesAnswer(ids).encode(&mut out).unwrap();
+        out.len()
+    }
+
+    #[tokio::test]
+    async fn many_large_certificates_still_fit_one_answer() {
+        let (_, info) = token_key();
+        let keys = [&info];
+        let certs = AgentCerts::new(None, false);
+        let ca = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519).unwrap();
+        let mut added = 0;
+        for i in 0..cert::MAX_ADDED + 2 {
+            let c = large_cert(&ca, &info.public_key, &format!("big{i}"));
+            let blob = c.to_bytes().unwrap();
+            assert!(blob.len() > 12 * 1024 && blob.len() <= cert::MAX_CERT_BYTES, "{}", blob.len());
+            let reply = certs.handle(&CertOp::Add { blob, name: format!("big{i}-cert.pub") }.encode(), &keys).await;
+            match reply.error {
+                None => added += 1,
+                Some(e) => assert!(e.contains("already holds 32 added certificates"), "{e}"),
+            }
+        }
+        assert_eq!(added, cert::MAX_ADDED, "the count is capped");
+        let ids = certs.identities(&keys).await;
+        let listed_certs = ids.iter().filter(|i| matches!(i.credential, PublicCredential::Cert(_))).count();
+        assert!(listed_certs > 0 && listed_certs < cert::MAX_ADDED, "{listed_certs}");
+        assert!(ids.iter().any(|i| i.credential == PublicCredential::Key(info.public_key.clone())), "the plain key is always listed");
+        assert!(identities_answer_len(ids) <= MAX_FRAME);
+        // `keytap cert list` stays within the frame too, and says what it left out.
+        let reply = certs.handle(&CertOp::List.encode(), &keys).await;
+        assert!(reply.omitted > 0 && reply.certs.len() + reply.omitted == cert::MAX_ADDED);
+        assert!(encode_reply(&reply).len() < MAX_FRAME);
+    }
+
+    #[tokio::test]
+    async fn a_fifo_in_the_directory_does_not_hold_up_a_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(&dir.path().join("stuck-cert.pub"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero-cert.pub")).unwrap();
+        let (_, info) = token_key();
+        let certs = AgentCerts::new(Some(dir.path().to_path_buf()), false);
+        let ids = certs.identities(&[&info]).await;
+        assert_eq!(ids.len(), 1);
+        let warned = certs.warned.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n");
+        assert!(warned.contains("stuck-cert.pub: is not a regular file"), "{warned}");
+        assert!(warned.contains("zero-cert.pub: is a symbolic link"), "{warned}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::app::AppError;
 use crate::cert::{self, Selector};
 use crate::cli::CertCommand;
 use crate::client::{self, AgentClient};
+use crate::text;
 
 pub fn run(cmd: CertCommand) -> Result<(), AppError> {
     match cmd {
@@ -58,7 +59,7 @@ fn list(json: bool) -> Result<(), AppError> {
         println!("{}", serde_json::to_string_pretty(&reply.certs).expect("certs serialise"));
         return Ok(());
     }
-    if reply.certs.is_empty() {
+    if reply.certs.is_empty() && reply.omitted == 0 {
         println!("no certificates; add one with `keytap cert add FILE-cert.pub`");
     }
     let now = cert::unix_now();
@@ -71,7 +72,12 @@ fn list(json: bool) -> Result<(), AppError> {
             c.status,
             if c.offered { "" } else { " (not offered)" }
         );
-        println!("  principals: {}; {}; from {}", principals(c), window(c, now), c.source);
+        // Principals and file names are the certificate's and the adder's to choose.
+        let (principals, source) = (principals(c), &c.source);
+        println!("  principals: {}; {}; from {}", text::escape(&principals), window(c, now), text::escape(source));
+    }
+    if reply.omitted > 0 {
+        println!("{} more certificates not shown: the list would exceed the agent protocol's 256 KiB answer limit", reply.omitted);
     }
     Ok(())
 }

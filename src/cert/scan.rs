@@ -54,8 +54,17 @@ impl DirWatch {
     }
 }
 
-/// Read every `*-cert.pub` in `dir`; a missing directory is empty. Files that do not parse are
-/// reported, never fatal: one bad file must not hide the others.
+/// A certificate file is at most this big; a larger one is a mistake and is not read.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+/// Read every `*-cert.pub` in `dir`; a missing directory is empty. Files that cannot be used
+/// are reported, never fatal: one bad file must not hide the others. Blocking: the agent calls
+/// this on a blocking thread, never on its event loop.
+///
+/// Only regular files are read, each opened without following a symbolic link and without
+/// waiting (`O_NOFOLLOW | O_NONBLOCK`: a FIFO would otherwise block the open), checked with
+/// fstat after opening (so what is read is what was checked), and read no further than
+/// [`MAX_FILE_BYTES`]. At most [`super::MAX_DIR`] certificates are taken, by file name.
 pub fn read_dir(dir: &Path) -> (Vec<Entry>, Vec<Skipped>) {
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
@@ -67,24 +76,46 @@ pub fn read_dir(dir: &Path) -> (Vec<Entry>, Vec<Skipped>) {
     paths.sort();
     for path in paths {
         let name = path.display().to_string();
-        // Certificates are small; a huge file is a mistake and is not read whole.
-        match std::fs::metadata(&path) {
-            Ok(m) if m.len() > 64 * 1024 => {
-                skipped.push(Skipped { path, reason: "larger than 64 KiB; not a certificate".into() });
-                continue;
-            }
-            Err(e) => {
-                skipped.push(Skipped { path, reason: e.to_string() });
-                continue;
-            }
-            Ok(_) => {}
+        if entries.len() >= super::MAX_DIR {
+            let reason = format!("{name}: the directory holds more than {} certificates; only the first {} by name are offered", super::MAX_DIR, super::MAX_DIR);
+            skipped.push(Skipped { path, reason });
+            continue;
         }
-        match std::fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| parse(&t, &name).map_err(|e| e.to_string())) {
+        match read_cert_file(&path).and_then(|t| parse(&t, &name).map_err(|e| e.to_string())) {
             Ok(cert) => entries.push(Entry::new(cert, Source::Dir(path), name)),
             Err(reason) => skipped.push(Skipped { path, reason }),
         }
     }
     (entries, skipped)
+}
+
+/// One certificate file's text, read safely (see [`read_dir`]).
+fn read_cert_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.display();
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags.bits()).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) {
+            format!("{name}: is a symbolic link; keytap reads only regular files here, so copy the certificate into the directory")
+        } else {
+            format!("{name}: cannot read it: {e}")
+        }
+    })?;
+    let meta = file.metadata().map_err(|e| format!("{name}: cannot read it: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err(format!("{name}: is not a regular file (a FIFO, device, socket or directory); keytap reads only regular certificate files"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("{name}: larger than {} KiB; not a certificate", MAX_FILE_BYTES / 1024));
+    }
+    let mut text = String::new();
+    // Bounded even if the file grows after the fstat.
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(|e| format!("{name}: cannot read it: {e}"))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("{name}: larger than {} KiB; not a certificate", MAX_FILE_BYTES / 1024));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -123,6 +154,47 @@ mod tests {
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].path, dir.path().join("bad-cert.pub"));
         assert!(skipped[0].reason.contains("bad-cert.pub"), "{}", skipped[0].reason);
+    }
+
+    #[test]
+    fn fifos_devices_symlinks_and_big_files_are_skipped_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = key();
+        let subject = key().public_key().key_data().clone();
+        let c = cert(&ca, &subject, "good", 1, 2, CertType::User);
+        let good = dir.path().join("good-cert.pub");
+        std::fs::write(&good, c.to_openssh().unwrap()).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("fifo-cert.pub"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero-cert.pub")).unwrap();
+        std::os::unix::fs::symlink(&good, dir.path().join("link-cert.pub")).unwrap();
+        std::fs::create_dir(dir.path().join("dir-cert.pub")).unwrap();
+        std::fs::write(dir.path().join("big-cert.pub"), vec![b'a'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        // Returns (a FIFO with no writer would block a plain open forever).
+        let (entries, skipped) = read_dir(dir.path());
+        assert_eq!(entries.len(), 1);
+        let reason = |n: &str| skipped.iter().find(|s| s.path.ends_with(n)).map(|s| s.reason.clone()).unwrap_or_default();
+        assert!(reason("fifo-cert.pub").contains("not a regular file"), "{skipped:?}");
+        assert!(reason("zero-cert.pub").contains("symbolic link"), "{skipped:?}");
+        assert!(reason("link-cert.pub").contains("symbolic link"), "{skipped:?}");
+        assert!(reason("dir-cert.pub").contains("not a regular file"), "{skipped:?}");
+        assert!(reason("big-cert.pub").contains("larger than 64 KiB"), "{skipped:?}");
+        assert_eq!(skipped.len(), 5);
+    }
+
+    #[test]
+    fn at_most_max_dir_certificates_are_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = key();
+        let subject = key().public_key().key_data().clone();
+        for i in 0..super::super::MAX_DIR + 3 {
+            let c = cert(&ca, &subject, &format!("c{i:03}"), 1, 2, CertType::User);
+            std::fs::write(dir.path().join(format!("{i:03}-cert.pub")), c.to_openssh().unwrap()).unwrap();
+        }
+        let (entries, skipped) = read_dir(dir.path());
+        assert_eq!(entries.len(), super::super::MAX_DIR);
+        assert_eq!(entries[0].cert.key_id(), "c000");
+        assert_eq!(skipped.len(), 3);
+        assert!(skipped[0].reason.contains("more than 32 certificates"), "{skipped:?}");
     }
 
     #[test]

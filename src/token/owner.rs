@@ -9,11 +9,13 @@ use tokio::sync::oneshot;
 
 use super::{KeyInfo, SignScheme, Slot, Token, TokenError, TokenInfo, TokenResult, TouchPolicy};
 use crate::prompt::{PinRequest, Prompter};
+use crate::text::ensure_safe;
 
 /// How long a touch may be pending before the user is told about it.
 const TOUCH_NOTICE_DELAY: Duration = Duration::from_secs(1);
 
-/// Why a signature is wanted, for PIN prompts and touch notices.
+/// Why a signature is wanted, for PIN prompts and touch notices. Both come from a peer (a
+/// process name, an SSH user name): prompts and notices show them escaped (`crate::text`).
 #[derive(Clone, Debug, Default)]
 pub struct SignContext {
     /// "git (pid 4242)".
@@ -58,7 +60,7 @@ impl Owner {
             let request = PinRequest {
                 serial,
                 retries,
-                reason: format!("{} wants to {}", context.requester, context.purpose),
+                reason: format!("{} wants to {}", ensure_safe(&context.requester), ensure_safe(&context.purpose)),
                 error: error.take(),
             };
             let pin = self
@@ -87,7 +89,7 @@ impl Owner {
         let mut pin_asked = false;
         loop {
             let notice = (key.touch_policy != TouchPolicy::Never).then(|| {
-                self.notifier.arm(format!("Touch YubiKey {serial} to let {} {}", context.requester, context.purpose))
+                self.notifier.arm(format!("Touch YubiKey {serial} to let {} {}", ensure_safe(&context.requester), ensure_safe(&context.purpose)))
             });
             let result = self.token.sign(key.slot, scheme, data);
             drop(notice);
