@@ -246,3 +246,44 @@ fn check_artifacts(
     }
     Ok((checked, not_present))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> VerifyOptions {
+        let mut trusted = TrustedKeys::default();
+        trusted.add_raw_base64("11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=").unwrap();
+        // A directory that does not exist: any attempt to look at artifacts would say so.
+        VerifyOptions { trusted, artifacts: Some(PathBuf::from("/nonexistent/keytap-artifacts")), ..Default::default() }
+    }
+
+    #[test]
+    fn a_bad_signature_is_the_only_failure_reported() {
+        let errs = verify_cot(b"not even json", &[0u8; 64], &opts()).unwrap_err();
+        assert_eq!(errs, [Failure::Signature { reason: "the Ed25519 signature does not verify with any trusted key".into() }]);
+        let errs = verify_cot(b"{}", b"short", &opts()).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].code(), "signature");
+    }
+
+    #[test]
+    fn caps_come_before_the_signature() {
+        let big = vec![b' '; MAX_COT_BYTES + 1];
+        let errs = verify_cot(&big, &[0u8; 64], &opts()).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(matches!(&errs[0], Failure::Document { reason } if reason.contains("over the 8388608-byte limit")), "{errs:?}");
+        let errs = verify_cot(b"{}", &vec![0u8; MAX_SIGNATURE_BYTES + 1], &opts()).unwrap_err();
+        assert!(matches!(&errs[..], [Failure::Signature { reason }] if reason.contains("over the 16384-byte limit")), "{errs:?}");
+    }
+
+    #[test]
+    fn strict_needs_a_task_id_and_its_absence_is_warned() {
+        let mut o = opts();
+        assert!(o.check().unwrap()[0].starts_with("no --task-id"));
+        o.strict = true;
+        assert!(o.check().unwrap_err().starts_with("--strict needs --task-id"));
+        o.task_id = Some("T".into());
+        assert_eq!(o.check().unwrap(), Vec::<String>::new());
+    }
+}
