@@ -401,6 +401,10 @@ save("a-att-crit", cert("YubiKey PIV Attestation 9c", "Test PIV Attestation", sl
 pol3 = [e for e in yubico(0x9abcdef0, [5, 7, 4], 3, 2, 0x83) if e[0].oid.dotted_string != "1.3.6.1.4.1.41482.3.8"]
 pol3.append((x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.41482.3.8"), bytes([3, 2, 1])), False))
 save("a-att-pol3", cert("YubiKey PIV Attestation 9c", "Test PIV Attestation", slot.public_key(), f9, hashes.SHA256(), pol3))
+save("f-f9", cert("Test PIV Attestation", "Test PIV Attestation B 1", f92.public_key(), inter, hashes.SHA256(),
+                  [(x509.BasicConstraints(ca=True, path_length=0), True)]))
+save("g-f9", cert("Test PIV Attestation", "Test PIV Attestation B 1", f92.public_key(), inter, hashes.SHA256(),
+                  [(x509.BasicConstraints(ca=False, path_length=None), True)]))
 save("c-inter", cert("Test PIV Attestation B 1", "Test Attestation Root 1", inter.public_key(), root2, hashes.SHA384()))
 save("d-root", cert("Test Attestation Root 1", "Test Attestation Root 1", root2.public_key(), root2, hashes.SHA384(),
                     [(x509.BasicConstraints(ca=True, path_length=0), True)]))
@@ -519,6 +523,14 @@ fn path_rules_are_enforced_on_chains_from_another_implementation() {
     let mut opts = options(vec![read("b-root")]);
     opts.intermediates = vec![read("b-inter")];
     verify_proof(&proof_b, &opts).unwrap();
+
+    // An f9 certificate that says CA:TRUE with pathlen 0 (it issues only the slot
+    // certificate) is fine; one that says CA:FALSE may not issue at all.
+    let proof_f = foreign_proof_with(dir.path(), "b-att", "f", "9a", 12345678, PinPolicy::Once, TouchPolicy::Never);
+    verify_proof(&proof_f, &opts).unwrap();
+    let proof_g = foreign_proof_with(dir.path(), "b-att", "g", "9a", 12345678, PinPolicy::Once, TouchPolicy::Never);
+    let err = verify_proof(&proof_g, &opts).unwrap_err();
+    assert_eq!(path_rule(&err), ("CN=Test PIV Attestation", "its basicConstraints say CA:FALSE, so it may not issue the slot certificate"));
 
     // An intermediate without basicConstraints.
     opts.intermediates = vec![read("c-inter")];
