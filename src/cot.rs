@@ -171,7 +171,11 @@ fn verify_command(args: CotVerifyArgs) -> Result<(), CotError> {
         trusted.add_raw_base64(k).map_err(CotError::Input)?;
     }
     if let Some(path) = &args.allowed_signers {
-        let text = String::from_utf8(read_capped(path, verify::MAX_COT_BYTES)?)
+        let bytes = read_capped(path, verify::MAX_COT_BYTES)?;
+        if bytes.len() > verify::MAX_COT_BYTES {
+            return Err(CotError::Input(format!("{}: larger than {} bytes; an allowed_signers file is a few lines", path.display(), verify::MAX_COT_BYTES)));
+        }
+        let text = String::from_utf8(bytes)
             .map_err(|_| CotError::Input(format!("{}: not UTF-8 text; pass an OpenSSH allowed_signers file", path.display())))?;
         trusted.add_allowed_signers(&text);
     }
