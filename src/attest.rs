@@ -193,6 +193,8 @@ pub enum AttestError {
     NoRoots,
     #[error("the attestation certificate is not signed by the f9 certificate in the proof ({0}); the proof was altered or its certificates come from different devices")]
     NotIssuedByIntermediate(String),
+    #[error("certificate {subject} cannot be in this chain: {reason}")]
+    PathRule { subject: String, reason: String },
     #[error("the f9 certificate does not chain to any trusted root ({0}); check --roots (and --intermediates for firmware 5.7.4+)")]
     UntrustedChain(String),
     #[error("the {which} certificate is outside its validity period ({reason})")]
@@ -224,10 +226,11 @@ pub enum AttestError {
 }
 
 /// Parse and verify a proof document. Checks, in order: shape, certificate chain (attestation
-/// -> f9 -> intermediates -> an operator root, tolerating the U2F root's pathlen 0 and f9 certs
-/// without basicConstraints), validity periods, Yubico extensions, proof fields against the
-/// certificate, challenge signature, nonce, worker binding, freshness, serial allow-list and
-/// policies.
+/// -> f9 -> intermediates -> an operator root, every issuer a CA; see [`x509::verify_chain`]),
+/// validity periods, Yubico extensions, proof fields against the certificate, challenge
+/// signature (ECDSA only in low-S form), nonce, worker binding, freshness, serial allow-list
+/// and policies. A verified proof can still be replayed until `max_age` unless the caller
+/// consumes its nonce once: nonces are single-use by contract.
 pub fn verify_proof(proof_json: &[u8], options: &VerifyOptions) -> Result<Claims, AttestError> {
     if proof_json.len() > MAX_PROOF_BYTES {
         return Err(AttestError::Malformed(format!("{} bytes is far more than a proof", proof_json.len())));

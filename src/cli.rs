@@ -427,10 +427,16 @@ pub struct CotVerifyArgs {
     /// Downloaded artifacts: each must be listed and match every listed digest.
     #[arg(long, value_name = "DIR")]
     pub artifacts: Option<PathBuf>,
-    /// The task id the document must be for.
+    /// The task id the document must be for (without it, a warning: any task's document passes).
     #[arg(long, value_name = "ID")]
     pub task_id: Option<String>,
-    /// Also require every listed artifact to be present in --artifacts.
+    /// The run id the document must be for.
+    #[arg(long, value_name = "N")]
+    pub run_id: Option<u64>,
+    /// Principal the allowed_signers line must name [default: WORKER_ID@WORKER_GROUP of the document].
+    #[arg(long, value_name = "ID")]
+    pub principal: Option<String>,
+    /// Also require every listed artifact to be present in --artifacts, and --task-id.
     #[arg(long, requires = "artifacts")]
     pub strict: bool,
     /// Machine-readable output on stdout.

@@ -142,8 +142,18 @@ fn sign_command(args: CotSignArgs) -> Result<(), CotError> {
     Ok(())
 }
 
+/// Read at most `cap + 1` bytes: enough for the verifier to see that a file is over its cap,
+/// never a flood into memory.
+fn read_capped(path: &Path, cap: usize) -> Result<Vec<u8>, CotError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(cap as u64 + 1).read_to_end(&mut bytes))
+        .map_err(io(path))?;
+    Ok(bytes)
+}
+
 fn verify_command(args: CotVerifyArgs) -> Result<(), CotError> {
-    let cot = std::fs::read(&args.cot).map_err(io(&args.cot))?;
     let sig_path = match &args.sig {
         Some(p) => p.clone(),
         None => {
@@ -156,21 +166,41 @@ fn verify_command(args: CotVerifyArgs) -> Result<(), CotError> {
             }
         }
     };
-    let signature = std::fs::read(&sig_path).map_err(io(&sig_path))?;
     let mut trusted = trust::TrustedKeys::default();
     for k in &args.trusted_key {
         trusted.add_raw_base64(k).map_err(CotError::Input)?;
     }
     if let Some(path) = &args.allowed_signers {
-        let text = std::fs::read_to_string(path).map_err(io(path))?;
-        trusted.add_allowed_signers(&text).map_err(|e| CotError::Input(format!("{}: {e}", path.display())))?;
+        let bytes = read_capped(path, verify::MAX_COT_BYTES)?;
+        if bytes.len() > verify::MAX_COT_BYTES {
+            return Err(CotError::Input(format!("{}: larger than {} bytes; an allowed_signers file is a few lines", path.display(), verify::MAX_COT_BYTES)));
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| CotError::Input(format!("{}: not UTF-8 text; pass an OpenSSH allowed_signers file", path.display())))?;
+        trusted.add_allowed_signers(&text);
     }
     if trusted.is_empty() {
+        for line in &trusted.ignored {
+            eprintln!("keytap: warning: {line}");
+        }
         return Err(CotError::Input("no trusted keys given; pass --trusted-key or a non-empty --allowed-signers".into()));
     }
     // The document and signature may sit among downloaded artifacts; they are not artifacts.
     let exclude = [&args.cot, &sig_path].iter().filter_map(|p| p.canonicalize().ok()).collect();
-    let opts = VerifyOptions { trusted, task_id: args.task_id, artifacts: args.artifacts, strict: args.strict, exclude };
+    let opts = VerifyOptions {
+        trusted,
+        task_id: args.task_id,
+        run_id: args.run_id,
+        principal: args.principal,
+        artifacts: args.artifacts,
+        strict: args.strict,
+        exclude,
+    };
+    for warning in opts.check().map_err(CotError::Input)? {
+        eprintln!("keytap: warning: {warning}");
+    }
+    let cot = read_capped(&args.cot, verify::MAX_COT_BYTES)?;
+    let signature = read_capped(&sig_path, verify::MAX_SIGNATURE_BYTES)?;
     let result = verify_cot(&cot, &signature, &opts);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&json_result(&result)).expect("serialises"));

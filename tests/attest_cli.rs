@@ -168,6 +168,32 @@ fn attest_directly_then_verify() {
         .get_output()
         .clone();
     assert!(String::from_utf8_lossy(&denied.stderr).contains("different nonce"));
+
+    // The device's own f9 certificate is never a trust root (it would let a slot key vouch
+    // for any key); the refusal says what to pass instead.
+    use base64::Engine;
+    let f9 = base64::engine::general_purpose::STANDARD.decode(doc["intermediate_certificate"].as_str().unwrap()).unwrap();
+    std::fs::write(s.path("f9.der"), f9).unwrap();
+    let denied = s
+        .keytap()
+        .args(["attest", "verify", "--proof"])
+        .arg(&proof)
+        .arg("--roots")
+        .arg(s.path("f9.der"))
+        .args(["--nonce", "n-123", "--allow-serial", SERIAL])
+        .assert()
+        .failure()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(denied.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains(
+            "proof rejected: certificate CN=keytap MOCK PIV Attestation (TEST) cannot be in this chain: this device's f9 certificate is configured as a trust root; pass Yubico's root CA with --roots, never a device certificate"
+        ),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
 }
 
 #[test]

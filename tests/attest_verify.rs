@@ -56,9 +56,10 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// The mock token saves its state through one fixed temp file name: one writer at a time.
+static STATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn prove_at(dir: &Path, slot: Slot, timestamp: u64) -> Result<Proof, ProveError> {
-    // The mock token saves its state through one fixed temp file name: one writer at a time.
-    static STATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let token: Box<dyn Token> = Box::new(MockToken::open(dir).unwrap());
     let mut owner = Owner::new(token, Arc::new(FixedPin));
@@ -393,6 +394,24 @@ save("b-inter", cert("Test PIV Attestation B 1", "Test Attestation Root 1", inte
 save("b-f9", cert("Test PIV Attestation", "Test PIV Attestation B 1", f92.public_key(), inter, hashes.SHA256()))
 save("b-att", cert("YubiKey PIV Attestation 9a", "Test PIV Attestation", slot.public_key(), f92, hashes.SHA256(),
                    yubico(12345678, [5, 7, 4], 2, 1, 0x03)))
+# Variants that break one path rule each (same keys, so every signature is genuine).
+crit = (x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00"), True)
+save("a-att-crit", cert("YubiKey PIV Attestation 9c", "Test PIV Attestation", slot.public_key(), f9, hashes.SHA256(),
+                        yubico(0x9abcdef0, [5, 7, 4], 3, 2, 0x83) + [crit]))
+pol3 = [e for e in yubico(0x9abcdef0, [5, 7, 4], 3, 2, 0x83) if e[0].oid.dotted_string != "1.3.6.1.4.1.41482.3.8"]
+pol3.append((x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.41482.3.8"), bytes([3, 2, 1])), False))
+save("a-att-pol3", cert("YubiKey PIV Attestation 9c", "Test PIV Attestation", slot.public_key(), f9, hashes.SHA256(), pol3))
+save("f-f9", cert("Test PIV Attestation", "Test PIV Attestation B 1", f92.public_key(), inter, hashes.SHA256(),
+                  [(x509.BasicConstraints(ca=True, path_length=0), True)]))
+save("g-f9", cert("Test PIV Attestation", "Test PIV Attestation B 1", f92.public_key(), inter, hashes.SHA256(),
+                  [(x509.BasicConstraints(ca=False, path_length=None), True)]))
+save("c-inter", cert("Test PIV Attestation B 1", "Test Attestation Root 1", inter.public_key(), root2, hashes.SHA384()))
+save("d-root", cert("Test Attestation Root 1", "Test Attestation Root 1", root2.public_key(), root2, hashes.SHA384(),
+                    [(x509.BasicConstraints(ca=True, path_length=0), True)]))
+ku = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                   key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False)
+save("e-inter", cert("Test PIV Attestation B 1", "Test Attestation Root 1", inter.public_key(), root2, hashes.SHA384(),
+                     [(x509.BasicConstraints(ca=True, path_length=None), True), (ku, True)]))
 "#;
 
 const PY_SIGN: &str = r#"
@@ -411,7 +430,12 @@ fn python(args: &[&std::ffi::OsStr]) -> Vec<u8> {
 
 /// A proof around certificates made elsewhere, signed by Python with the slot key.
 fn foreign_proof(dir: &Path, prefix: &str, slot: &str, serial: u32, pin: PinPolicy, touch: TouchPolicy) -> Vec<u8> {
-    let att = std::fs::read(dir.join(format!("{prefix}-att.der"))).unwrap();
+    foreign_proof_with(dir, &format!("{prefix}-att"), prefix, slot, serial, pin, touch)
+}
+
+/// `foreign_proof` around the attestation certificate `{att}.der`.
+fn foreign_proof_with(dir: &Path, att: &str, prefix: &str, slot: &str, serial: u32, pin: PinPolicy, touch: TouchPolicy) -> Vec<u8> {
+    let att = std::fs::read(dir.join(format!("{att}.der"))).unwrap();
     let timestamp = now();
     let message = keytap::attest::canonical_bytes(&keytap::attest::SignedFields {
         nonce: NONCE,
@@ -424,6 +448,9 @@ fn foreign_proof(dir: &Path, prefix: &str, slot: &str, serial: u32, pin: PinPoli
     let msg_path = dir.join(format!("{prefix}-message"));
     std::fs::write(&msg_path, &message).unwrap();
     let sig = python(&["-c".as_ref(), PY_SIGN.as_ref(), dir.join("a-key.pem").as_os_str(), msg_path.as_os_str()]);
+    // Python leaves S as it falls; the verifier takes only the low-S form (as keytap writes).
+    let sig = p384::ecdsa::Signature::from_der(&sig).unwrap();
+    let sig = sig.normalize_s().unwrap_or(sig).to_der().as_bytes().to_vec();
     let proof = Proof {
         kind: "yubikey-piv-attestation/v1".into(),
         slot: slot.into(),
@@ -473,4 +500,217 @@ fn yubico_shaped_chains_from_another_implementation_verify() {
     // Chain B's root does not vouch for chain A's f9, and the reverse.
     let proof_a = foreign_proof(dir.path(), "a", "9c", 0x9abcdef0, PinPolicy::Always, TouchPolicy::Always);
     assert!(matches!(verify_proof(&proof_a, &opts).unwrap_err(), AttestError::UntrustedChain(_)));
+}
+
+fn path_rule(err: &AttestError) -> (&str, &str) {
+    match err {
+        AttestError::PathRule { subject, reason } => (subject.as_str(), reason.as_str()),
+        other => panic!("expected a path rule refusal, got {other:?}"),
+    }
+}
+
+/// Every issuer must be a CA and respect its path length; the leaf may carry no critical
+/// extension the verifier does not process, and Yubico's policy extension is exactly 2 bytes.
+/// Each variant differs from an accepted chain in that one rule only.
+#[test]
+fn path_rules_are_enforced_on_chains_from_another_implementation() {
+    let dir = tempfile::tempdir().unwrap();
+    python(&["-c".as_ref(), PY_CHAINS.as_ref(), dir.path().as_os_str()]);
+    let read = |n: &str| std::fs::read(dir.path().join(format!("{n}.der"))).unwrap();
+    let proof_b = foreign_proof(dir.path(), "b", "9a", 12345678, PinPolicy::Once, TouchPolicy::Never);
+
+    // The accepted baseline: root -> intermediate -> f9 -> slot certificate.
+    let mut opts = options(vec![read("b-root")]);
+    opts.intermediates = vec![read("b-inter")];
+    verify_proof(&proof_b, &opts).unwrap();
+
+    // An f9 certificate that says CA:TRUE with pathlen 0 (it issues only the slot
+    // certificate) is fine; one that says CA:FALSE may not issue at all.
+    let proof_f = foreign_proof_with(dir.path(), "b-att", "f", "9a", 12345678, PinPolicy::Once, TouchPolicy::Never);
+    verify_proof(&proof_f, &opts).unwrap();
+    let proof_g = foreign_proof_with(dir.path(), "b-att", "g", "9a", 12345678, PinPolicy::Once, TouchPolicy::Never);
+    let err = verify_proof(&proof_g, &opts).unwrap_err();
+    assert_eq!(path_rule(&err), ("CN=Test PIV Attestation", "its basicConstraints say CA:FALSE, so it may not issue the slot certificate"));
+
+    // An intermediate without basicConstraints.
+    opts.intermediates = vec![read("c-inter")];
+    let err = verify_proof(&proof_b, &opts).unwrap_err();
+    assert_eq!(path_rule(&err), ("CN=Test PIV Attestation B 1", "it has no basicConstraints CA:TRUE, so it cannot serve as intermediate"));
+    // An intermediate whose keyUsage does not allow certificate signing.
+    opts.intermediates = vec![read("e-inter")];
+    let err = verify_proof(&proof_b, &opts).unwrap_err();
+    assert_eq!(path_rule(&err), ("CN=Test PIV Attestation B 1", "its keyUsage lacks keyCertSign, so it may not sign certificates"));
+    // A root with pathlen 0 above an intermediate (the f9 is the end of the CA path, so one
+    // CA certificate sits below the root).
+    opts.roots = vec![read("d-root")];
+    opts.intermediates = vec![read("b-inter")];
+    let err = verify_proof(&proof_b, &opts).unwrap_err();
+    assert_eq!(path_rule(&err), ("CN=Test Attestation Root 1", "its pathLenConstraint 0 allows fewer than the 1 CA certificate(s) below it"));
+    // The same pathlen-0 root directly above an f9 is the U2F quirk, accepted (chain A).
+    let proof_a = foreign_proof(dir.path(), "a", "9c", 0x9abcdef0, PinPolicy::Always, TouchPolicy::Always);
+    verify_proof(&proof_a, &options(vec![read("a-root")])).unwrap();
+
+    // An unknown critical extension on the slot certificate.
+    let crit = foreign_proof_with(dir.path(), "a-att-crit", "a", "9c", 0x9abcdef0, PinPolicy::Always, TouchPolicy::Always);
+    let err = verify_proof(&crit, &options(vec![read("a-root")])).unwrap_err();
+    assert_eq!(
+        err,
+        AttestError::BadCertificate {
+            which: "attestation",
+            reason: "it has a critical extension 1.3.6.1.4.1.55555.1 this verifier does not understand".into()
+        }
+    );
+    // A third byte after the PIN and touch policy bytes.
+    let pol3 = foreign_proof_with(dir.path(), "a-att-pol3", "a", "9c", 0x9abcdef0, PinPolicy::Always, TouchPolicy::Always);
+    let err = verify_proof(&pol3, &options(vec![read("a-root")])).unwrap_err();
+    assert_eq!(err, AttestError::BadExtension { which: "policy", reason: "3 bytes, expected 2".into() });
+}
+
+/// The forgery from issue 18: whoever can use one slot key mints an "attestation" for a
+/// software key. Every signature in it is genuine: the forged leaf is signed by the slot-9a
+/// key (through the mock token, as an attacker on the machine would), and the genuine 9a
+/// attestation certificate is presented as its "f9". Refused whether the device's real f9
+/// certificate is configured as a root or as an intermediate.
+#[test]
+fn a_slot_key_cannot_mint_attestations() {
+    use der::{Decode, Encode};
+    use keytap::token::owner::SignContext;
+    use keytap::token::SignScheme;
+    use signature::{Signer, Verifier};
+    use std::str::FromStr;
+    use x509_cert::der::asn1::{BitString, OctetString};
+    use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+
+    let (a, _) = tokens();
+    let guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let token: Box<dyn Token> = Box::new(MockToken::open(&a.path).unwrap());
+    let mut owner = Owner::new(token, Arc::new(FixedPin));
+    let genuine = owner.token.attest(Slot(0x9a)).unwrap();
+    let slot_cert = Certificate::from_der(&genuine.slot_certificate_der).unwrap();
+    let slot_key = owner.token.keys().unwrap().into_iter().find(|k| k.slot == Slot(0x9a)).unwrap();
+
+    // A software key, claimed to be a 9a key with PIN and touch "always".
+    let software = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let spki = p256::pkcs8::EncodePublicKey::to_public_key_der(software.verifying_key()).unwrap();
+    let mut extensions = slot_cert.tbs_certificate.extensions.clone().unwrap();
+    for e in &mut extensions {
+        if e.extn_id == keytap::attest::x509::OID_POLICY {
+            e.extn_value = OctetString::new(vec![0x03, 0x02]).unwrap();
+        }
+    }
+    let ecdsa_sha256 = AlgorithmIdentifierOwned { oid: keytap::attest::x509::OID_ECDSA_SHA256, parameters: None };
+    let tbs = x509_cert::TbsCertificate {
+        version: x509_cert::Version::V3,
+        serial_number: x509_cert::serial_number::SerialNumber::new(&[0x42; 16]).unwrap(),
+        signature: ecdsa_sha256.clone(),
+        issuer: slot_cert.tbs_certificate.subject.clone(),
+        validity: slot_cert.tbs_certificate.validity,
+        subject: x509_cert::name::Name::from_str("CN=YubiKey PIV Attestation 9a").unwrap(),
+        subject_public_key_info: SubjectPublicKeyInfoOwned::from_der(spki.as_bytes()).unwrap(),
+        issuer_unique_id: None,
+        subject_unique_id: None,
+        extensions: Some(extensions),
+    };
+    let tbs_der = tbs.to_der().unwrap();
+    let context = SignContext { requester: "attacker".into(), purpose: "mint".into() };
+    let leaf_sig = owner.sign(&slot_key, SignScheme::EcdsaSha256, &tbs_der, &context).unwrap();
+    drop(owner);
+    drop(guard);
+    // The forged leaf really is signed by the slot key: a genuine signature, not a broken one.
+    let slot_vk = <p256::ecdsa::VerifyingKey as p256::pkcs8::DecodePublicKey>::from_public_key_der(
+        &slot_cert.tbs_certificate.subject_public_key_info.to_der().unwrap(),
+    )
+    .unwrap();
+    slot_vk.verify(&tbs_der, &p256::ecdsa::Signature::from_der(&leaf_sig).unwrap()).unwrap();
+    let leaf = Certificate { tbs_certificate: tbs, signature_algorithm: ecdsa_sha256, signature: BitString::from_bytes(&leaf_sig).unwrap() };
+    let leaf_der = leaf.to_der().unwrap();
+
+    let timestamp = now();
+    let message = keytap::attest::canonical_bytes(&keytap::attest::SignedFields {
+        nonce: NONCE,
+        worker: &worker(),
+        timestamp,
+        slot: "9a",
+        serial: a.serial,
+        attestation_der: &leaf_der,
+    });
+    let sig: p256::ecdsa::Signature = software.sign(&message);
+    let sig = sig.normalize_s().unwrap_or(sig);
+    let proof = Proof {
+        kind: "yubikey-piv-attestation/v1".into(),
+        slot: "9a".into(),
+        serial: a.serial,
+        firmware: "5.4.3".into(),
+        pin_policy: PinPolicy::Always,
+        touch_policy: TouchPolicy::Always,
+        attestation_certificate: b64e(&leaf_der),
+        intermediate_certificate: b64e(&genuine.slot_certificate_der),
+        nonce: NONCE.into(),
+        worker_pool: worker().worker_pool,
+        worker_group: worker().worker_group,
+        worker_id: worker().worker_id,
+        timestamp,
+        signature_algorithm: "ecdsa-sha256".into(),
+        signature: b64e(sig.to_der().as_bytes()),
+    };
+    let expected = AttestError::PathRule {
+        subject: "CN=YubiKey PIV Attestation 9a".into(),
+        reason: "it is a slot attestation certificate (Yubico slot extensions or a \"YubiKey PIV Attestation\" subject), and a slot key can never issue attestations".into(),
+    };
+    // The device's f9 certificate as the root, with every other demand at its strictest.
+    let mut opts = options(vec![genuine.intermediate_der.clone()]);
+    opts.allow_serials = Some(vec![a.serial]);
+    opts.require_pin = Some(PinPolicy::Always);
+    opts.require_touch = Some(TouchPolicy::Always);
+    assert_eq!(verify_proof(&json(&proof), &opts).unwrap_err(), expected);
+    // The f9 certificate as an intermediate under the real root.
+    opts.roots = vec![root_der(&a.path)];
+    opts.intermediates = vec![genuine.intermediate_der.clone()];
+    assert_eq!(verify_proof(&json(&proof), &opts).unwrap_err(), expected);
+
+    // A genuine proof with the device's f9 certificate configured as the root is refused
+    // too: roots are Yubico's CAs, never device certificates.
+    let honest = prove(&a.path, Slot(0x9a));
+    let err = verify_proof(&json(&honest), &options(vec![genuine.intermediate_der.clone()])).unwrap_err();
+    let (subject, reason) = path_rule(&err);
+    assert_eq!(subject, "CN=keytap MOCK PIV Attestation (TEST)");
+    assert!(reason.starts_with("this device's f9 certificate is configured as a trust root"), "{reason}");
+}
+
+/// ECDSA signatures are malleable: (r, n - s) verifies as well as (r, s). Only the low-S form
+/// is accepted, and keytap's prover always writes it.
+#[test]
+fn high_s_challenge_signatures_are_refused() {
+    use der::Decode;
+    use signature::Verifier;
+    let (a, _) = tokens();
+    let opts = options(vec![root_der(&a.path)]);
+    for _ in 0..4 {
+        let proof = prove(&a.path, Slot(0x9a));
+        let low = p256::ecdsa::Signature::from_der(&b64d(&proof.signature)).unwrap();
+        assert!(low.normalize_s().is_none(), "the prover wrote a high-S signature");
+        verify_proof(&json(&proof), &opts).unwrap();
+        let (r, s) = low.split_scalars();
+        let high = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s.as_ref()).to_bytes()).unwrap();
+        // Mathematically valid for the same message and key...
+        let att = Certificate::from_der(&b64d(&proof.attestation_certificate)).unwrap();
+        let vk = <p256::ecdsa::VerifyingKey as p256::pkcs8::DecodePublicKey>::from_public_key_der(
+            &der::Encode::to_der(&att.tbs_certificate.subject_public_key_info).unwrap(),
+        )
+        .unwrap();
+        let message = keytap::attest::canonical_bytes(&keytap::attest::SignedFields {
+            nonce: &proof.nonce,
+            worker: &worker(),
+            timestamp: proof.timestamp,
+            slot: "9a",
+            serial: a.serial,
+            attestation_der: &b64d(&proof.attestation_certificate),
+        });
+        vk.verify(&message, &high).unwrap();
+        // ...but refused.
+        let mut edited = proof.clone();
+        edited.signature = b64e(high.to_der().as_bytes());
+        let err = verify_proof(&json(&edited), &opts).unwrap_err();
+        assert!(matches!(err, AttestError::BadSignature(ref m) if m.starts_with("the ECDSA signature is not in low-S form")), "{err:?}");
+    }
 }

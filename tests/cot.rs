@@ -400,14 +400,23 @@ fn tampering_is_rejected_with_the_reason() {
 
     // Every failure is named, and --json gives them codes.
     std::fs::write(&tar, b"x").unwrap();
-    let out = verify(&run.cot(), &["--trusted-key", &stranger, "--task-id", "other", "--artifacts", &dir, "--strict", "--json"]);
+    let out = verify(&run.cot(), &["--trusted-key", &key, "--task-id", "other", "--run-id", "7", "--artifacts", &dir, "--strict", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], false);
     let codes: Vec<&str> = v["failures"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap()).collect();
-    assert_eq!(codes, ["signature", "task-id", "digest-mismatch", "missing-artifact"]);
+    assert_eq!(codes, ["task-id", "run-id", "digest-mismatch", "missing-artifact"]);
     assert_eq!(v["failures"][2]["artifact"], "public/build/target.tar.gz");
-    assert!(v["failures"][1]["message"].as_str().unwrap().starts_with("taskId mismatch"));
+    assert!(v["failures"][0]["message"].as_str().unwrap().starts_with("taskId mismatch"));
+    assert_eq!(v["failures"][1]["message"], "runId mismatch: the document is for run 0, expected 7");
+
+    // With a signature that does not verify, nothing else is looked at: the same tampered
+    // directory yields the signature failure alone (no parse, no hashing).
+    let out = verify(&run.cot(), &["--trusted-key", &stranger, "--task-id", "other", "--artifacts", &dir, "--strict", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<&str> = v["failures"].as_array().unwrap().iter().map(|f| f["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["signature"]);
 }
 
 #[test]
@@ -420,7 +429,7 @@ fn documents_missing_required_fields_are_rejected() {
     );
     let out = verify(&doc, &["--trusted-key", &key]);
     for reason in [
-        "FAIL document: field runId must be a number",
+        "FAIL document: field runId must be an integer from 0 to 1000",
         "FAIL document: required field workerId is missing",
         "FAIL document: required field environment is missing",
         "FAIL document: required field task.dependencies is missing",
@@ -577,9 +586,219 @@ fn output_inside_the_artifact_directory_is_not_listed() {
     assert_eq!(names, ["public/build/target.tar.gz", "public/logs/certified.log"]);
     assert!(!out_dir.join("chain-of-trust.json.sig").exists());
     let allowed = run.dir.path().join("allowed_signers");
-    std::fs::write(&allowed, format!("w {}\n", agent.key_line("9a"))).unwrap();
+    // The principal pattern must match the document's workerId@workerGroup (worker-1@office).
+    std::fs::write(&allowed, format!("*@office {}\n", agent.key_line("9a"))).unwrap();
     // The verifier skips the document and signature lying among the artifacts.
-    let out = verify(&cot, &["--allowed-signers", allowed.to_str().unwrap(), "--artifacts", run.artifacts().to_str().unwrap(), "--strict"]);
+    let out = verify(&cot, &["--allowed-signers", allowed.to_str().unwrap(), "--task-id", TASK_ID, "--artifacts", run.artifacts().to_str().unwrap(), "--strict"]);
     ok(&out);
     assert!(text(&out.stdout).contains("2 of 2 listed artifact(s) present and matching"), "{}", text(&out.stdout));
+}
+
+/// A generic-worker style document over the run's artifacts, with extra listed entries.
+fn document_listing(run: &Run, extra: &[(&str, String)], run_id: &str) -> String {
+    let a = run.artifacts();
+    let mut entries = vec![
+        ("public/build/target.tar.gz".to_string(), digest_hex(&a.join("public/build/target.tar.gz"))),
+        ("public/logs/certified.log".to_string(), digest_hex(&a.join("public/logs/certified.log"))),
+    ];
+    entries.extend(extra.iter().map(|(n, d)| (n.to_string(), d.clone())));
+    let artifacts: Vec<String> = entries.iter().map(|(n, d)| format!("{n:?}: {{\"sha256\": \"{d}\"}}")).collect();
+    format!(
+        r#"{{"chainOfTrustVersion": 1, "artifacts": {{{}}}, "task": {TASK}, "taskId": "{TASK_ID}", "runId": {run_id},
+ "workerGroup": "office", "workerId": "worker-1", "environment": {{}}}}"#,
+        artifacts.join(", ")
+    )
+}
+
+#[test]
+fn listed_live_logs_are_checked_and_unlisted_ones_tolerated_only_at_their_names() {
+    let run = Run::new();
+    let a = run.artifacts();
+    let dir = a.to_str().unwrap().to_string();
+    let backing = a.join("public/logs/live_backing.log");
+    let listed = digest_hex(&backing);
+    // The document lists live_backing.log (generic-worker lists whatever it had uploaded).
+    let (doc, _, key) = python_sign(&run, "live.json", document_listing(&run, &[("public/logs/live_backing.log", listed.clone())], "0").as_bytes());
+    let args = ["--trusted-key", key.as_str(), "--task-id", TASK_ID, "--artifacts", dir.as_str(), "--strict"];
+    let out = verify(&doc, &args);
+    ok(&out);
+    assert!(text(&out.stdout).contains("3 of 3 listed artifact(s) present and matching"), "{}", text(&out.stdout));
+    // Tampered: caught like any artifact (it used to be skipped by name, and called missing).
+    std::fs::write(&backing, b"rewritten log").unwrap();
+    let actual = digest_hex(&backing);
+    expect_rejected(
+        &verify(&doc, &args),
+        &format!("FAIL artifact public/logs/live_backing.log: sha256 mismatch (listed {listed}, found {actual})"),
+    );
+    // Unlisted live logs at Taskcluster's names are tolerated (Run::new writes both)...
+    let (doc, _, key) = python_sign(&run, "plain.json", document_listing(&run, &[], "0").as_bytes());
+    let args = ["--trusted-key", key.as_str(), "--task-id", TASK_ID, "--artifacts", dir.as_str(), "--strict"];
+    ok(&verify(&doc, &args));
+    // ...but a file of that name anywhere else is an artifact like any other.
+    write(&a, "public/build/live.log", b"smuggled");
+    expect_rejected(
+        &verify(&doc, &args),
+        "FAIL unlisted artifact public/build/live.log: present in the artifact directory but not in the document",
+    );
+}
+
+#[test]
+fn run_ids_must_be_integers_in_range_and_can_be_pinned() {
+    let run = Run::new();
+    for bad in ["-1", "1.5", "1e3", "18446744073709551616"] {
+        let (doc, _, key) = python_sign(&run, "run.json", document_listing(&run, &[], bad).as_bytes());
+        expect_rejected(&verify(&doc, &["--trusted-key", &key, "--task-id", TASK_ID]), "FAIL document: field runId must be an integer from 0 to 1000");
+    }
+    let (doc, _, key) = python_sign(&run, "run.json", document_listing(&run, &[], "3").as_bytes());
+    let out = verify(&doc, &["--trusted-key", &key, "--task-id", TASK_ID, "--run-id", "3"]);
+    ok(&out);
+    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+    expect_rejected(
+        &verify(&doc, &["--trusted-key", &key, "--task-id", TASK_ID, "--run-id", "2"]),
+        "FAIL runId mismatch: the document is for run 3, expected 2",
+    );
+    // Without --task-id a warning says what is not checked; --strict refuses to run without it.
+    let out = verify(&doc, &["--trusted-key", &key]);
+    ok(&out);
+    assert!(
+        text(&out.stderr).contains("keytap: warning: no --task-id: a genuine document for ANY task run by a trusted worker is accepted (replay)"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = verify(&doc, &["--trusted-key", &key, "--artifacts", run.artifacts().to_str().unwrap(), "--strict"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--strict needs --task-id"), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).is_empty());
+}
+
+#[test]
+fn oversized_documents_and_signatures_are_refused_unread() {
+    let run = Run::new();
+    let (doc, sig, key) = python_sign(&run, "small.json", document_listing(&run, &[], "0").as_bytes());
+    // A document just over the cap (a genuine signature over it would not matter).
+    let big = run.dir.path().join("big.json");
+    let mut bytes = std::fs::read(&doc).unwrap();
+    bytes.resize(8 * 1024 * 1024 + 1, b' ');
+    std::fs::write(&big, &bytes).unwrap();
+    expect_rejected(
+        &verify(&big, &["--sig", sig.to_str().unwrap(), "--trusted-key", &key, "--task-id", TASK_ID]),
+        "FAIL document: 8388609 bytes or more, over the 8388608-byte limit for a chain-of-trust document",
+    );
+    let big_sig = run.dir.path().join("big.sig");
+    std::fs::write(&big_sig, vec![b'A'; 100_000]).unwrap();
+    expect_rejected(
+        &verify(&doc, &["--sig", big_sig.to_str().unwrap(), "--trusted-key", &key, "--task-id", TASK_ID]),
+        "FAIL signature: the signature file is 16385 bytes or more, over the 16384-byte limit",
+    );
+}
+
+#[test]
+fn a_link_chain_through_an_outside_pivot_is_refused() {
+    let agent = MockAgent::start();
+    let run = Run::new();
+    // artifacts/public/build/latest -> <outside>/pivot -> artifacts/public/build/target.tar.gz:
+    // the last hop lands inside, but the chain passes through a place anyone may repoint.
+    let pivot = run.dir.path().join("pivot");
+    std::os::unix::fs::symlink(run.artifacts().join("public/build/target.tar.gz"), &pivot).unwrap();
+    std::os::unix::fs::symlink(&pivot, run.artifacts().join("public/build/latest")).unwrap();
+    let out = run.sign(&agent, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).lines().last().unwrap(),
+        format!(
+            "keytap: public/build/latest: symlink points outside the artifact directory (to {}); copy the file into the directory instead of linking to it",
+            pivot.display()
+        )
+    );
+    assert!(!run.cot().exists());
+}
+
+/// Raw `.sig` and SSHSIG signatures against allowed_signers files, each decision checked
+/// against `ssh-keygen -Y verify` on the same file where OpenSSH can check it (SSHSIG).
+#[test]
+fn allowed_signers_are_read_as_openssh_reads_them() {
+    let agent = MockAgent::start();
+    let run = Run::new();
+    ok(&run.sign(&agent, &["--key", "9a"]));
+    let sshsig = run.out().join("chain-of-trust.json.sshsig");
+    let allowed = run.dir.path().join("allowed_signers");
+    let key9a = agent.key_line("9a");
+    let ssh_keygen_accepts = |principal: &str| {
+        Command::new("ssh-keygen")
+            .args(["-Y", "verify", "-f"])
+            .arg(&allowed)
+            .args(["-I", principal, "-n", "chain-of-trust", "-s"])
+            .arg(&sshsig)
+            .stdin(std::fs::File::open(run.cot()).unwrap())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let keytap = |extra: &[&str]| {
+        let mut args = vec!["--allowed-signers", allowed.to_str().unwrap(), "--task-id", TASK_ID];
+        args.extend_from_slice(extra);
+        verify(&run.cot(), &args)
+    };
+    let untrusted = format!(
+        "FAIL signature: the SSH signature was made by {}, which is not a trusted signer",
+        ssh_key::PublicKey::from_openssh(&key9a).unwrap().fingerprint(ssh_key::HashAlg::Sha256)
+    );
+    // Lines OpenSSH refuses for namespace chain-of-trust: keytap refuses them too.
+    for (line, ignored) in [
+        (format!("worker-1@office namespaces=\"x,!x\" {key9a}"), false),
+        (format!("worker-1@office namespaces=\"chain-of-trust,!chain-of-trust\" {key9a}"), false),
+        (format!("worker-1@office namespaces=\" chain-of-trust\" {key9a}"), false),
+        (format!("worker-1@office namespaces=\"git\",namespaces=\"chain-of-trust\" {key9a}"), true),
+    ] {
+        // Another key's good line keeps the file from being empty.
+        std::fs::write(&allowed, format!("{line}\nsomeone@else {}\n", agent.key_line("9d"))).unwrap();
+        assert!(!ssh_keygen_accepts("worker-1@office"), "ssh-keygen accepted {line}");
+        let out = keytap(&[]);
+        let expected = if ignored { format!("{untrusted} (1 allowed_signers line(s) ignored as malformed, see the warnings)") } else { untrusted.clone() };
+        expect_rejected(&out, &expected);
+        if ignored {
+            assert!(
+                text(&out.stderr).contains("keytap: warning: allowed signers line 1: multiple \"namespaces\" clauses; the line is ignored"),
+                "{}",
+                text(&out.stderr)
+            );
+        }
+    }
+    // A leading space before the principal is fine for both.
+    std::fs::write(&allowed, format!("  worker-1@office namespaces=\"chain-of-trust\" {key9a}\n")).unwrap();
+    assert!(ssh_keygen_accepts("worker-1@office"));
+    ok(&keytap(&[]));
+    // Principals are matched: by default against the document's workerId@workerGroup.
+    std::fs::write(&allowed, format!("release@ci {key9a}\n")).unwrap();
+    assert!(!ssh_keygen_accepts("worker-1@office"));
+    assert!(ssh_keygen_accepts("release@ci"));
+    let fp = ssh_key::PublicKey::from_openssh(&key9a).unwrap().fingerprint(ssh_key::HashAlg::Sha256);
+    expect_rejected(
+        &keytap(&[]),
+        &format!("FAIL signer: the allowed_signers line(s) for {fp} name \"release@ci\", not \"worker-1@office\"; list the key for that principal or pass --principal"),
+    );
+    ok(&keytap(&["--principal", "release@ci"]));
+    std::fs::write(&allowed, format!("!worker-2@*,worker-?@office {key9a}\n")).unwrap();
+    assert!(ssh_keygen_accepts("worker-1@office"));
+    ok(&keytap(&[]));
+
+    // A raw .sig (no namespace inside) needs a line that names chain-of-trust explicitly:
+    // a file meant for git signing does not vouch for it.
+    let ed_run = Run::new();
+    ok(&ed_run.sign(&agent, &["--key", "9c"]));
+    let key9c = agent.key_line("9c");
+    let raw_verify = |line: &str| {
+        std::fs::write(&allowed, format!("{line}\n")).unwrap();
+        verify(&ed_run.cot(), &["--allowed-signers", allowed.to_str().unwrap(), "--task-id", TASK_ID])
+    };
+    for git_line in [format!("worker-1@office {key9c}"), format!("worker-1@office namespaces=\"git\" {key9c}")] {
+        expect_rejected(
+            &raw_verify(&git_line),
+            "FAIL signature: no key may vouch for a raw .sig: pass --trusted-key, or list the key in allowed_signers with namespaces=\"chain-of-trust\"",
+        );
+    }
+    let out = raw_verify(&format!("worker-1@office namespaces=\"git,chain-of-trust\" {key9c}"));
+    ok(&out);
+    assert!(text(&out.stdout).contains("signed by worker-1@office (SHA256:"), "{}", text(&out.stdout));
 }

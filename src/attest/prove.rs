@@ -9,7 +9,7 @@ use ssh_encoding::Encode as _;
 use ssh_key::public::KeyData;
 use x509_cert::Certificate;
 
-use super::x509::{attested_key, challenge_algorithm, verify_challenge, yubico_extensions};
+use super::x509::{attested_key, challenge_algorithm, low_s, verify_challenge, yubico_extensions};
 use super::{b64, canonical_bytes, AttestError, Proof, SignedFields, WorkerIdentity, PROOF_KIND};
 use crate::agent::attest_ext::EXT_ATTEST;
 use crate::agent::StatusReport;
@@ -175,7 +175,8 @@ fn assemble(
         serial: ext.serial,
         attestation_der: &attestation.slot_certificate_der,
     });
-    let signature = sign(&message)?;
+    // Tokens make high-S ECDSA signatures about half the time; verifiers accept only low-S.
+    let signature = low_s(attested.algorithm, sign(&message)?);
     let algorithm = challenge_algorithm(attested.algorithm);
     verify_challenge(&attested, algorithm, &message, &signature)?;
     Ok(Proof {

@@ -7,6 +7,7 @@ use der::asn1::ObjectIdentifier;
 use der::{Decode, Encode, Header, Reader, SliceReader};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use ssh_key::public::KeyData;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 use x509_cert::Certificate;
 
 use super::{AttestError, VerifyOptions};
@@ -145,10 +146,17 @@ fn check_validity(which: &'static str, cert: &Certificate, now: SystemTime) -> R
 
 /// Verify attestation cert -> f9 cert -> (intermediates) -> root and parse the extensions.
 ///
-/// Tolerated on purpose (real Yubico chains need it): the f9 certificate need not say CA=true
-/// (some lack basicConstraints), and no pathLenConstraint is enforced (the old U2F root says
-/// pathlen 0 yet sits two levels above attestation certificates). Trust comes only from the
-/// operator's roots and the signatures; names are matched only to choose candidates.
+/// The path has an exact shape: the slot certificate (the only end entity) is signed by the
+/// proof's f9 certificate, which is signed by an operator root, directly or through at most
+/// [`MAX_INTERMEDIATES`] operator intermediates. Every issuer must be able to issue
+/// ([`check_issuer`]): basicConstraints CA:TRUE, keyCertSign where keyUsage is present,
+/// pathLenConstraint respected. Two Yubico quirks are tolerated, both only at the f9 level,
+/// which is known by its position (it signed the certificate carrying the slot extensions):
+/// an f9 certificate without basicConstraints, and path lengths counted with the f9 as the
+/// last certificate of the CA path (so the old U2F root's `pathlen:0` holds directly above
+/// an f9). That leniency grants nothing, because the f9 can only ever sign the end entity
+/// here. A certificate with Yubico's slot extensions or a `YubiKey PIV Attestation` subject
+/// never issues, and no device certificate is accepted as a root or an intermediate.
 pub fn verify_chain(
     attestation_der: &[u8],
     intermediate_der: &[u8],
@@ -167,6 +175,7 @@ pub fn verify_chain(
         .map(|d| parse("intermediate", d).map(|c| (d.as_slice(), c)))
         .collect::<Result<Vec<_>, _>>()?;
 
+    check_extensions("attestation", &leaf)?;
     // Link 1: the attestation certificate must be signed by the f9 key in the proof.
     if leaf.tbs_certificate.issuer != f9.tbs_certificate.subject {
         return Err(AttestError::NotIssuedByIntermediate(format!(
@@ -175,27 +184,25 @@ pub fn verify_chain(
         )));
     }
     check_signed_by(attestation_der, &leaf, &f9).map_err(AttestError::NotIssuedByIntermediate)?;
+    check_f9(&f9, &roots)?;
 
-    // Then from the f9 certificate up to a root, through the operator's intermediates.
+    // Then from the f9 certificate up to a root, through the operator's intermediates. The
+    // f9 is level 1; an issuer at level n has n - 2 CA certificates between it and the f9.
     let mut chain = vec![leaf.tbs_certificate.subject.to_string(), f9.tbs_certificate.subject.to_string()];
     let mut current: (&[u8], Certificate) = (intermediate_der, f9.clone());
     let mut reasons = Vec::new();
     let mut anchored = false;
-    'walk: for _ in 0..=MAX_INTERMEDIATES {
+    'walk: for level in 2..=MAX_INTERMEDIATES + 2 {
+        let cas_below = level - 2;
         let (cur_der, cur) = &current;
-        // The current certificate may itself be a configured root (same bytes).
-        if roots.iter().any(|(d, _)| d == cur_der) {
-            anchored = true;
-            break;
-        }
-        for (root_der, root) in &roots {
+        for (_, root) in &roots {
             if root.tbs_certificate.subject != cur.tbs_certificate.issuer {
                 continue;
             }
             match check_signed_by(cur_der, cur, root) {
                 Ok(()) => {
+                    check_issuer("root", root, cas_below)?;
                     check_validity("root", root, options.now)?;
-                    let _ = root_der;
                     chain.push(root.tbs_certificate.subject.to_string());
                     anchored = true;
                     break 'walk;
@@ -203,11 +210,19 @@ pub fn verify_chain(
                 Err(e) => reasons.push(format!("root {}: {e}", root.tbs_certificate.subject)),
             }
         }
+        if level == MAX_INTERMEDIATES + 2 {
+            reasons.push(format!("more than {MAX_INTERMEDIATES} intermediates above the f9 certificate"));
+            break;
+        }
         let next = extra.iter().find(|(d, c)| {
-            c.tbs_certificate.subject == cur.tbs_certificate.issuer && *d != *cur_der && check_signed_by(cur_der, cur, c).is_ok()
+            c.tbs_certificate.subject == cur.tbs_certificate.issuer
+                && *d != *cur_der
+                && *d != intermediate_der
+                && check_signed_by(cur_der, cur, c).is_ok()
         });
         match next {
             Some((d, c)) => {
+                check_issuer("intermediate", c, cas_below)?;
                 check_validity("intermediate", c, options.now)?;
                 chain.push(c.tbs_certificate.subject.to_string());
                 current = (d, c.clone());
@@ -242,6 +257,131 @@ pub fn verify_chain(
     Ok(ParsedAttestation { extensions, slot, public_key, chain })
 }
 
+const OID_BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+const OID_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.15");
+/// Yubico's PIV attestation arc (1.3.6.1.4.1.41482.3.*): only device certificates carry it.
+const OID_YUBICO_ATTESTATION_ARC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.41482.3");
+/// The subject prefix of every slot attestation certificate.
+const SLOT_SUBJECT: &str = "CN=YubiKey PIV Attestation";
+
+fn exts(cert: &Certificate) -> &[x509_cert::ext::Extension] {
+    cert.tbs_certificate.extensions.as_deref().unwrap_or(&[])
+}
+
+fn subject_of(cert: &Certificate) -> String {
+    cert.tbs_certificate.subject.to_string()
+}
+
+fn path_error(cert: &Certificate, reason: impl Into<String>) -> AttestError {
+    AttestError::PathRule { subject: subject_of(cert), reason: reason.into() }
+}
+
+/// No extension twice, and no critical extension this verifier does not process (RFC 5280
+/// 4.2: a certificate with an unrecognised critical extension must be rejected).
+fn check_extensions(which: &'static str, cert: &Certificate) -> Result<(), AttestError> {
+    let list = exts(cert);
+    for (i, e) in list.iter().enumerate() {
+        if list[..i].iter().any(|o| o.extn_id == e.extn_id) {
+            return Err(AttestError::BadCertificate { which, reason: format!("extension {} appears twice", e.extn_id) });
+        }
+        if e.critical && e.extn_id != OID_BASIC_CONSTRAINTS && e.extn_id != OID_KEY_USAGE {
+            return Err(AttestError::BadCertificate {
+                which,
+                reason: format!("it has a critical extension {} this verifier does not understand", e.extn_id),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn basic_constraints(cert: &Certificate) -> Result<Option<BasicConstraints>, AttestError> {
+    exts(cert)
+        .iter()
+        .find(|e| e.extn_id == OID_BASIC_CONSTRAINTS)
+        .map(|e| BasicConstraints::from_der(e.extn_value.as_bytes()))
+        .transpose()
+        .map_err(|e| path_error(cert, format!("its basicConstraints extension is malformed ({e})")))
+}
+
+fn key_usage(cert: &Certificate) -> Result<Option<KeyUsage>, AttestError> {
+    exts(cert)
+        .iter()
+        .find(|e| e.extn_id == OID_KEY_USAGE)
+        .map(|e| KeyUsage::from_der(e.extn_value.as_bytes()))
+        .transpose()
+        .map_err(|e| path_error(cert, format!("its keyUsage extension is malformed ({e})")))
+}
+
+/// A slot attestation certificate (or anything dressed as one): Yubico's serial or policy
+/// extension, or the `YubiKey PIV Attestation` subject. Such a certificate speaks for a slot
+/// key, which anyone using the slot can sign with, so it must never issue.
+fn is_slot_certificate(cert: &Certificate) -> bool {
+    exts(cert).iter().any(|e| e.extn_id == OID_SERIAL || e.extn_id == OID_POLICY)
+        || subject_of(cert).split(',').any(|rdn| rdn.trim().starts_with(SLOT_SUBJECT))
+}
+
+fn has_yubico_attestation_extension(cert: &Certificate) -> bool {
+    exts(cert).iter().any(|e| e.extn_id.parent() == Some(OID_YUBICO_ATTESTATION_ARC))
+}
+
+/// keyCertSign where keyUsage is present.
+fn check_key_cert_sign(cert: &Certificate) -> Result<(), AttestError> {
+    match key_usage(cert)? {
+        Some(ku) if !ku.key_cert_sign() => Err(path_error(cert, "its keyUsage lacks keyCertSign, so it may not sign certificates")),
+        _ => Ok(()),
+    }
+}
+
+/// The certificate in the f9 position (it signed the slot certificate).
+fn check_f9(f9: &Certificate, roots: &[(&[u8], Certificate)]) -> Result<(), AttestError> {
+    if is_slot_certificate(f9) {
+        return Err(path_error(
+            f9,
+            "it is a slot attestation certificate (Yubico slot extensions or a \"YubiKey PIV Attestation\" subject), and a slot key can never issue attestations",
+        ));
+    }
+    check_extensions("f9 intermediate", f9)?;
+    // Yubico quirk: some f9 certificates have no basicConstraints; one that has it must say CA.
+    if let Some(bc) = basic_constraints(f9)? {
+        if !bc.ca {
+            return Err(path_error(f9, "its basicConstraints say CA:FALSE, so it may not issue the slot certificate"));
+        }
+    }
+    check_key_cert_sign(f9)?;
+    let f9_spki = &f9.tbs_certificate.subject_public_key_info;
+    if roots.iter().any(|(_, r)| &r.tbs_certificate.subject_public_key_info == f9_spki) {
+        return Err(path_error(
+            f9,
+            "this device's f9 certificate is configured as a trust root; pass Yubico's root CA with --roots, never a device certificate",
+        ));
+    }
+    Ok(())
+}
+
+/// A root or intermediate above the f9 level, with `cas_below` CA certificates between it
+/// and the f9 certificate.
+fn check_issuer(which: &'static str, cert: &Certificate, cas_below: usize) -> Result<(), AttestError> {
+    if is_slot_certificate(cert) || has_yubico_attestation_extension(cert) {
+        return Err(path_error(cert, format!("it is a device attestation certificate, which cannot serve as {which}")));
+    }
+    check_extensions(which, cert)?;
+    match basic_constraints(cert)? {
+        Some(bc) if bc.ca => {
+            if let Some(max) = bc.path_len_constraint {
+                if usize::from(max) < cas_below {
+                    return Err(path_error(
+                        cert,
+                        format!("its pathLenConstraint {max} allows fewer than the {cas_below} CA certificate(s) below it"),
+                    ));
+                }
+            }
+        }
+        Some(_) => return Err(path_error(cert, format!("its basicConstraints say CA:FALSE, so it cannot serve as {which}"))),
+        None => return Err(path_error(cert, format!("it has no basicConstraints CA:TRUE, so it cannot serve as {which}"))),
+    }
+    check_key_cert_sign(cert)
+}
+
 /// Read the Yubico extensions of an attestation certificate.
 pub fn yubico_extensions(cert: &Certificate) -> Result<YubicoExtensions, AttestError> {
     let exts = cert.tbs_certificate.extensions.as_deref().unwrap_or(&[]);
@@ -264,8 +404,9 @@ pub fn yubico_extensions(cert: &Certificate) -> Result<YubicoExtensions, AttestE
     };
 
     let policy = raw(OID_POLICY).ok_or(AttestError::MissingExtension("PIN/touch policy (1.3.6.1.4.1.41482.3.8)"))?;
+    // Exactly two bytes: anything after them would be bytes nobody checked.
     let (pin_policy, touch_policy) = match policy {
-        [p, t, ..] => (
+        [p, t] => (
             PinPolicy::from_yubico_byte(*p).ok_or_else(|| bad("policy", format!("unknown PIN policy byte {p:#04x}")))?,
             TouchPolicy::from_yubico_byte(*t).ok_or_else(|| bad("policy", format!("unknown touch policy byte {t:#04x}")))?,
         ),
@@ -322,6 +463,23 @@ pub fn challenge_algorithm(algorithm: KeyAlgorithm) -> &'static str {
     }
 }
 
+const HIGH_S: &str = "the ECDSA signature is not in low-S form (s > n/2); keytap writes low-S signatures, so this one was altered";
+
+/// An ECDSA signature (DER) in low-S form; other signatures are returned unchanged.
+pub fn low_s(algorithm: KeyAlgorithm, sig: Vec<u8>) -> Vec<u8> {
+    match algorithm {
+        KeyAlgorithm::P256 => match p256::ecdsa::Signature::from_der(&sig).ok().and_then(|s| s.normalize_s()) {
+            Some(n) => n.to_der().as_bytes().to_vec(),
+            None => sig,
+        },
+        KeyAlgorithm::P384 => match p384::ecdsa::Signature::from_der(&sig).ok().and_then(|s| s.normalize_s()) {
+            Some(n) => n.to_der().as_bytes().to_vec(),
+            None => sig,
+        },
+        KeyAlgorithm::Ed25519 | KeyAlgorithm::Rsa2048 => sig,
+    }
+}
+
 /// Verify the proof's challenge signature with the attested key.
 pub fn verify_challenge(key: &AttestedKey, algorithm: &str, message: &[u8], sig: &[u8]) -> Result<(), AttestError> {
     use signature::Verifier;
@@ -333,14 +491,22 @@ pub fn verify_challenge(key: &AttestedKey, algorithm: &str, message: &[u8], sig:
     let bad = |e: &dyn std::fmt::Display| AttestError::BadSignature(e.to_string());
     let spki = key.spki_der.as_slice();
     match key.algorithm {
+        // ECDSA: (r, s) and (r, n - s) both verify; only the low-S form is accepted, so one
+        // proof has exactly one encoding (the prover normalises).
         KeyAlgorithm::P256 => {
             let k = p256::ecdsa::VerifyingKey::from_public_key_der(spki).map_err(|e| bad(&e))?;
             let s = p256::ecdsa::Signature::from_der(sig).map_err(|e| bad(&e))?;
+            if s.normalize_s().is_some() {
+                return Err(AttestError::BadSignature(HIGH_S.into()));
+            }
             k.verify(message, &s).map_err(|e| bad(&e))
         }
         KeyAlgorithm::P384 => {
             let k = p384::ecdsa::VerifyingKey::from_public_key_der(spki).map_err(|e| bad(&e))?;
             let s = p384::ecdsa::Signature::from_der(sig).map_err(|e| bad(&e))?;
+            if s.normalize_s().is_some() {
+                return Err(AttestError::BadSignature(HIGH_S.into()));
+            }
             k.verify(message, &s).map_err(|e| bad(&e))
         }
         KeyAlgorithm::Ed25519 => {

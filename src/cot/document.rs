@@ -11,6 +11,10 @@ use super::hash::Digests;
 /// The only version there is.
 pub const CHAIN_OF_TRUST_VERSION: u64 = 1;
 
+/// The queue's run ids are integers from 0 to 1000 (its `run-id` schema).
+pub const MAX_RUN_ID: u64 = 1000;
+const RUN_ID_RANGE: &str = "an integer from 0 to 1000";
+
 /// The document, fields in generic-worker's order; serialised with a 2-space indent.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -89,10 +93,11 @@ pub fn parse(bytes: &[u8]) -> (ParsedCot, Vec<ShapeProblem>) {
         Some(Value::Number(n)) => problems.push(ShapeProblem::Version(n.to_string())),
         Some(_) => problems.push(wrong("chainOfTrustVersion", "a number")),
     }
+    // An integer written as one: -1, 1.5, 1e3 or 2^64 are refused, never read as 0.
     match root.get("runId") {
         None => problems.push(ShapeProblem::Missing("runId")),
-        Some(Value::Number(n)) => parsed.run_id = n.as_u64(),
-        Some(_) => problems.push(wrong("runId", "a number")),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|r| r <= MAX_RUN_ID) => parsed.run_id = n.as_u64(),
+        Some(_) => problems.push(wrong("runId", RUN_ID_RANGE)),
     }
     for (field, slot) in [("taskId", &mut parsed.task_id), ("workerGroup", &mut parsed.worker_group), ("workerId", &mut parsed.worker_id)] {
         match root.get(field) {
@@ -222,7 +227,7 @@ mod tests {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         for expected in [
             "chainOfTrustVersion is 2; only version 1 is understood",
-            "field runId must be a number",
+            "field runId must be an integer from 0 to 1000",
             "required field taskId is missing",
             "field workerGroup must be a string",
             "required field workerId is missing",
@@ -238,5 +243,23 @@ mod tests {
             assert!(text.iter().any(|t| t == expected), "missing {expected:?} in {text:?}");
         }
         assert_eq!(parse(b"[1]").1, [ShapeProblem::NotJson("the top level is not an object".into())]);
+    }
+
+    #[test]
+    fn run_ids_are_integers_in_range() {
+        let doc = |run: &str| {
+            let text = format!(
+                r#"{{"chainOfTrustVersion": 1, "artifacts": {{}}, "task": {}, "taskId": "T", "runId": {run}, "workerGroup": "g", "workerId": "w", "environment": {{}}}}"#,
+                task()
+            );
+            parse(text.as_bytes())
+        };
+        assert_eq!(doc("0").0.run_id, Some(0));
+        assert_eq!(doc("1000").0.run_id, Some(1000));
+        for bad in ["-1", "1.5", "1e3", "1.0", "1001", "18446744073709551616", "\"3\"", "null"] {
+            let (parsed, problems) = doc(bad);
+            assert_eq!(parsed.run_id, None, "{bad}");
+            assert_eq!(problems, [ShapeProblem::WrongType { field: "runId".into(), expected: RUN_ID_RANGE }], "{bad}");
+        }
     }
 }
