@@ -29,7 +29,8 @@ use crate::prompt::Prompter;
 use crate::purpose::{self, Purpose};
 use crate::signature;
 use crate::token::owner::{SignContext, TokenHandle};
-use crate::token::KeyInfo;
+use crate::token::{KeyInfo, TouchPolicy};
+use crate::upstream::{self, UpstreamKey, Upstreams};
 use frame::{FrameError, FrameTimeouts};
 use lock::AgentLock;
 
@@ -75,6 +76,7 @@ pub struct Agent {
     policy: Arc<Policy>,
     audit: Option<AuditLog>,
     prompter: Option<Arc<dyn Prompter>>,
+    upstreams: Upstreams,
 }
 
 /// One `session-bind@openssh.com` record.
@@ -89,6 +91,8 @@ struct Binding {
 struct Connection {
     peer: PeerInfo,
     bindings: Vec<Binding>,
+    /// This connection's own connections to the upstream agents.
+    upstream: upstream::Link,
 }
 
 impl Connection {
@@ -139,6 +143,66 @@ impl From<&KeyInfo> for KeyReport {
             fingerprint: k.fingerprint(),
             authorized_key: k.authorized_key(),
         }
+    }
+}
+
+/// Who signs: a token's key, or an upstream agent's.
+enum Signer {
+    Token(TokenHandle, KeyInfo, crate::token::SignScheme),
+    Upstream(UpstreamKey),
+}
+
+impl Signer {
+    fn key_record(&self) -> KeyRecord {
+        match self {
+            Signer::Token(_, key, _) => KeyRecord { fingerprint: key.fingerprint(), serial: key.serial, slot: key.slot.to_string() },
+            Signer::Upstream(key) => KeyRecord { fingerprint: key.fingerprint(), serial: 0, slot: "upstream".into() },
+        }
+    }
+
+    fn policy(&self, policy: &Policy) -> policy::KeyPolicy {
+        match self {
+            Signer::Token(_, key, _) => policy.for_key(key),
+            Signer::Upstream(key) => policy.for_upstream(&key.fingerprint()),
+        }
+    }
+
+    /// An upstream's keys are software keys as far as keytap knows: no touch.
+    fn touch(&self) -> TouchPolicy {
+        match self {
+            Signer::Token(_, key, _) => key.touch_policy,
+            Signer::Upstream(_) => TouchPolicy::Never,
+        }
+    }
+
+    /// For a confirmation prompt; the upstream's comment is escaped (the upstream chose it).
+    fn describe(&self, upstreams: &Upstreams) -> String {
+        match self {
+            Signer::Token(_, key, _) => format!("{}/{} ({})", key.serial, key.slot, key.fingerprint()),
+            Signer::Upstream(key) => format!(
+                "{} \"{}\" from upstream agent {}",
+                key.fingerprint(),
+                crate::text::escape(&key.identity.comment),
+                upstreams.path(key.upstream).display()
+            ),
+        }
+    }
+}
+
+/// Upstream keys after keytap's own, without keys keytap already lists, within the frame cap.
+fn append_upstream(ids: &mut Vec<ssh_agent_lib::proto::Identity>, upstream_keys: Vec<UpstreamKey>) {
+    let mut room = frame::MAX_FRAME.saturating_sub(5 + ids.iter().map(upstream::encoded_len).sum::<usize>());
+    for key in upstream_keys {
+        if ids.iter().any(|id| id.credential == key.identity.credential) {
+            continue;
+        }
+        let len = upstream::encoded_len(&key.identity);
+        if len > room {
+            tracing::warn!("the key list is full; upstream key {} is left out of this answer", key.fingerprint());
+            continue;
+        }
+        room -= len;
+        ids.push(key.identity);
     }
 }
 
@@ -205,6 +269,7 @@ impl Agent {
             policy: Arc::new(Policy::default()),
             audit: None,
             prompter: None,
+            upstreams: Upstreams::new(Vec::new(), upstream::Timeouts::default()),
             certs: cert_ext::AgentCerts::new(certs_options.cert_dir, certs_options.certs_only),
         }
     }
@@ -212,6 +277,12 @@ impl Agent {
     /// Decide every signature against this policy (default: everything, forwarded never silent).
     pub fn with_policy(mut self, policy: Policy) -> Agent {
         self.policy = Arc::new(policy);
+        self
+    }
+
+    /// Serve these upstream agents' keys after the tokens' (see `upstream`).
+    pub fn with_upstreams(mut self, upstreams: Upstreams) -> Agent {
+        self.upstreams = upstreams;
         self
     }
 
@@ -298,7 +369,7 @@ impl Agent {
             return;
         }
         tracing::debug!(peer = %peer, "connected");
-        let mut conn = Connection { peer, bindings: Vec::new() };
+        let mut conn = Connection { peer, bindings: Vec::new(), upstream: upstream::Link::default() };
         let (reader, mut writer) = stream.split();
         let mut reader = frame::FrameReader::new(reader);
         loop {
@@ -320,6 +391,10 @@ impl Agent {
 
     /// Answer one request; every path produces an answer (FAILURE at worst).
     async fn handle(&self, conn: &mut Connection, body: &[u8]) -> Vec<u8> {
+        // `ssh-add FILE` goes to an upstream as it came: keytap never parses private keys.
+        if matches!(body.first(), Some(&upstream::SSH_AGENTC_ADD_IDENTITY | &upstream::SSH_AGENTC_ADD_ID_CONSTRAINED)) {
+            return self.add_to_upstream(conn, body).await;
+        }
         let request = match parse_request(body) {
             Ok(request) => request,
             Err(e) => {
@@ -328,7 +403,7 @@ impl Agent {
             }
         };
         match request {
-            Request::RequestIdentities => self.identities().await,
+            Request::RequestIdentities => self.identities(conn).await,
             Request::SignRequest(req) => self.sign(conn, req).await,
             Request::Extension(ext) => self.extension(conn, ext).await,
             Request::Lock(passphrase) => {
@@ -349,8 +424,12 @@ impl Agent {
                     token.release();
                 }
                 tracing::info!(peer = %conn.peer, "ssh-add -D: keys live on tokens and stay listed; released the tokens for other programs");
+                if !self.upstreams.is_empty() {
+                    return self.remove_all_upstream(conn).await;
+                }
                 encode(Response::Success)
             }
+            Request::RemoveIdentity(remove) if !self.upstreams.is_empty() => self.remove_from_upstream(conn, remove.credential, body).await,
             other => {
                 tracing::warn!(
                     peer = %conn.peer,
@@ -362,13 +441,17 @@ impl Agent {
         }
     }
 
-    async fn identities(&self) -> Vec<u8> {
+    async fn identities(&self, conn: &mut Connection) -> Vec<u8> {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
         let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
         let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
-        let ids = self.certs.identities(&keys).await;
+        let mut ids = self.certs.identities(&keys).await;
+        if !self.upstreams.is_empty() {
+            let upstream_keys = self.upstreams.identities(&mut conn.upstream).await;
+            append_upstream(&mut ids, upstream_keys);
+        }
         encode(Response::IdentitiesAnswer(ids))
     }
 
@@ -417,7 +500,7 @@ impl Agent {
         answer
     }
 
-    async fn sign_inner(&self, conn: &Connection, req: SignRequest, record: &mut Record) -> Result<ssh_key::Signature, Refusal> {
+    async fn sign_inner(&self, conn: &mut Connection, req: SignRequest, record: &mut Record) -> Result<ssh_key::Signature, Refusal> {
         if self.lock.is_locked() {
             return Err(Refusal::Denied("the agent is locked (unlock with `ssh-add -X`)".into()));
         }
@@ -431,12 +514,23 @@ impl Agent {
                 c.public_key().clone()
             }
         };
-        let Some((token, key)) = self.tokens().iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) else {
-            record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
-            return Err(Refusal::Denied("no token holds this key".into()));
+        let signer = match self.tokens().iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) {
+            Some((token, key)) => {
+                let scheme = signature::scheme_for(&key.public_key, req.flags).map_err(|e| Refusal::Denied(e.to_string()))?;
+                Signer::Token(token, key, scheme)
+            }
+            None => match self.upstreams.find_or_ask(&mut conn.upstream, &key_data).await {
+                Some(key) => {
+                    record.details.insert("upstream".into(), self.upstreams.path(key.upstream).display().to_string().into());
+                    Signer::Upstream(key)
+                }
+                None => {
+                    record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
+                    return Err(Refusal::Denied("no token or upstream agent holds this key".into()));
+                }
+            },
         };
-        record.key = Some(KeyRecord { fingerprint: key.fingerprint(), serial: key.serial, slot: key.slot.to_string() });
-        let scheme = signature::scheme_for(&key.public_key, req.flags).map_err(|e| Refusal::Denied(e.to_string()))?;
+        record.key = Some(signer.key_record());
         let purpose = purpose::classify_credential(&req.data, &req.credential).map_err(|e| Refusal::Denied(e.to_string()))?;
         record.purpose = Some(purpose.name());
         check_binding(conn, &purpose, &req.data).map_err(Refusal::Denied)?;
@@ -446,7 +540,7 @@ impl Agent {
             Purpose::SshAuth { host_key: Some(h), .. } => Some(h.clone()),
             _ => conn.bindings.last().map(|b| b.host_key.clone()),
         };
-        let key_policy = self.policy.for_key(&key);
+        let key_policy = signer.policy(&self.policy);
         let host_names = match (&purpose, &host_key) {
             (Purpose::SshAuth { .. }, Some(host_key)) => {
                 let candidates: Vec<String> = key_policy
@@ -474,7 +568,7 @@ impl Agent {
             forwarded: conn.forwarded(),
             host_key: host_key.as_ref(),
             host_names: &host_names,
-            touch: key.touch_policy,
+            touch: signer.touch(),
         };
         match policy::decide(&request, &key_policy) {
             Decision::Allow => {}
@@ -483,14 +577,12 @@ impl Agent {
                 // The warning first, and the peer's text (user name, process names) escaped,
                 // so nothing the peer chose can push it out of view.
                 let message = format!(
-                    "{}Allow {} ({}) to {} with key {}/{} ({})?",
+                    "{}Allow {} ({}) to {} with key {}?",
                     if conn.forwarded() { "FORWARDED agent: " } else { "" },
                     conn.peer,
                     crate::text::escape(&conn.peer.chain()),
                     crate::text::escape(&purpose.describe()),
-                    key.serial,
-                    key.slot,
-                    key.fingerprint()
+                    signer.describe(&self.upstreams),
                 );
                 let Some(prompter) = self.prompter.clone() else {
                     return Err(Refusal::Denied("confirmation required but no prompter is configured".into()));
@@ -502,9 +594,106 @@ impl Agent {
                 }
             }
         }
-        let context = SignContext { requester: conn.peer.to_string(), purpose: purpose.describe() };
-        let raw = token.sign(key.clone(), scheme, req.data, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
-        signature::ssh_signature(scheme, &raw).map_err(|e| Refusal::Failed(e.to_string()))
+        match signer {
+            Signer::Token(token, key, scheme) => {
+                let context = SignContext { requester: conn.peer.to_string(), purpose: purpose.describe() };
+                let raw = token.sign(key.clone(), scheme, req.data, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
+                signature::ssh_signature(scheme, &raw).map_err(|e| Refusal::Failed(e.to_string()))
+            }
+            Signer::Upstream(key) => {
+                let data = req.data.clone();
+                let mut body = Vec::new();
+                Request::SignRequest(req).encode(&mut body).map_err(|e| Refusal::Failed(e.to_string()))?;
+                let signature = self.upstreams.sign(&mut conn.upstream, &key, &body, &data).await.map_err(|e| Refusal::Failed(e.to_string()))?;
+                if self.lock.is_locked() {
+                    return Err(Refusal::Denied("the agent was locked while the upstream agent signed; the signature is withheld".into()));
+                }
+                Ok(signature)
+            }
+        }
+    }
+
+    /// Upstream agents see the client's session-binds, so their own destination constraints
+    /// keep working (keytap's binding rules apply to their keys as well).
+    async fn pass_on_session_bind(&self, conn: &mut Connection, ext: Extension) {
+        if self.upstreams.is_empty() {
+            return;
+        }
+        let mut body = Vec::new();
+        if Request::Extension(ext).encode(&mut body).is_ok() {
+            self.upstreams.session_bind(&mut conn.upstream, &body).await;
+        }
+    }
+
+    /// `ssh-add FILE`: keytap holds no software keys; the first upstream agent takes it.
+    async fn add_to_upstream(&self, conn: &mut Connection, body: &[u8]) -> Vec<u8> {
+        let outcome = if self.lock.is_locked() {
+            Err("the agent is locked (unlock with `ssh-add -X`)".to_string())
+        } else if conn.forwarded() || !conn.bindings.is_empty() {
+            Err("keys cannot be added through a forwarded (or session-bound) agent connection; run ssh-add on the machine the agent runs on".to_string())
+        } else {
+            self.upstreams.add(&mut conn.upstream, body).await.map_err(|e| e.to_string())
+        };
+        let mut record = event_record("add-identity", &conn.peer, "allow", "");
+        if let Some(path) = (!self.upstreams.is_empty()).then(|| self.upstreams.path(0)) {
+            record.details.insert("upstream".into(), path.display().to_string().into());
+        }
+        if let Err(reason) = &outcome {
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: {reason}");
+            record.decision = "deny".into();
+            record.reason = reason.clone();
+        } else {
+            tracing::info!(peer = %conn.peer, "ssh-add: key added to upstream agent {}", self.upstreams.path(0).display());
+        }
+        let written = self.audit(record).await;
+        encode(if outcome.is_ok() && written { Response::Success } else { Response::Failure })
+    }
+
+    /// `ssh-add -d`: a key an upstream lists is removed there; token keys stay.
+    async fn remove_from_upstream(&self, conn: &mut Connection, credential: PublicCredential, body: &[u8]) -> Vec<u8> {
+        let key = upstream::credential_key(&credential).clone();
+        let outcome = if self.lock.is_locked() {
+            Err("the agent is locked (unlock with `ssh-add -X`)".to_string())
+        } else if !conn.bindings.is_empty() {
+            Err("keys cannot be removed through a forwarded (or session-bound) agent connection".to_string())
+        } else if self.tokens().iter().any(|t| t.find(&key).is_some()) {
+            Err("this key lives on a token and cannot be removed from the agent".to_string())
+        } else {
+            self.upstreams.remove(&mut conn.upstream, &key, body).await.map_err(|e| e.to_string())
+        };
+        let mut record = event_record("remove-identity", &conn.peer, "allow", "");
+        record.key = Some(KeyRecord { fingerprint: key.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "upstream".into() });
+        if let Err(reason) = &outcome {
+            tracing::warn!(peer = %conn.peer, "ssh-add -d refused: {reason}");
+            record.decision = "deny".into();
+            record.reason = reason.clone();
+        }
+        let written = self.audit(record).await;
+        encode(if outcome.is_ok() && written { Response::Success } else { Response::Failure })
+    }
+
+    /// `ssh-add -D` reaches every upstream agent.
+    async fn remove_all_upstream(&self, conn: &mut Connection) -> Vec<u8> {
+        let outcome = if self.lock.is_locked() {
+            Err("the agent is locked (unlock with `ssh-add -X`)".to_string())
+        } else if !conn.bindings.is_empty() {
+            Err("keys cannot be removed through a forwarded (or session-bound) agent connection".to_string())
+        } else {
+            let errors = self.upstreams.remove_all(&mut conn.upstream).await;
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+            }
+        };
+        let mut record = event_record("remove-all-identities", &conn.peer, "allow", "");
+        if let Err(reason) = &outcome {
+            tracing::warn!(peer = %conn.peer, "ssh-add -D: {reason}");
+            record.decision = "deny".into();
+            record.reason = reason.clone();
+        }
+        let written = self.audit(record).await;
+        encode(if outcome.is_ok() && written { Response::Success } else { Response::Failure })
     }
 
     async fn extension(&self, conn: &mut Connection, ext: Extension) -> Vec<u8> {
@@ -517,7 +706,10 @@ impl Agent {
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
             }
             EXT_SESSION_BIND => match session_bind(conn, &ext) {
-                Ok(()) => encode(Response::Success),
+                Ok(()) => {
+                    self.pass_on_session_bind(conn, ext).await;
+                    encode(Response::Success)
+                }
                 Err(reason) => {
                     tracing::warn!(peer = %conn.peer, "session-bind refused: {reason}");
                     failure()

@@ -446,7 +446,8 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
         ..AgentOptions::default()
     };
     let known: Vec<u32> = handles.iter().filter_map(|h| h.label().strip_prefix("piv-")?.parse().ok()).collect();
-    let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_audit(audit_log).with_prompter(prompter.clone()));
+    let upstreams = crate::upstream::configured(&args.upstream, &policy.upstream, socket_path.as_deref()).map_err(|e| AppError::Message(e.to_string()))?;
+    let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_audit(audit_log).with_prompter(prompter.clone()).with_upstreams(upstreams));
     if args.token.token == TokenKind::Piv {
         let watch_agent = agent.clone();
         let prompter = prompter.clone();

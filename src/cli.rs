@@ -160,6 +160,10 @@ pub struct AgentArgs {
     /// Release the token after this long without use (seconds; 0 = never).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub release_after: u64,
+    /// Another agent's socket whose keys keytap lists after its own and signs with under its
+    /// policy and audit (repeatable; adds to `upstream = [...]` in config.toml).
+    #[arg(long, value_name = "SOCKET")]
+    pub upstream: Vec<PathBuf>,
     /// Policy file [default: $XDG_CONFIG_HOME/keytap/config.toml when it exists].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

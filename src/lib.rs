@@ -18,3 +18,4 @@ pub mod purpose;
 pub mod signature;
 pub mod text;
 pub mod token;
+pub mod upstream;

@@ -5,7 +5,7 @@
 //! allow = ["ssh-auth", "sshsig:git"]
 //!
 //! [[key]]
-//! match = "slot:9c"           # or "SHA256:<fingerprint>", "serial:1234567/slot:9c", "serial:1234567"
+//! match = "slot:9c"           # or "SHA256:<fingerprint>", "serial:1234567/slot:9c", "serial:1234567", "kind:upstream"
 //! allow = ["sshsig:git"]      # "ssh-auth", "ssh-auth:github.com", "sshsig:<ns>", "sshsig:*", "raw", "*"
 //! forwarded = false           # may a forwarded agent connection use it?
 //! confirm = false             # ask the user before each use
@@ -62,12 +62,17 @@ impl std::str::FromStr for Allow {
 pub enum KeyMatch {
     Key(KeySelector),
     Serial(u32),
+    /// Every key an upstream agent lists (`kind:upstream`).
+    Upstream,
 }
 
 impl std::str::FromStr for KeyMatch {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad key match {s:?}: use \"slot:9c\", \"SHA256:<fingerprint>\", \"serial:N\" or \"serial:N/slot:9c\"");
+        let bad = || format!("bad key match {s:?}: use \"slot:9c\", \"SHA256:<fingerprint>\", \"serial:N\", \"serial:N/slot:9c\" or \"kind:upstream\"");
+        if s == "kind:upstream" {
+            return Ok(KeyMatch::Upstream);
+        }
         if s.starts_with("SHA256:") && s.len() > 7 {
             return Ok(KeyMatch::Key(KeySelector::Fingerprint(s.to_string())));
         }
@@ -92,6 +97,17 @@ impl KeyMatch {
         match self {
             KeyMatch::Key(selector) => selector.matches(Some((key.serial, key.slot)), &key.fingerprint()),
             KeyMatch::Serial(serial) => key.serial == *serial,
+            KeyMatch::Upstream => false,
+        }
+    }
+
+    /// Whether the rule covers a key an upstream agent lists (only a fingerprint or
+    /// `kind:upstream` can: it has no serial or slot).
+    pub fn matches_upstream(&self, fingerprint: &str) -> bool {
+        match self {
+            KeyMatch::Key(KeySelector::Fingerprint(f)) => f == fingerprint,
+            KeyMatch::Upstream => true,
+            _ => false,
         }
     }
 }
@@ -118,6 +134,10 @@ pub struct Policy {
     rules: Vec<(KeyMatch, PartialPolicy)>,
     /// known_hosts files for `ssh-auth:HOST` rules.
     pub known_hosts: Vec<PathBuf>,
+    /// Sockets of other agents whose keys keytap serves after its own (`upstream = [...]`).
+    pub upstream: Vec<PathBuf>,
+    /// `list_by_destination = false` turns off destination-aware key lists (None: on).
+    list_by_destination: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -130,8 +150,23 @@ struct PartialPolicy {
 impl Policy {
     /// The policy for a key: the first matching `[[key]]` rule over `[defaults]`.
     pub fn for_key(&self, key: &KeyInfo) -> KeyPolicy {
+        self.first_match(|m| m.matches(key))
+    }
+
+    /// The policy for a key an upstream agent lists: the first rule naming its fingerprint
+    /// or `kind:upstream`, over `[defaults]`.
+    pub fn for_upstream(&self, fingerprint: &str) -> KeyPolicy {
+        self.first_match(|m| m.matches_upstream(fingerprint))
+    }
+
+    /// Whether a session-bound connection lists only the keys that could log in there.
+    pub fn list_by_destination(&self) -> bool {
+        self.list_by_destination.unwrap_or(true)
+    }
+
+    fn first_match(&self, matches: impl Fn(&KeyMatch) -> bool) -> KeyPolicy {
         let mut policy = self.defaults.clone();
-        if let Some((_, rule)) = self.rules.iter().find(|(m, _)| m.matches(key)) {
+        if let Some((_, rule)) = self.rules.iter().find(|(m, _)| matches(m)) {
             if let Some(allow) = &rule.allow {
                 policy.allow = allow.clone();
             }
@@ -175,6 +210,8 @@ impl Policy {
             Some(paths) => paths.into_iter().map(expand_home).collect(),
             None => default_known_hosts(),
         };
+        policy.upstream = file.upstream.unwrap_or_default().into_iter().map(expand_home).collect();
+        policy.list_by_destination = file.list_by_destination;
         Ok(policy)
     }
 }
@@ -218,6 +255,8 @@ struct ConfigFile {
     #[serde(default)]
     key: Vec<KeyRule>,
     known_hosts: Option<Vec<String>>,
+    upstream: Option<Vec<String>>,
+    list_by_destination: Option<bool>,
 }
 
 /// A `[[key]]` table: `match` plus the same fields as `[defaults]` (spans survive no flatten).
