@@ -6,44 +6,17 @@ use std::process::{Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{self, socket, Agent, AgentOptions, KeyReport, StatusReport};
+use crate::agent::{self, socket, Agent, AgentOptions, StatusReport};
 use crate::audit::{self, AuditLog};
-use crate::cli::{AgentArgs, Cli, Command, ListArgs, LogArgs, MockCommand, SetupArgs, StatusArgs, TokenArgs};
-use crate::policy::{Policy, PolicyError};
+use crate::command::{mock_dir, open_tokens, reports_from_tokens, AppError};
+use crate::cli::{AgentArgs, Cli, Command, ListArgs, LogArgs, MockCommand, SetupArgs, StatusArgs};
+use crate::policy::Policy;
 use crate::client;
 use crate::paths;
 use crate::prompt::{Prompter, SystemPrompter};
 use crate::token::mock::{InitOptions, MockToken};
 use crate::token::owner::{OwnerOptions, TokenHandle};
 use crate::token::{piv, KeySelector, Token, TokenError, TokenKind};
-
-/// Errors a command reports; each says what to do next.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error(transparent)]
-    Token(#[from] TokenError),
-    #[error(transparent)]
-    Socket(#[from] socket::SocketError),
-    #[error(transparent)]
-    Client(#[from] client::ClientError),
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
-    #[error(transparent)]
-    Audit(#[from] audit::AuditError),
-    #[error("{0}")]
-    Message(String),
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Cot(#[from] crate::cot::CotError),
-}
-
-impl AppError {
-    /// Exit status for this error.
-    pub fn exit_code(&self) -> i32 {
-        1
-    }
-}
 
 pub fn run(cli: Cli) -> Result<(), AppError> {
     match cli.command {
@@ -221,18 +194,6 @@ fn secret_change(
     Ok(crate::agent::setup_ext::SecretChange { current, new })
 }
 
-fn mock_dir(state_dir: Option<PathBuf>) -> PathBuf {
-    state_dir.unwrap_or_else(paths::default_mock_dir)
-}
-
-/// Open the tokens a command names, directly (no agent in between).
-pub fn open_tokens(args: &TokenArgs) -> Result<Vec<Box<dyn Token>>, AppError> {
-    match args.token {
-        TokenKind::Mock => Ok(vec![Box::new(MockToken::open(&mock_dir(args.state_dir.clone()))?)]),
-        TokenKind::Piv => Ok(piv::open_all()?),
-    }
-}
-
 fn mock(cmd: MockCommand) -> Result<(), AppError> {
     match cmd {
         MockCommand::Init { state_dir, force, serial } => {
@@ -281,14 +242,6 @@ fn existing_mock(state_dir: Option<PathBuf>) -> Result<PathBuf, AppError> {
     let dir = mock_dir(state_dir);
     MockToken::open(&dir)?;
     Ok(dir)
-}
-
-pub fn reports_from_tokens(tokens: Vec<Box<dyn Token>>) -> Result<Vec<KeyReport>, AppError> {
-    let mut keys = Vec::new();
-    for mut token in tokens {
-        keys.extend(token.keys()?.iter().map(KeyReport::from));
-    }
-    Ok(keys)
 }
 
 fn list(args: ListArgs) -> Result<(), AppError> {

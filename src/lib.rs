@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cert;
 pub mod cli;
 pub mod client;
+pub mod command;
 pub mod cot;
 pub mod git_signing;
 pub mod paths;
