@@ -16,5 +16,6 @@ pub mod peer;
 pub mod policy;
 pub mod prompt;
 pub mod purpose;
+pub mod setup;
 pub mod signature;
 pub mod token;
