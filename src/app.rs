@@ -6,12 +6,11 @@ use std::process::{Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::agent::{self, socket, Agent, AgentOptions, StatusReport};
+use crate::agent::{self, socket, Agent, AgentOptions};
 use crate::audit::{self, AuditLog};
-use crate::command::{mock_dir, open_tokens, reports_from_tokens, AppError};
-use crate::cli::{AgentArgs, Cli, Command, ListArgs, LogArgs, MockCommand, StatusArgs};
+use crate::command::{mock_dir, AppError};
+use crate::cli::{AgentArgs, Cli, Command, LogArgs};
 use crate::policy::Policy;
-use crate::client;
 use crate::paths;
 use crate::prompt::{Prompter, SystemPrompter};
 use crate::token::mock::{InitOptions, MockToken};
@@ -21,9 +20,9 @@ use crate::token::{piv, KeySelector, Token, TokenKind};
 pub fn run(cli: Cli) -> Result<(), AppError> {
     match cli.command {
         Command::Agent(args) => run_agent(args),
-        Command::List(args) => list(args),
-        Command::Status(args) => status(args),
-        Command::Mock(cmd) => mock(cmd),
+        Command::List(args) => crate::status::list(args),
+        Command::Status(args) => crate::status::status(args),
+        Command::Mock(cmd) => crate::mock::run(cmd),
         Command::Setup(args) => crate::setup::run(args),
         Command::Cert(cmd) => crate::cert::command::run(cmd),
         Command::Git(crate::cli::GitCommand::Setup(args)) => crate::git_signing::setup(args),
@@ -32,124 +31,6 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Attest(args) => crate::attest::command::run(*args),
         Command::Cot(cmd) => Ok(crate::cot::run(cmd)?),
     }
-}
-
-fn mock(cmd: MockCommand) -> Result<(), AppError> {
-    match cmd {
-        MockCommand::Init { state_dir, force, serial } => {
-            let dir = mock_dir(state_dir);
-            let path = MockToken::init(&dir, &InitOptions { force, serial })?;
-            let mut token = MockToken::open(&dir)?;
-            let info = token.info()?;
-            println!("Created a mock TEST token (serial {}) in {}", info.serial, path.display());
-            println!("Its private keys are stored there in plain text: never use them for anything real.");
-            println!("PIN 123456, PUK 12345678. Start an agent on it: keytap agent --token mock --state-dir {}", dir.display());
-            Ok(())
-        }
-        MockCommand::Unplug { state_dir } => {
-            let dir = existing_mock(state_dir)?;
-            std::fs::write(dir.join("unplugged"), b"")?;
-            println!("mock token unplugged");
-            Ok(())
-        }
-        MockCommand::Plug { state_dir } => {
-            let dir = existing_mock(state_dir)?;
-            match std::fs::remove_file(dir.join("unplugged")) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            println!("mock token plugged in");
-            Ok(())
-        }
-        MockCommand::Touch { mode, state_dir } => {
-            mode.parse::<crate::token::mock::TouchMode>().map_err(AppError::Message)?;
-            let dir = existing_mock(state_dir)?;
-            std::fs::write(dir.join("touch"), format!("{mode}\n"))?;
-            println!("mock touch: {mode}");
-            Ok(())
-        }
-        MockCommand::Imported { slot, undo, state_dir } => {
-            let dir = existing_mock(state_dir)?;
-            MockToken::open(&dir)?.set_attestable(slot, undo)?;
-            println!("slot {slot}: {}", if undo { "generated on the token (attestable)" } else { "imported (not attestable)" });
-            Ok(())
-        }
-    }
-}
-
-fn existing_mock(state_dir: Option<PathBuf>) -> Result<PathBuf, AppError> {
-    let dir = mock_dir(state_dir);
-    MockToken::open(&dir)?;
-    Ok(dir)
-}
-
-fn list(args: ListArgs) -> Result<(), AppError> {
-    let keys = match client::keytap_agent() {
-        Some((_, status)) => {
-            if status.locked {
-                return Err(AppError::Message("the agent is locked; unlock it with `ssh-add -X`".into()));
-            }
-            status.tokens.into_iter().flat_map(|t| t.keys).collect()
-        }
-        None => reports_from_tokens(open_tokens(&args.token)?)?,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&keys).expect("keys serialise"));
-        return Ok(());
-    }
-    if keys.is_empty() {
-        println!("no keys on any token; create one with `keytap setup --slot 9a`");
-    }
-    for k in &keys {
-        println!(
-            "{}/{}  {:<8} pin={:<6} touch={:<6} {}",
-            k.serial, k.slot, k.algorithm, k.pin_policy, k.touch_policy, k.fingerprint
-        );
-        println!("  {}", k.authorized_key);
-    }
-    Ok(())
-}
-
-fn status(args: StatusArgs) -> Result<(), AppError> {
-    let path = std::env::var_os("SSH_AUTH_SOCK")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(socket::default_socket_path);
-    let report: Result<StatusReport, client::ClientError> =
-        client::AgentClient::connect(&path).and_then(|mut c| c.status());
-    let report = match report {
-        Ok(r) => r,
-        Err(client::ClientError::Refused) => {
-            return Err(AppError::Message(format!(
-                "{} is an agent, but not keytap; point SSH_AUTH_SOCK at keytap's socket",
-                path.display()
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("status serialises"));
-        return Ok(());
-    }
-    println!("agent: running (keytap {}, pid {}) at {}", report.version, report.pid, path.display());
-    println!("locked: {}", if report.locked { "yes (unlock with `ssh-add -X`)" } else { "no" });
-    if report.tokens.is_empty() {
-        println!("tokens: none");
-    }
-    for t in &report.tokens {
-        match (t.present, t.serial) {
-            (true, Some(serial)) => println!(
-                "token {}: serial {serial}, {}, firmware {}, {} keys",
-                t.label,
-                t.model.as_deref().unwrap_or("?"),
-                t.firmware.as_deref().unwrap_or("?"),
-                t.keys.len()
-            ),
-            _ => println!("token {}: not present", t.label),
-        }
-    }
-    Ok(())
 }
 
 /// `keytap agent`.
