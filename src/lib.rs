@@ -11,6 +11,7 @@ pub mod client;
 pub mod command;
 pub mod cot;
 pub mod git_signing;
+pub mod log;
 pub mod mock;
 pub mod paths;
 pub mod peer;
