@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod command;
 pub mod cot;
+pub mod daemon;
 pub mod git_signing;
 pub mod log;
 pub mod mock;
