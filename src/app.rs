@@ -16,6 +16,6 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::AuthorizedKey(args) => crate::git_signing::authorized_key(args),
         Command::Log(args) => crate::log::run(args),
         Command::Attest(args) => crate::attest::command::run(*args),
-        Command::Cot(cmd) => Ok(crate::cot::run(cmd)?),
+        Command::Cot(cmd) => Ok(crate::cot::command::run(cmd)?),
     }
 }
