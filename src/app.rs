@@ -17,5 +17,6 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Log(args) => crate::log::run(args),
         Command::Attest(args) => crate::attest::command::run(*args),
         Command::Cot(cmd) => Ok(crate::cot::command::run(cmd)?),
+        Command::Completions(args) => crate::completions::completions(args),
     }
 }
