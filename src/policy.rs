@@ -505,6 +505,25 @@ allow = ["raw"]
     }
 
     #[test]
+    fn upstream_keys_match_by_fingerprint_or_kind_only() {
+        let k = key(0x9a, 5);
+        let policy = Policy::parse(&format!(
+            "upstream = [\"/run/a.sock\", \"~/b.sock\"]\nlist_by_destination = false\n[[key]]\nmatch = \"{}\"\nallow = [\"raw\"]\n\n[[key]]\nmatch = \"slot:9a\"\nallow = [\"ssh-auth\"]\n\n[[key]]\nmatch = \"kind:upstream\"\nallow = [\"sshsig:git\"]\n",
+            k.fingerprint()
+        ))
+        .unwrap();
+        assert_eq!(policy.upstream[0], PathBuf::from("/run/a.sock"));
+        assert!(policy.upstream[1].ends_with("b.sock") && policy.upstream[1].is_absolute());
+        assert!(!policy.list_by_destination());
+        assert!(Policy::parse("").unwrap().list_by_destination());
+        assert_eq!(policy.for_upstream(&k.fingerprint()).allow, vec![Allow::Raw]);
+        // A slot rule never covers an upstream key; kind:upstream never covers a token key.
+        assert_eq!(policy.for_upstream("SHA256:other").allow, vec![Allow::SshSig("git".into())]);
+        assert_eq!(policy.for_key(&key(0x9a, 6)).allow, vec![Allow::SshAuth]);
+        assert_eq!(policy.for_key(&key(0x9c, 6)).allow, vec![Allow::Any]);
+    }
+
+    #[test]
     fn config_errors_name_the_line() {
         let cases = [
             ("[[key]]\nmatch = \"slot:9c\"\nallow = [\"ssh-auth\", \"sshsig\"]\n", "config line 3: unknown purpose \"sshsig\""),

@@ -423,3 +423,152 @@ pub fn encoded_len(identity: &Identity) -> usize {
     let mut out = Vec::new();
     identity.encode(&mut out).map(|_| out.len()).unwrap_or(usize::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssh_key::{Algorithm, PrivateKey};
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).unwrap()
+    }
+
+    fn blob_of(k: &PrivateKey) -> Vec<u8> {
+        k.public_key().to_bytes().unwrap()
+    }
+
+    fn string(b: &[u8]) -> Vec<u8> {
+        [(b.len() as u32).to_be_bytes().as_slice(), b].concat()
+    }
+
+    fn answer(entries: &[(Vec<u8>, &str)]) -> Vec<u8> {
+        let mut body = vec![SSH_AGENT_IDENTITIES_ANSWER];
+        body.extend((entries.len() as u32).to_be_bytes());
+        for (blob, comment) in entries {
+            body.extend(string(blob));
+            body.extend(string(comment.as_bytes()));
+        }
+        body
+    }
+
+    #[test]
+    fn identities_answers_are_read_defensively() {
+        let path = Path::new("test.sock");
+        let k = key();
+        let blob = blob_of(&k);
+        let ids = parse_identities(path, &answer(&[(blob.clone(), "one"), (b"\0\0\0\x07unknown".to_vec(), "two")])).unwrap();
+        assert_eq!(ids.len(), 1, "an unreadable key is skipped");
+        assert_eq!(ids[0].comment, "one");
+        // A count the frame cannot hold, trailing bytes, a wrong message, a truncated entry.
+        let mut overlong = answer(&[]);
+        overlong[1..5].copy_from_slice(&1_000_000u32.to_be_bytes());
+        assert!(matches!(parse_identities(path, &overlong), Err(UpstreamError::Malformed(_, m)) if m.contains("do not fit")));
+        let mut trailing = answer(&[(blob.clone(), "one")]);
+        trailing.push(0);
+        assert!(parse_identities(path, &trailing).is_err());
+        assert!(parse_identities(path, &[SSH_AGENT_FAILURE]).is_err());
+        let truncated = answer(&[(blob, "one")]);
+        assert!(parse_identities(path, &truncated[..truncated.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn a_signature_must_be_by_the_listed_key_over_the_data() {
+        let (k, other) = (key(), key());
+        let data = b"session data";
+        let good: ssh_key::Signature = signature::Signer::try_sign(&k, data).unwrap();
+        assert!(check_signature(k.public_key().key_data(), data, &good).is_ok());
+        assert!(check_signature(k.public_key().key_data(), b"other data", &good).is_err());
+        assert!(check_signature(other.public_key().key_data(), data, &good).is_err());
+    }
+
+    /// A fake upstream that answers every request with `reply` (None: accepts and stays silent).
+    fn fake(dir: &Path, name: &str, reply: Option<Vec<u8>>) -> PathBuf {
+        let path = dir.join(name);
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if let Some(reply) = reply.clone() {
+                    tokio::spawn(async move {
+                        let mut header = [0u8; 4];
+                        while stream.read_exact(&mut header).await.is_ok() {
+                            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+                            if stream.read_exact(&mut body).await.is_err() {
+                                return;
+                            }
+                            let _ = stream.write_all(&(reply.len() as u32).to_be_bytes()).await;
+                            let _ = stream.write_all(&reply).await;
+                        }
+                    });
+                } else {
+                    held.push(stream);
+                }
+            }
+        });
+        path
+    }
+
+    fn timeouts() -> Timeouts {
+        Timeouts { list: Duration::from_millis(200), sign: Duration::from_millis(200), retry_after: Duration::from_secs(60), cache_for: Duration::from_secs(60) }
+    }
+
+    #[tokio::test]
+    async fn a_silent_upstream_times_out_then_rests_and_others_still_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key();
+        let good = fake(dir.path(), "good.sock", Some(answer(&[(blob_of(&k), "good")])));
+        let silent = fake(dir.path(), "silent.sock", None);
+        let upstreams = Upstreams::new(vec![silent, good], timeouts());
+        let mut link = Link::default();
+        let keys = upstreams.identities(&mut link).await;
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].upstream, 1);
+        assert_eq!(upstreams.find(k.public_key().key_data()).map(|f| f.upstream), Some(1));
+        // Resting: the silent one is not asked again (no second timeout to wait for).
+        assert!(matches!(upstreams.call(&mut link, 0, &[SSH_AGENTC_REQUEST_IDENTITIES], Duration::from_secs(60)).await, Err(UpstreamError::Resting(_))));
+        // No upstream takes `ssh-add` when none is configured.
+        assert!(matches!(Upstreams::new(Vec::new(), timeouts()).add(&mut link, &[SSH_AGENTC_ADD_IDENTITY]).await, Err(UpstreamError::None)));
+    }
+
+    #[tokio::test]
+    async fn the_last_good_list_is_served_while_an_upstream_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key();
+        let path = fake(dir.path(), "flaky.sock", Some(answer(&[(blob_of(&k), "k")])));
+        let upstreams = Upstreams::new(vec![path.clone()], Timeouts { retry_after: Duration::ZERO, ..timeouts() });
+        let mut link = Link::default();
+        assert_eq!(upstreams.identities(&mut link).await.len(), 1);
+        // The upstream goes away: the link's connection fails and the cached list is served.
+        std::fs::remove_file(&path).unwrap();
+        link = Link::default();
+        assert_eq!(upstreams.identities(&mut link).await.len(), 1);
+        // Past `cache_for`, nothing.
+        let expired = Upstreams::new(vec![path], Timeouts { cache_for: Duration::ZERO, ..timeouts() });
+        assert!(expired.identities(&mut link).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_wrong_answer_is_an_error_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key();
+        let huge = fake(dir.path(), "huge.sock", Some(vec![0u8; MAX_FRAME + 1]));
+        let wrong = fake(dir.path(), "wrong.sock", Some(vec![SSH_AGENT_SUCCESS]));
+        let upstreams = Upstreams::new(vec![huge, wrong], timeouts());
+        let mut link = Link::default();
+        assert!(matches!(upstreams.call(&mut link, 0, &[SSH_AGENTC_REQUEST_IDENTITIES], Duration::from_secs(5)).await, Err(UpstreamError::TooLarge(_, n)) if n == MAX_FRAME + 1));
+        let up = UpstreamKey { upstream: 1, identity: Identity { credential: PublicCredential::Key(k.public_key().key_data().clone()), comment: String::new() } };
+        assert!(matches!(upstreams.sign(&mut link, &up, &[SSH_AGENTC_SIGN_REQUEST], b"d").await, Err(UpstreamError::Malformed(..))));
+    }
+
+    #[test]
+    fn keytap_is_not_its_own_upstream_and_repeats_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("agent.sock");
+        std::fs::write(&own, "").unwrap();
+        let other = dir.path().join("other.sock");
+        assert!(matches!(configured(&[own.clone()], &[], Some(&own)), Err(UpstreamError::Loop(_))));
+        let ups = configured(&[other.clone()], &[other.clone(), dir.path().join("third.sock")], Some(&own)).unwrap();
+        assert_eq!(ups.agents.len(), 2);
+        assert_eq!(ups.path(0), other);
+    }
+}
