@@ -452,7 +452,42 @@ impl Agent {
             let upstream_keys = self.upstreams.identities(&mut conn.upstream).await;
             append_upstream(&mut ids, upstream_keys);
         }
+        // Only ssh about to log in binds without is_forwarding; a forwarded socket's other
+        // clients (git, ssh-keygen on the remote host) see every key.
+        let login = conn.bindings.last().filter(|b| !b.forwarded && self.policy.list_by_destination());
+        if let Some(destination) = login.map(|b| b.host_key.clone()) {
+            ids = self.for_destination(conn, ids, &keys, destination).await;
+        }
         encode(Response::IdentitiesAnswer(ids))
+    }
+
+    /// On a session-bound connection, only the keys whose policy could allow a login to the
+    /// bound destination, certificates first: ssh offers them in this order, and a server's
+    /// MaxAuthTries counts every key offered.
+    async fn for_destination(&self, conn: &Connection, mut ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], destination: KeyData) -> Vec<ssh_agent_lib::proto::Identity> {
+        let candidates = self.policy.ssh_auth_hosts();
+        let host_names = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            let files = self.policy.known_hosts.clone();
+            tokio::task::spawn_blocking(move || {
+                let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
+                policy::known_hosts::names_for(&destination, &candidates, &files)
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let forwarded = conn.forwarded();
+        ids.retain(|id| {
+            let key = upstream::credential_key(&id.credential);
+            let key_policy = match keys.iter().find(|k| &k.public_key == key) {
+                Some(k) => self.policy.for_key(k),
+                None => self.policy.for_upstream(&key.fingerprint(ssh_key::HashAlg::Sha256).to_string()),
+            };
+            policy::could_log_in(&key_policy, forwarded, &host_names)
+        });
+        ids.sort_by_key(|id| !matches!(id.credential, PublicCredential::Cert(_)));
+        ids
     }
 
     async fn sign(&self, conn: &mut Connection, req: SignRequest) -> Vec<u8> {

@@ -159,6 +159,22 @@ impl Policy {
         self.first_match(|m| m.matches_upstream(fingerprint))
     }
 
+    /// Every host an `ssh-auth:HOST` rule names: the names to look a destination up under.
+    pub fn ssh_auth_hosts(&self) -> Vec<String> {
+        let rules = self.rules.iter().filter_map(|(_, r)| r.allow.as_ref());
+        let mut hosts: Vec<String> = std::iter::once(&self.defaults.allow)
+            .chain(rules)
+            .flatten()
+            .filter_map(|a| match a {
+                Allow::SshAuthHost(h) => Some(h.clone()),
+                _ => None,
+            })
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
     /// Whether a session-bound connection lists only the keys that could log in there.
     pub fn list_by_destination(&self) -> bool {
         self.list_by_destination.unwrap_or(true)
@@ -335,6 +351,15 @@ pub fn decide(request: &Request, policy: &KeyPolicy) -> Decision {
     } else {
         Decision::Allow
     }
+}
+
+/// Whether `decide` could allow a login with a key of this policy to a destination known as
+/// `host_names`, on a connection that is (or is not) forwarded: for destination-aware key
+/// lists. A confirmation still counts as possible. Pure.
+pub fn could_log_in(policy: &KeyPolicy, forwarded: bool, host_names: &[String]) -> bool {
+    let purpose = Purpose::SshAuth { user: String::new(), method: "publickey-hostbound-v00@openssh.com".into(), host_key: None };
+    let request = Request { purpose: &purpose, forwarded, host_key: None, host_names, touch: TouchPolicy::Never };
+    !matches!(decide(&request, policy), Decision::Deny(_))
 }
 
 fn purpose_allowed(request: &Request, policy: &KeyPolicy) -> Result<(), String> {
@@ -521,6 +546,22 @@ allow = ["raw"]
         assert_eq!(policy.for_upstream("SHA256:other").allow, vec![Allow::SshSig("git".into())]);
         assert_eq!(policy.for_key(&key(0x9a, 6)).allow, vec![Allow::SshAuth]);
         assert_eq!(policy.for_key(&key(0x9c, 6)).allow, vec![Allow::Any]);
+    }
+
+    #[test]
+    fn a_login_is_possible_only_where_purpose_host_and_forwarding_allow_it() {
+        let names = vec!["build.example".to_string()];
+        assert!(could_log_in(&KeyPolicy::default(), false, &[]));
+        assert!(could_log_in(&policy(&["ssh-auth"], None, true), false, &[]));
+        assert!(could_log_in(&policy(&["ssh-auth:build.example"], None, false), false, &names));
+        assert!(!could_log_in(&policy(&["ssh-auth:build.example"], None, false), false, &["other.example".to_string()]));
+        assert!(!could_log_in(&policy(&["ssh-auth:build.example"], None, false), false, &[]));
+        assert!(!could_log_in(&policy(&["sshsig:git"], None, false), false, &names));
+        // Forwarded: never with forwarded = false; by default only with a confirmation, which counts.
+        assert!(!could_log_in(&policy(&["*"], Some(false), false), true, &names));
+        assert!(could_log_in(&policy(&["*"], None, false), true, &names));
+        let p = Policy::parse("[defaults]\nallow = [\"ssh-auth:a.example\"]\n[[key]]\nmatch = \"slot:9c\"\nallow = [\"ssh-auth:b.example\", \"ssh-auth:a.example\"]\n").unwrap();
+        assert_eq!(p.ssh_auth_hosts(), ["a.example", "b.example"]);
     }
 
     #[test]

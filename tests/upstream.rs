@@ -77,6 +77,8 @@ fn keytap_with(upstreams: &[&Path], config: &str) -> (Agent, PathBuf) {
     }
     let agent = Agent::start_with(AgentOptions { args, ..Default::default() });
     std::mem::forget(dir);
+    // The mock token's four keys are listed once its owner thread has read them.
+    eventually("the token's keys are listed", || listed(&agent).is_ok_and(|l| token_key_count(&l) == 4));
     (agent, audit)
 }
 
@@ -145,7 +147,8 @@ fn a_policy_limiting_an_upstream_key_to_git_refuses_a_login() {
     let upstream = OpensshAgent::start(&dir.path().join("upstream.sock"));
     let line = file_key(dir.path(), "gitkey");
     upstream.add(&dir.path().join("gitkey"));
-    let (agent, audit) = keytap_with(&[&upstream.socket], "[[key]]\nmatch = \"kind:upstream\"\nallow = [\"sshsig:git\"]\n");
+    // Lists not filtered by destination, so ssh does offer the key (item 2 would hide it).
+    let (agent, audit) = keytap_with(&[&upstream.socket], "list_by_destination = false\n[[key]]\nmatch = \"kind:upstream\"\nallow = [\"sshsig:git\"]\n");
     let sshd = Sshd::start(std::slice::from_ref(&line), &[]);
     let login = sshd.ssh(&agent).arg("true").output().unwrap();
     assert!(!login.status.success(), "a git-only upstream key logged in: {}", text(&login));
@@ -313,4 +316,41 @@ fn keytap_refuses_itself_as_upstream() {
         .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("is keytap's own socket"), "{}", text(&out));
+}
+
+/// Issue 17 item 2: 8 keys (4 on the token, 4 in an upstream), a server that allows 3 tries
+/// and knows only the last key, which policy restricts to that server.
+#[test]
+fn a_session_bound_list_holds_only_keys_that_could_log_in_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = OpensshAgent::start(&dir.path().join("upstream.sock"));
+    let mut lines = Vec::new();
+    for name in ["f1", "f2", "f3", "target"] {
+        lines.push(file_key(dir.path(), name));
+        upstream.add(&dir.path().join(name));
+    }
+    let target = lines.last().unwrap().clone();
+    let sshd = Sshd::start(std::slice::from_ref(&target), &["MaxAuthTries 3"]);
+    let known_hosts = dir.path().join("policy_known_hosts");
+    std::fs::write(&known_hosts, format!("target.example {}\n", sshd.host_key_pub)).unwrap();
+    let fingerprint = String::from_utf8(Command::new("ssh-keygen").arg("-lf").arg(dir.path().join("target.pub")).output().unwrap().stdout).unwrap();
+    let fingerprint = fingerprint.split(' ').nth(1).unwrap().to_string();
+    let config = |filtering: &str| {
+        format!(
+            "known_hosts = [\"{}\"]\n{filtering}\n[defaults]\nallow = [\"sshsig:git\", \"ssh-auth:elsewhere.example\"]\n\n[[key]]\nmatch = \"{fingerprint}\"\nallow = [\"ssh-auth:target.example\"]\n",
+            known_hosts.display()
+        )
+    };
+
+    let (agent, _) = keytap_with(&[&upstream.socket], &config(""));
+    let all = listed(&agent).unwrap();
+    assert_eq!(all.len(), 8, "an unbound connection sees every key: {all:?}");
+    assert!(same_key(all.last().unwrap(), &target));
+    let login = sshd.ssh(&agent).arg("true").output().unwrap();
+    assert!(login.status.success(), "filtered login: {}\n{}", text(&login), agent.log_text());
+
+    let (unfiltered, _) = keytap_with(&[&upstream.socket], &config("list_by_destination = false"));
+    let login = sshd.ssh(&unfiltered).arg("true").output().unwrap();
+    assert!(!login.status.success(), "{}", text(&login));
+    assert!(text(&login).contains("Too many authentication failures"), "{}", text(&login));
 }
