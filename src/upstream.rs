@@ -566,8 +566,8 @@ mod tests {
         let own = dir.path().join("agent.sock");
         std::fs::write(&own, "").unwrap();
         let other = dir.path().join("other.sock");
-        assert!(matches!(configured(&[own.clone()], &[], Some(&own)), Err(UpstreamError::Loop(_))));
-        let ups = configured(&[other.clone()], &[other.clone(), dir.path().join("third.sock")], Some(&own)).unwrap();
+        assert!(matches!(configured(std::slice::from_ref(&own), &[], Some(&own)), Err(UpstreamError::Loop(_))));
+        let ups = configured(std::slice::from_ref(&other), &[other.clone(), dir.path().join("third.sock")], Some(&own)).unwrap();
         assert_eq!(ups.agents.len(), 2);
         assert_eq!(ups.path(0), other);
     }
