@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod cot;
 pub mod git_signing;
+pub mod host_key;
 pub mod paths;
 pub mod peer;
 pub mod policy;

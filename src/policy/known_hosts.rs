@@ -40,6 +40,44 @@ pub fn names_for(host_key: &KeyData, candidates: &[&str], files: &[PathBuf]) -> 
     names
 }
 
+/// Names under which `@cert-authority` lines in `files` trust `ca_key` to certify hosts: the
+/// plain names of such lines, plus each of `candidates` that a hashed or wildcard pattern
+/// matches, minus any a negated pattern (`!name`) of the same line matches. Nothing when an
+/// `@revoked` line lists the CA or the host's own key.
+pub fn cert_authority_names(ca_key: &KeyData, host_key: &KeyData, candidates: &[&str], files: &[PathBuf]) -> Vec<String> {
+    let mut names = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for entry in KnownHosts::new(&text).flatten() {
+            let key = entry.public_key().key_data();
+            match entry.marker() {
+                Some(Marker::Revoked) if key == ca_key || key == host_key => return Vec::new(),
+                Some(Marker::CertAuthority) if key == ca_key => {}
+                _ => continue,
+            }
+            match entry.host_patterns() {
+                HostPatterns::Patterns(patterns) => {
+                    let negated: Vec<&str> = patterns.iter().filter_map(|p| p.strip_prefix('!')).collect();
+                    let allowed = |name: &str| !negated.iter().any(|n| glob(strip_port(n), name));
+                    for pattern in patterns.iter().filter(|p| !p.starts_with('!')) {
+                        if pattern.contains(['*', '?']) {
+                            names.extend(candidates.iter().filter(|c| glob(pattern, c) && allowed(c)).map(|c| c.to_string()));
+                        } else if allowed(strip_port(pattern)) {
+                            names.push(strip_port(pattern).to_string());
+                        }
+                    }
+                }
+                HostPatterns::HashedName { salt, hash } => {
+                    names.extend(candidates.iter().filter(|c| hashed_matches(salt, hash, c)).map(|c| c.to_string()));
+                }
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn strip_port(pattern: &str) -> &str {
     pattern.strip_prefix('[').and_then(|p| p.split_once("]:")).map(|(h, _)| h).unwrap_or(pattern)
 }
