@@ -245,8 +245,8 @@ fn describe_purpose(purpose: &Purpose, host_key: Option<&HostKey>, host_names: &
                 details.insert("host".into(), host.into());
                 details.insert("host_key".into(), h.fingerprint().into());
                 if let Some(cert) = h.certificate() {
-                    details.insert("host_cert_id".into(), cert.key_id().into());
-                    details.insert("host_cert_ca".into(), cert.signature_key().fingerprint(ssh_key::HashAlg::Sha256).to_string().into());
+                    details.insert("host_cert_id".into(), cert.key_id.clone().into());
+                    details.insert("host_cert_ca".into(), cert.signature_key.fingerprint(ssh_key::HashAlg::Sha256).to_string().into());
                 }
             }
         }
@@ -715,16 +715,11 @@ impl Agent {
 fn host_names(host: &HostKey, candidates: &[String], files: &[std::path::PathBuf], now: u64) -> Vec<String> {
     let wanted: Vec<&str> = candidates.iter().map(String::as_str).collect();
     let mut names = policy::known_hosts::names_for(host.key(), &wanted, files);
-    if let Some(cert) = host.certificate() {
-        let valid = cert.cert_type() == ssh_key::certificate::CertType::Host && cert.valid_after() <= now && now < cert.valid_before();
-        if valid {
-            let principals = cert.valid_principals();
-            let wanted: Vec<&str> = wanted.iter().copied().chain(principals.iter().map(String::as_str)).collect();
-            let covered = |name: &String| principals.is_empty() || principals.iter().any(|p| p.eq_ignore_ascii_case(name));
-            names.extend(
-                policy::known_hosts::cert_authority_names(cert.signature_key(), host.key(), &wanted, files).into_iter().filter(covered),
-            );
-        }
+    if let Some(cert) = host.certificate().filter(|c| c.valid_host_at(now)) {
+        let principals = &cert.principals;
+        let wanted: Vec<&str> = wanted.iter().copied().chain(principals.iter().map(String::as_str)).collect();
+        let covered = |name: &String| principals.is_empty() || principals.iter().any(|p| p.eq_ignore_ascii_case(name));
+        names.extend(policy::known_hosts::cert_authority_names(&cert.signature_key, host.key(), &wanted, files).into_iter().filter(covered));
     }
     names.sort();
     names.dedup();

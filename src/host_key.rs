@@ -7,14 +7,17 @@
 //! the blob is read, as OpenSSH's `sshkey_froms` does; whether the CA is trusted is for the
 //! caller (known_hosts `@cert-authority` lines).
 
-use ssh_encoding::Decode;
+use ssh_encoding::{Decode, Encode};
 use ssh_key::public::KeyData;
-use ssh_key::{Algorithm, Certificate, HashAlg};
+use ssh_key::{Algorithm, HashAlg};
 
 /// OpenSSH refuses RSA keys below this many bits (`SSH_RSA_MINIMUM_MODULUS_SIZE`).
 const RSA_MIN_BITS: usize = 1024;
 /// OpenSSH's largest RSA key (`SSHBUF_MAX_BIGNUM` * 8).
 const RSA_MAX_BITS: usize = 16384;
+
+/// OpenSSH certificate type of a host certificate (`SSH2_CERT_TYPE_HOST`).
+pub const CERT_TYPE_HOST: u32 = 2;
 
 /// A host key as sent on the wire: the blob, its plain key, and the certificate if it is one.
 /// Two host keys are the same when their blobs are (as OpenSSH's `sshkey_equal` for a
@@ -23,7 +26,29 @@ const RSA_MAX_BITS: usize = 16384;
 pub struct HostKey {
     blob: Vec<u8>,
     key: KeyData,
-    certificate: Option<Box<Certificate>>,
+    certificate: Option<Box<CertInfo>>,
+}
+
+/// What a certificate says (`PROTOCOL.certkeys`). Read here rather than with ssh-key, whose
+/// decoder refuses the `valid_before` of a certificate valid "forever", the default of
+/// `ssh-keygen -s` for host certificates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    pub cert_type: u32,
+    /// For display: bytes that are not UTF-8 are replaced.
+    pub key_id: String,
+    pub principals: Vec<String>,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    /// The CA key that signed it.
+    pub signature_key: KeyData,
+}
+
+impl CertInfo {
+    /// A host certificate valid at `now` (Unix seconds).
+    pub fn valid_host_at(&self, now: u64) -> bool {
+        self.cert_type == CERT_TYPE_HOST && self.valid_after <= now && now < self.valid_before
+    }
 }
 
 impl PartialEq for HostKey {
@@ -38,10 +63,11 @@ impl HostKey {
     /// Read a host key blob: a plain key, or a certificate whose CA signature verifies.
     pub fn from_blob(blob: &[u8]) -> Result<HostKey, String> {
         let name = String::decode(&mut &blob[..]).map_err(|e| format!("host key: {e}"))?;
-        if name.ends_with("-cert-v01@openssh.com") {
-            let certificate = Certificate::from_bytes(blob).map_err(|e| format!("host certificate: {e}"))?;
-            verify_certificate_signature(blob, &certificate)?;
-            return Ok(HostKey { blob: blob.to_vec(), key: certificate.public_key().clone(), certificate: Some(Box::new(certificate)) });
+        if let Some(base) = name.strip_suffix("-cert-v01@openssh.com") {
+            // Security-key types keep their `@openssh.com` suffix as plain keys.
+            let plain = if base.starts_with("sk-") { format!("{base}@openssh.com") } else { base.to_string() };
+            let (key, certificate) = parse_certificate(blob, &plain).map_err(|e| format!("host certificate: {e}"))?;
+            return Ok(HostKey { blob: blob.to_vec(), key, certificate: Some(Box::new(certificate)) });
         }
         let mut reader = blob;
         let key = KeyData::decode(&mut reader).map_err(|e| format!("host key: {e}"))?;
@@ -56,7 +82,7 @@ impl HostKey {
         &self.key
     }
 
-    pub fn certificate(&self) -> Option<&Certificate> {
+    pub fn certificate(&self) -> Option<&CertInfo> {
         self.certificate.as_deref()
     }
 
@@ -75,16 +101,49 @@ impl HostKey {
     }
 }
 
-/// The CA signature is the certificate's last field: everything before it is what was signed.
-fn verify_certificate_signature(blob: &[u8], certificate: &Certificate) -> Result<(), String> {
-    let bad = || "host certificate: the CA signature does not verify".to_string();
-    let signature_len = ssh_encoding::Encode::encoded_len(certificate.signature()).map_err(|_| bad())?;
-    let signed_len = blob.len().checked_sub(4 + signature_len).ok_or_else(bad)?;
-    let (signed, field) = blob.split_at(signed_len);
-    if field[..4] != (signature_len as u32).to_be_bytes() {
-        return Err(bad());
+/// Read a certificate of the plain key type `plain` and check its CA signature, which covers
+/// everything before the signature field.
+fn parse_certificate(blob: &[u8], plain: &str) -> Result<(KeyData, CertInfo), String> {
+    let malformed = |what: &str| format!("malformed {what}");
+    let r = &mut &blob[..];
+    let _name = String::decode(r).map_err(|_| malformed("type"))?;
+    let _nonce = Vec::<u8>::decode(r).map_err(|_| malformed("nonce"))?;
+    // The subject key's fields follow in the plain key's layout: read them as a plain key.
+    let mut plain_blob = Vec::new();
+    plain.encode(&mut plain_blob).map_err(|_| malformed("type"))?;
+    plain_blob.extend_from_slice(r);
+    let mut plain_reader = &plain_blob[..];
+    let key = KeyData::decode(&mut plain_reader).map_err(|e| format!("malformed subject key: {e}"))?;
+    *r = &r[r.len() - plain_reader.len()..];
+    let _serial = u64::decode(r).map_err(|_| malformed("serial"))?;
+    let cert_type = u32::decode(r).map_err(|_| malformed("certificate type"))?;
+    let key_id = Vec::<u8>::decode(r).map_err(|_| malformed("key id"))?;
+    let packed = Vec::<u8>::decode(r).map_err(|_| malformed("principals"))?;
+    let mut principals = Vec::new();
+    let mut p = &packed[..];
+    while !p.is_empty() {
+        let principal = Vec::<u8>::decode(&mut p).map_err(|_| malformed("principals"))?;
+        principals.push(String::from_utf8_lossy(&principal).into_owned());
     }
-    verify(certificate.signature_key(), signed, &field[4..]).map_err(|e| format!("host certificate: the CA signature does not verify ({e})"))
+    let valid_after = u64::decode(r).map_err(|_| malformed("validity"))?;
+    let valid_before = u64::decode(r).map_err(|_| malformed("validity"))?;
+    for what in ["critical options", "extensions", "reserved"] {
+        Vec::<u8>::decode(r).map_err(|_| malformed(what))?;
+    }
+    let ca_blob = Vec::<u8>::decode(r).map_err(|_| malformed("CA key"))?;
+    let signed_len = blob.len() - r.len();
+    let signature = Vec::<u8>::decode(r).map_err(|_| malformed("signature"))?;
+    if !r.is_empty() {
+        return Err("trailing bytes".into());
+    }
+    let mut ca_reader = &ca_blob[..];
+    let signature_key = KeyData::decode(&mut ca_reader).map_err(|e| format!("malformed CA key: {e}"))?;
+    if !ca_reader.is_empty() {
+        return Err(malformed("CA key"));
+    }
+    verify(&signature_key, &blob[..signed_len], &signature).map_err(|e| format!("the CA signature does not verify ({e})"))?;
+    let key_id = String::from_utf8_lossy(&key_id).into_owned();
+    Ok((key, CertInfo { cert_type, key_id, principals, valid_after, valid_before, signature_key }))
 }
 
 /// Verify an SSH signature blob (`string algorithm, string signature`, plus flags and counter
@@ -148,7 +207,7 @@ mod tests {
     use super::*;
     use ssh_encoding::Encode;
     use ssh_key::certificate::{Builder, CertType};
-    use ssh_key::PrivateKey;
+    use ssh_key::{Certificate, PrivateKey};
 
     fn sig_blob(signature: &ssh_key::Signature) -> Vec<u8> {
         let mut out = Vec::new();
@@ -231,7 +290,10 @@ mod tests {
         let blob = cert.to_bytes().unwrap();
         let parsed = HostKey::from_blob(&blob).unwrap();
         assert_eq!(parsed.key(), host.public_key().key_data());
-        assert_eq!(parsed.certificate().unwrap().signature_key(), ca.public_key().key_data());
+        let info = parsed.certificate().unwrap();
+        assert_eq!(&info.signature_key, ca.public_key().key_data());
+        assert_eq!((info.principals.as_slice(), info.key_id.as_str()), (&["host.example".to_string()][..], ""));
+        assert!(info.valid_host_at(1_000) && !info.valid_host_at(4_000_000_000));
         assert_eq!(parsed.fingerprint(), host.public_key().fingerprint(HashAlg::Sha256).to_string());
         assert_ne!(parsed, plain(&host), "a certificate is not its plain key");
         let sig = sig_blob(&signature::Signer::sign(&host, b"sid"));

@@ -105,7 +105,7 @@ fn names_same_key(blob: &[u8], credential: &PublicCredential) -> bool {
         return true;
     }
     match credential {
-        PublicCredential::Key(k) => ssh_key::Certificate::from_bytes(blob).is_ok_and(|c| c.public_key() == k),
+        PublicCredential::Key(k) => HostKey::from_blob(blob).is_ok_and(|c| c.certificate().is_some() && c.key() == k),
         PublicCredential::Cert(_) => false,
     }
 }
