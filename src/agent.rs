@@ -785,3 +785,86 @@ pub fn exercise_decoders(input: &[u8]) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssh_key::certificate::{Builder, CertType};
+    use ssh_key::{Algorithm, PrivateKey};
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).unwrap()
+    }
+
+    fn line(key: &PrivateKey) -> String {
+        key.public_key().to_openssh().unwrap()
+    }
+
+    fn host_cert(ca: &PrivateKey, host: &PrivateKey, cert_type: CertType, principals: &[&str], valid: (u64, u64)) -> HostKey {
+        let mut b = Builder::new_with_random_nonce(&mut rand_core::OsRng, host.public_key().key_data().clone(), valid.0, valid.1).unwrap();
+        b.cert_type(cert_type).unwrap();
+        if principals.is_empty() {
+            b.all_principals_valid().unwrap();
+        }
+        for p in principals {
+            b.valid_principal(*p).unwrap();
+        }
+        HostKey::from_blob(&b.sign(ca).unwrap().to_bytes().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_host_is_named_by_cert_authority_lines_its_principals_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, other_ca, host) = (key(), key(), key());
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, format!("@cert-authority *.example,!bad.example {}\nplain.example {}\n", line(&ca), line(&host))).unwrap();
+        let files = vec![file.clone()];
+        let wanted = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let now = 1_000;
+        let cert = host_cert(&ca, &host, CertType::Host, &["web.example", "bad.example"], (0, 2_000));
+        // Principals and candidates under the CA line, minus the negated name; plus the plain key's names.
+        assert_eq!(host_names(&cert, &wanted(&["other.example"]), &files, now), ["plain.example", "web.example"]);
+        // No principals: any name the line matches.
+        let any = host_cert(&ca, &host, CertType::Host, &[], (0, 2_000));
+        assert_eq!(host_names(&any, &wanted(&["db.example", "bad.example", "x.org"]), &files, now), ["db.example", "plain.example"]);
+        // Expired, not yet valid, a user certificate, or another CA: only the plain key's names.
+        for cert in [
+            host_cert(&ca, &host, CertType::Host, &["web.example"], (0, 500)),
+            host_cert(&ca, &host, CertType::Host, &["web.example"], (1_500, 2_000)),
+            host_cert(&ca, &host, CertType::User, &["web.example"], (0, 2_000)),
+            host_cert(&other_ca, &host, CertType::Host, &["web.example"], (0, 2_000)),
+        ] {
+            assert_eq!(host_names(&cert, &wanted(&["web.example"]), &files, now), ["plain.example"]);
+        }
+        // A revoked CA (or host key) names nothing through certificates.
+        std::fs::write(&file, format!("@cert-authority *.example {}\n@revoked * {}\n", line(&ca), line(&ca))).unwrap();
+        assert!(host_names(&cert, &wanted(&["web.example"]), &files, now).is_empty());
+    }
+
+    #[test]
+    fn the_registry_closes_the_longest_idle_connection_of_the_same_uid() {
+        let registry = Registry::default();
+        let (first, first_close) = registry.admit(1000, 2).unwrap();
+        let (second, _) = registry.admit(1000, 2).unwrap();
+        let (_, other_uid) = registry.admit(2000, 2).unwrap();
+        // The second is busy answering: only the first can make room.
+        registry.set_idle(second, false);
+        assert!(registry.admit(1000, 2).is_some());
+        assert!(notified_already(&first_close));
+        assert!(!notified_already(&other_uid));
+        // Now every connection of uid 1000 is busy: a new one is refused.
+        registry.set_idle(first, false);
+        let all_busy: Vec<u64> = registry.inner.lock().unwrap().open.iter().filter(|(_, s)| s.uid == 1000).map(|(id, _)| *id).collect();
+        for id in all_busy {
+            registry.set_idle(id, false);
+        }
+        assert!(registry.admit(1000, 2).is_none());
+    }
+
+    /// Whether a notification is stored for the next waiter.
+    fn notified_already(notify: &Notify) -> bool {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable()
+    }
+}
