@@ -514,3 +514,42 @@ fn setup_keeps_the_retry_floor_and_identity_operations_are_audited() {
     let attest = events(&audit, "attest");
     assert_eq!((attest.len(), attest[0]["decision"].as_str(), attest[0]["key"]["slot"].as_str()), (1, Some("allow"), Some("9a")), "{attest:#?}");
 }
+
+/// Item 1: session-bind verifies every host key type sshd offers here, including ECDSA P-521
+/// and RSA above 4096 bits (which the rsa crate refuses unless told otherwise).
+#[test]
+fn logins_bind_with_p384_p521_and_large_rsa_host_keys() {
+    let (agent, audit) = agent_with_config("", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut host_keys = Vec::new();
+    for (name, args, algorithm) in [
+        ("p384", ["-t", "ecdsa", "-b", "384"], "ecdsa-sha2-nistp384"),
+        ("p521", ["-t", "ecdsa", "-b", "521"], "ecdsa-sha2-nistp521"),
+        ("rsa4608", ["-t", "rsa", "-b", "4608"], "rsa-sha2-512"),
+    ] {
+        let path = dir.path().join(name);
+        let st = Command::new("ssh-keygen").arg("-q").args(args).args(["-N", "", "-f"]).arg(&path).status().unwrap();
+        assert!(st.success());
+        let public = std::fs::read_to_string(path.with_extension("pub")).unwrap().trim().to_string();
+        host_keys.push((path, public, algorithm));
+    }
+    let extra: Vec<String> = host_keys.iter().map(|(p, _, _)| format!("HostKey {}", p.display())).collect();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let sshd = Sshd::start(&[agent.key_line("9e")], &extra);
+    for (_, public, algorithm) in &host_keys {
+        let known = format!("[127.0.0.1]:{} {public}\n", sshd.port);
+        let mut cmd = with_key(ssh(&sshd, &agent, &known), &agent, "9e");
+        let out = cmd.args(["-o", &format!("HostKeyAlgorithms={algorithm}"), "true"]).output().unwrap();
+        assert!(out.status.success(), "login with a {algorithm} host key: {}\n{}", text(&out), agent.log_text());
+    }
+    let signs = events(&audit, "sign");
+    assert_eq!(signs.len(), 3, "{signs:#?}");
+    for (r, (_, public, _)) in signs.iter().zip(&host_keys) {
+        assert_eq!(r["decision"], "allow", "{r}");
+        assert_eq!(r["details"]["method"], "publickey-hostbound-v00@openssh.com", "{r}");
+        let blob = key_blob(public);
+        let fingerprint = ssh_key::PublicKey::from_bytes(&blob).unwrap().fingerprint(ssh_key::HashAlg::Sha256).to_string();
+        assert_eq!(r["details"]["host_key"], fingerprint, "{r}");
+    }
+    assert_eq!(agent.log_text().matches("session-bind refused").count(), 0);
+}
