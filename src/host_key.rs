@@ -268,6 +268,27 @@ mod tests {
     }
 
     #[test]
+    fn a_security_key_host_signature_verifies_over_the_authenticator_data() {
+        use sha2::Digest;
+        let signing = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+        let public = ssh_key::public::Ed25519PublicKey(signing.verifying_key().to_bytes());
+        let key = KeyData::SkEd25519(ssh_key::public::SkEd25519::new(public, "ssh:"));
+        let (flags, counter) = (1u8, 7u32);
+        // What the authenticator signs: H(application) || flags || counter || H(message).
+        let signed = [sha2::Sha256::digest(b"ssh:").to_vec(), vec![flags], counter.to_be_bytes().to_vec(), sha2::Sha256::digest(b"sid").to_vec()].concat();
+        let raw = ed25519_dalek::Signer::sign(&signing, &signed).to_bytes();
+        let mut sig = Vec::new();
+        "sk-ssh-ed25519@openssh.com".encode(&mut sig).unwrap();
+        raw.as_slice().encode(&mut sig).unwrap();
+        sig.push(flags);
+        counter.encode(&mut sig).unwrap();
+        assert_eq!(verify(&key, b"sid", &sig), Ok(()));
+        assert!(verify(&key, b"other", &sig).is_err());
+        // Without the flags and counter the blob is malformed.
+        assert!(verify(&key, b"sid", &sig[..sig.len() - 5]).is_err());
+    }
+
+    #[test]
     fn a_signature_of_another_type_is_refused() {
         let ed = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).unwrap();
         let p256 = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ecdsa { curve: ssh_key::EcdsaCurve::NistP256 }).unwrap();
