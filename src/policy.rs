@@ -361,7 +361,7 @@ mod tests {
     }
 
     fn auth() -> Purpose {
-        Purpose::SshAuth { user: "git".into(), method: "publickey".into(), host_key: None }
+        Purpose::SshAuth { user: "git".into(), method: "publickey".into(), session_id: vec![1; 32], host_key: None }
     }
 
     fn sig(ns: &str) -> Purpose {
