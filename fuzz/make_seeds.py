@@ -22,7 +22,28 @@ sshsig = b"SSHSIG" + s("git") + s("") + s("sha512") + s(bytes(64))
 sig = s("ssh-ed25519") + s(bytes(64))
 bind = s("session-bind@openssh.com") + s(ed_key) + s(bytes(32)) + s(sig) + b"\x01"
 
+# A host certificate (the CA signature is zeros: parsing, not trust, is what is exercised).
+host_cert = (s("ssh-ed25519-cert-v01@openssh.com") + s(bytes(32)) + s(bytes(range(32))) + struct.pack(">Q", 1)
+             + struct.pack(">I", 2) + s("host") + s(s("host.example")) + struct.pack(">Q", 0) + struct.pack(">Q", 2**64 - 1)
+             + s("") + s("") + s("") + s(ed_key) + s(sig))
+bind_cert = s("session-bind@openssh.com") + s(host_cert) + s(bytes(32)) + s(sig) + b"\x01"
+odd_user = s(bytes(200)) + b"\x32" + s(b"root:\xff") + s("other-service") + s("publickey") + b"\x01" + s("ssh-ed25519") + s(ed_key)
+hostbound_cert = s(bytes(32)) + b"\x32" + s("git") + s("ssh-connection") + s("publickey-hostbound-v00@openssh.com") + b"\x01" + s("ssh-ed25519") + s(ed_key) + s(host_cert)
+setup_json = b'{"serial":null,"slot":"9a","algorithm":"p256","pin_policy":"once","touch_policy":"never","force":false,"no_key":true,"change_pin":{"current":"123456","new":"87654321"}}'
+
+def ext(name, details):
+    return frame(b"\x1b" + s(name) + details)
+
 seeds = {
+    "session-bind-cert": frame(b"\x1b" + bind_cert),
+    "bind-then-sign": frame(b"\x1b" + bind) + frame(b"\x0d" + s(ed_key) + s(hostbound) + struct.pack(">I", 0)),
+    "sign-userauth-odd-user": frame(b"\x0d" + s(ed_key) + s(odd_user) + struct.pack(">I", 0)),
+    "sign-hostbound-cert": frame(b"\x0d" + s(ed_key) + s(hostbound_cert) + struct.pack(">I", 0)),
+    "ext-setup": ext("keytap-setup@keytap.dev", s(setup_json)),
+    "ext-cert-add": ext("keytap-cert@keytap.dev", s("add") + s(host_cert) + s("x-cert.pub")),
+    "ext-cert-remove": ext("keytap-cert@keytap.dev", s("remove") + s("key-id") + s("host")),
+    "ext-attest": ext("keytap-attest@keytap.dev", s("9a") + struct.pack(">I", 0)),
+    "ext-status": ext("keytap-status@keytap.dev", b""),
     "identities": frame(b"\x0b"),
     "sign-userauth": frame(b"\x0d" + s(ed_key) + s(userauth) + struct.pack(">I", 0)),
     "sign-hostbound": frame(b"\x0d" + s(ed_key) + s(hostbound) + struct.pack(">I", 0)),

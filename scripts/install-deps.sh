@@ -9,6 +9,7 @@ PACKAGES=(
   pcscd vsmartcard-vpcd libclang-dev  # a real PC/SC daemon with a virtual reader for the PIV tests
   opensc                              # PKCS#11 baseline for the PIV benchmark
   python3 python3-cryptography        # an independent Ed25519 / X.509 implementation in tests
+  python3-paramiko                    # a non-OpenSSH client relaying through a forwarded agent
   systemd udev                        # systemd-socket-activate, systemd-analyze, udevadm in tests
   man-db                              # `man -l docs/man/keytap.1` in tests/cli_docs.rs
 )

@@ -2,27 +2,31 @@
 //!
 //! Every connection is served on one single-threaded tokio event loop, and no request blocks
 //! it: anything that touches a token goes to that token's owner thread (see `token::owner`);
-//! file writes, prompts, known_hosts and /proc reads go to tokio's blocking threads.
+//! confirmations go to their own thread, one at a time (see `confirm`); file writes,
+//! known_hosts and /proc reads go to tokio's blocking threads.
 
 pub mod attest_ext;
+pub mod binding;
 pub mod cert_ext;
+pub mod confirm;
 pub mod frame;
 pub mod lock;
 pub mod setup_ext;
 pub mod socket;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use ssh_agent_lib::proto::{Extension, PublicCredential, Request, Response, SignRequest};
 use ssh_encoding::{Decode, Encode};
-use ssh_key::public::KeyData;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditLog, KeyRecord, PeerRecord, Record};
+use crate::host_key::HostKey;
 use crate::peer::PeerInfo;
 use crate::policy::{self, Decision, Policy};
 use crate::prompt::Prompter;
@@ -31,6 +35,8 @@ use crate::signature;
 use crate::token::owner::{SignContext, TokenHandle};
 use crate::token::{KeyInfo, TouchPolicy};
 use crate::upstream::{self, UpstreamKey, Upstreams};
+use binding::Bindings;
+use confirm::Confirmer;
 use frame::{FrameError, FrameTimeouts};
 use lock::AgentLock;
 
@@ -39,14 +45,12 @@ pub const EXT_QUERY: &str = "query";
 pub const EXT_SESSION_BIND: &str = "session-bind@openssh.com";
 pub const EXT_STATUS: &str = "keytap-status@keytap.dev";
 
-/// OpenSSH keeps at most this many session bindings per connection.
-const MAX_BINDINGS: usize = 16;
-
 /// Connection limits.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     pub timeouts: FrameTimeouts,
-    /// Connections served at once; more are closed on accept.
+    /// Connections of one uid served at once; a new one beyond that closes that uid's
+    /// longest-idle connection (or is itself closed when none is idle).
     pub max_connections: usize,
     /// Directory of `*-cert.pub` certificates to offer (None: only `keytap cert add`).
     pub cert_dir: Option<std::path::PathBuf>,
@@ -75,30 +79,96 @@ pub struct Agent {
     certs: cert_ext::AgentCerts,
     policy: Arc<Policy>,
     audit: Option<AuditLog>,
-    prompter: Option<Arc<dyn Prompter>>,
+    confirmer: Option<Confirmer>,
+    connections: Registry,
     upstreams: Upstreams,
-}
-
-/// One `session-bind@openssh.com` record.
-#[derive(Clone, Debug)]
-struct Binding {
-    host_key: KeyData,
-    session_id: Vec<u8>,
-    forwarded: bool,
 }
 
 /// Per-connection state.
 struct Connection {
     peer: PeerInfo,
-    bindings: Vec<Binding>,
+    bindings: Bindings,
     /// This connection's own connections to the upstream agents.
     upstream: upstream::Link,
 }
 
 impl Connection {
-    /// Forwarded: some session-bind on this socket said is_forwarding.
+    /// Forwarded: some session-bind on this socket said is_forwarding, or one failed.
     fn forwarded(&self) -> bool {
-        self.bindings.iter().any(|b| b.forwarded)
+        self.bindings.forwarded()
+    }
+
+    /// Why a local-only request is refused here: ssh or a forwarded peer is on the other end
+    /// (some session-bind was tried on this connection).
+    fn local_only(&self, what: &str) -> Result<(), String> {
+        if self.bindings.remote() {
+            return Err(format!(
+                "{what} is refused on a forwarded (or session-bound) agent connection; run it on the machine the agent runs on"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The open connections of each uid, to cap them and close the longest-idle one first.
+#[derive(Default)]
+struct Registry {
+    inner: Mutex<RegistryInner>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    next_id: u64,
+    open: HashMap<u64, Slot>,
+}
+
+struct Slot {
+    uid: u32,
+    /// Waiting for the next request since then; `None` while a request is being answered.
+    idle_since: Option<Instant>,
+    close: Arc<Notify>,
+}
+
+impl Registry {
+    /// Admit a connection of `uid`; at `cap`, close that uid's longest-idle connection first.
+    fn admit(&self, uid: u32, cap: usize) -> Option<(u64, Arc<Notify>)> {
+        let mut inner = self.inner.lock().expect("registry lock");
+        let count = inner.open.values().filter(|s| s.uid == uid).count();
+        if count >= cap {
+            let oldest = inner
+                .open
+                .iter()
+                .filter_map(|(id, s)| Some((*id, s.idle_since?)).filter(|_| s.uid == uid))
+                .min_by_key(|(_, since)| *since)
+                .map(|(id, _)| id)?;
+            let slot = inner.open.remove(&oldest).expect("listed");
+            slot.close.notify_one();
+            tracing::info!(uid, "{count} connections open for uid {uid}; closed the longest-idle one");
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let close = Arc::new(Notify::new());
+        inner.open.insert(id, Slot { uid, idle_since: Some(Instant::now()), close: close.clone() });
+        Some((id, close))
+    }
+
+    fn set_idle(&self, id: u64, idle: bool) {
+        if let Some(slot) = self.inner.lock().expect("registry lock").open.get_mut(&id) {
+            slot.idle_since = idle.then(Instant::now);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.inner.lock().expect("registry lock").open.remove(&id);
+    }
+}
+
+/// Connections that fit under the open-file limit (a few descriptors stay for files, the
+/// token and the listener).
+fn connection_cap(configured: usize) -> usize {
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => configured.min((soft as usize).saturating_sub(64).max(16)),
+        Err(_) => configured,
     }
 }
 
@@ -229,15 +299,19 @@ fn event_record(event: &str, peer: &PeerInfo, decision: &str, reason: &str) -> R
 }
 
 /// Audit details of a purpose: user, host, method or namespace.
-fn describe_purpose(purpose: &Purpose, host_key: Option<&KeyData>, host_names: &[String], details: &mut serde_json::Map<String, serde_json::Value>) {
+fn describe_purpose(purpose: &Purpose, host_key: Option<&HostKey>, host_names: &[String], details: &mut serde_json::Map<String, serde_json::Value>) {
     match purpose {
         Purpose::SshAuth { user, method, .. } => {
             details.insert("user".into(), user.clone().into());
             details.insert("method".into(), method.clone().into());
             if let Some(h) = host_key {
-                let host = if host_names.is_empty() { h.fingerprint(ssh_key::HashAlg::Sha256).to_string() } else { host_names.join(",") };
+                let host = if host_names.is_empty() { h.fingerprint() } else { host_names.join(",") };
                 details.insert("host".into(), host.into());
-                details.insert("host_key".into(), h.fingerprint(ssh_key::HashAlg::Sha256).to_string().into());
+                details.insert("host_key".into(), h.fingerprint().into());
+                if let Some(cert) = h.certificate() {
+                    details.insert("host_cert_id".into(), cert.key_id.clone().into());
+                    details.insert("host_cert_ca".into(), cert.signature_key.fingerprint(ssh_key::HashAlg::Sha256).to_string().into());
+                }
             }
         }
         Purpose::SshSig { namespace, hash } => {
@@ -268,7 +342,8 @@ impl Agent {
             uid: nix::unistd::geteuid().as_raw(),
             policy: Arc::new(Policy::default()),
             audit: None,
-            prompter: None,
+            confirmer: None,
+            connections: Registry::default(),
             upstreams: Upstreams::new(Vec::new(), upstream::Timeouts::default()),
             certs: cert_ext::AgentCerts::new(certs_options.cert_dir, certs_options.certs_only),
         }
@@ -292,9 +367,10 @@ impl Agent {
         self
     }
 
-    /// Ask for confirmations through this prompter (none: confirmations are refused).
+    /// Ask for confirmations through this prompter (none: confirmations are refused), on a
+    /// thread of their own.
     pub fn with_prompter(mut self, prompter: Arc<dyn Prompter>) -> Agent {
-        self.prompter = Some(prompter);
+        self.confirmer = Some(Confirmer::spawn(prompter));
         self
     }
 
@@ -325,7 +401,7 @@ impl Agent {
 
     /// Serve connections until `shutdown` resolves.
     pub async fn serve(self: Arc<Self>, listener: UnixListener, shutdown: impl std::future::Future<Output = ()>) {
-        let slots = Arc::new(Semaphore::new(self.options.max_connections));
+        let cap = connection_cap(self.options.max_connections);
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -341,26 +417,31 @@ impl Agent {
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!("too many connections ({}); closing a new one", self.options.max_connections);
+            // SO_PEERCRED is one cheap syscall: count the connection under its uid at once.
+            let credentials = match PeerInfo::credentials(&stream) {
+                Ok(credentials) => credentials,
+                Err(e) => {
+                    tracing::warn!("cannot read peer credentials: {e}; closing");
+                    continue;
+                }
+            };
+            let Some((id, close)) = self.connections.admit(credentials.uid, cap) else {
+                tracing::warn!(uid = credentials.uid, "{cap} connections of uid {} are busy; closing a new one", credentials.uid);
                 continue;
             };
             let agent = self.clone();
             tokio::spawn(async move {
-                agent.connection(stream).await;
-                drop(permit);
+                tokio::select! {
+                    biased;
+                    _ = close.notified() => tracing::debug!("closed an idle connection to make room"),
+                    _ = agent.connection(id, stream, credentials) => {}
+                }
+                agent.connections.remove(id);
             });
         }
     }
 
-    async fn connection(&self, mut stream: UnixStream) {
-        let credentials = match PeerInfo::credentials(&stream) {
-            Ok(credentials) => credentials,
-            Err(e) => {
-                tracing::warn!("cannot read peer credentials: {e}; closing");
-                return;
-            }
-        };
+    async fn connection(&self, id: u64, mut stream: UnixStream, credentials: PeerInfo) {
         let fallback = credentials.clone();
         let peer = tokio::task::spawn_blocking(move || credentials.with_process_details()).await.unwrap_or(fallback);
         if peer.uid != self.uid {
@@ -369,11 +450,14 @@ impl Agent {
             return;
         }
         tracing::debug!(peer = %peer, "connected");
-        let mut conn = Connection { peer, bindings: Vec::new(), upstream: upstream::Link::default() };
+        let mut conn = Connection { peer, bindings: Bindings::default(), upstream: upstream::Link::default() };
         let (reader, mut writer) = stream.split();
         let mut reader = frame::FrameReader::new(reader);
         loop {
-            let body = match reader.next(self.options.timeouts).await {
+            self.connections.set_idle(id, true);
+            let next = reader.next(self.options.timeouts).await;
+            self.connections.set_idle(id, false);
+            let body = match next {
                 Ok(body) => body,
                 Err(FrameError::Closed) => return,
                 Err(e) => {
@@ -419,7 +503,16 @@ impl Agent {
                 encode(if ok { Response::Success } else { Response::Failure })
             }
             Request::RemoveAllIdentities => {
-                // `ssh-add -D`: keys stay on their tokens; let go of the cards for other programs.
+                // `ssh-add -D`: keys stay on their tokens; let go of the cards for other programs
+                // (which also forgets their verified PINs: not for a forwarded peer to do).
+                if let Err(reason) = conn.local_only("ssh-add -D") {
+                    tracing::warn!(peer = %conn.peer, "{reason}");
+                    self.audit(event_record("remove-all", &conn.peer, "deny", &reason)).await;
+                    return failure();
+                }
+                if !self.audit(event_record("remove-all", &conn.peer, "allow", "")).await {
+                    return failure();
+                }
                 for token in &self.tokens() {
                     token.release();
                 }
@@ -464,18 +557,13 @@ impl Agent {
     /// On a session-bound connection, only the keys whose policy could allow a login to the
     /// bound destination, certificates first: ssh offers them in this order, and a server's
     /// MaxAuthTries counts every key offered.
-    async fn for_destination(&self, conn: &Connection, mut ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], destination: KeyData) -> Vec<ssh_agent_lib::proto::Identity> {
+    async fn for_destination(&self, conn: &Connection, mut ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], destination: HostKey) -> Vec<ssh_agent_lib::proto::Identity> {
         let candidates = self.policy.ssh_auth_hosts();
         let host_names = if candidates.is_empty() {
             Vec::new()
         } else {
             let files = self.policy.known_hosts.clone();
-            tokio::task::spawn_blocking(move || {
-                let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
-                policy::known_hosts::names_for(&destination, &candidates, &files)
-            })
-            .await
-            .unwrap_or_default()
+            tokio::task::spawn_blocking(move || host_names(&destination, &candidates, &files, crate::cert::unix_now())).await.unwrap_or_default()
         };
         let forwarded = conn.forwarded();
         ids.retain(|id| {
@@ -568,13 +656,9 @@ impl Agent {
         record.key = Some(signer.key_record());
         let purpose = purpose::classify_credential(&req.data, &req.credential).map_err(|e| Refusal::Denied(e.to_string()))?;
         record.purpose = Some(purpose.name());
-        check_binding(conn, &purpose, &req.data).map_err(Refusal::Denied)?;
-
-        // The destination: the hostbound request names it; otherwise the last session-bind.
-        let host_key = match &purpose {
-            Purpose::SshAuth { host_key: Some(h), .. } => Some(h.clone()),
-            _ => conn.bindings.last().map(|b| b.host_key.clone()),
-        };
+        // The destination of a login: the bound session's verified host key (or, on an unbound
+        // local connection, the one a hostbound request names).
+        let host_key = conn.bindings.destination(&purpose).map_err(Refusal::Denied)?;
         let key_policy = signer.policy(&self.policy);
         let host_names = match (&purpose, &host_key) {
             (Purpose::SshAuth { .. }, Some(host_key)) => {
@@ -588,12 +672,9 @@ impl Agent {
                     .collect();
                 let files = self.policy.known_hosts.clone();
                 let host_key = host_key.clone();
-                tokio::task::spawn_blocking(move || {
-                    let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
-                    policy::known_hosts::names_for(&host_key, &candidates, &files)
-                })
-                .await
-                .unwrap_or_default()
+                tokio::task::spawn_blocking(move || host_names(&host_key, &candidates, &files, crate::cert::unix_now()))
+                    .await
+                    .unwrap_or_default()
             }
             _ => Vec::new(),
         };
@@ -601,7 +682,7 @@ impl Agent {
         let request = policy::Request {
             purpose: &purpose,
             forwarded: conn.forwarded(),
-            host_key: host_key.as_ref(),
+            host_key: host_key.as_ref().map(HostKey::key),
             host_names: &host_names,
             touch: signer.touch(),
         };
@@ -619,20 +700,24 @@ impl Agent {
                     crate::text::escape(&purpose.describe()),
                     signer.describe(&self.upstreams),
                 );
-                let Some(prompter) = self.prompter.clone() else {
+                let Some(confirmer) = &self.confirmer else {
                     return Err(Refusal::Denied("confirmation required but no prompter is configured".into()));
                 };
-                let yes = tokio::task::spawn_blocking(move || prompter.confirm(&message)).await.unwrap_or(false);
+                let yes = confirmer.ask(message).await.map_err(|e| Refusal::Denied(e.to_string()))?;
                 record.details.insert("confirmed".into(), yes.into());
                 if !yes {
                     return Err(Refusal::Denied("the user did not confirm".into()));
                 }
+                self.still_unlocked("the confirmation")?;
             }
         }
         match signer {
             Signer::Token(token, key, scheme) => {
                 let context = SignContext { requester: conn.peer.to_string(), purpose: purpose.describe() };
                 let raw = token.sign(key.clone(), scheme, req.data, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
+                // A signature that waited for a PIN or a touch is not handed out if the agent was
+                // locked in the meantime.
+                self.still_unlocked("the token")?;
                 signature::ssh_signature(scheme, &raw).map_err(|e| Refusal::Failed(e.to_string()))
             }
             Signer::Upstream(key) => {
@@ -640,9 +725,7 @@ impl Agent {
                 let mut body = Vec::new();
                 Request::SignRequest(req).encode(&mut body).map_err(|e| Refusal::Failed(e.to_string()))?;
                 let signature = self.upstreams.sign(&mut conn.upstream, &key, &body, &data).await.map_err(|e| Refusal::Failed(e.to_string()))?;
-                if self.lock.is_locked() {
-                    return Err(Refusal::Denied("the agent was locked while the upstream agent signed; the signature is withheld".into()));
-                }
+                self.still_unlocked("the upstream agent")?;
                 Ok(signature)
             }
         }
@@ -664,8 +747,8 @@ impl Agent {
     async fn add_to_upstream(&self, conn: &mut Connection, body: &[u8]) -> Vec<u8> {
         let outcome = if self.lock.is_locked() {
             Err("the agent is locked (unlock with `ssh-add -X`)".to_string())
-        } else if conn.forwarded() || !conn.bindings.is_empty() {
-            Err("keys cannot be added through a forwarded (or session-bound) agent connection; run ssh-add on the machine the agent runs on".to_string())
+        } else if let Err(reason) = conn.local_only("adding a key") {
+            Err(reason)
         } else {
             self.upstreams.add(&mut conn.upstream, body).await.map_err(|e| e.to_string())
         };
@@ -689,8 +772,8 @@ impl Agent {
         let key = upstream::credential_key(&credential).clone();
         let outcome = if self.lock.is_locked() {
             Err("the agent is locked (unlock with `ssh-add -X`)".to_string())
-        } else if !conn.bindings.is_empty() {
-            Err("keys cannot be removed through a forwarded (or session-bound) agent connection".to_string())
+        } else if let Err(reason) = conn.local_only("removing a key") {
+            Err(reason)
         } else if self.tokens().iter().any(|t| t.find(&key).is_some()) {
             Err("this key lives on a token and cannot be removed from the agent".to_string())
         } else {
@@ -711,8 +794,8 @@ impl Agent {
     async fn remove_all_upstream(&self, conn: &mut Connection) -> Vec<u8> {
         let outcome = if self.lock.is_locked() {
             Err("the agent is locked (unlock with `ssh-add -X`)".to_string())
-        } else if !conn.bindings.is_empty() {
-            Err("keys cannot be removed through a forwarded (or session-bound) agent connection".to_string())
+        } else if let Err(reason) = conn.local_only("removing keys") {
+            Err(reason)
         } else {
             let errors = self.upstreams.remove_all(&mut conn.upstream).await;
             if errors.is_empty() {
@@ -721,7 +804,7 @@ impl Agent {
                 Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
             }
         };
-        let mut record = event_record("remove-all-identities", &conn.peer, "allow", "");
+        let mut record = event_record("remove-all-upstream", &conn.peer, "allow", "");
         if let Err(reason) = &outcome {
             tracing::warn!(peer = %conn.peer, "ssh-add -D: {reason}");
             record.decision = "deny".into();
@@ -729,6 +812,13 @@ impl Agent {
         }
         let written = self.audit(record).await;
         encode(if outcome.is_ok() && written { Response::Success } else { Response::Failure })
+    }
+
+    fn still_unlocked(&self, waited_for: &str) -> Result<(), Refusal> {
+        if self.lock.is_locked() {
+            return Err(Refusal::Denied(format!("the agent was locked while waiting for {waited_for}; the signature is withheld (unlock with `ssh-add -X` and retry)")));
+        }
+        Ok(())
     }
 
     async fn extension(&self, conn: &mut Connection, ext: Extension) -> Vec<u8> {
@@ -740,17 +830,24 @@ impl Agent {
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
             }
-            EXT_SESSION_BIND => match session_bind(conn, &ext) {
-                Ok(()) => {
+            EXT_SESSION_BIND => match conn.bindings.bind(ext.details.as_ref()) {
+                Ok(bound) => {
+                    tracing::debug!(peer = %conn.peer, forwarded = bound.forwarded, host_key = %bound.host_key.fingerprint(), certificate = bound.host_key.certificate().is_some(), "session bound");
                     self.pass_on_session_bind(conn, ext).await;
                     encode(Response::Success)
                 }
                 Err(reason) => {
-                    tracing::warn!(peer = %conn.peer, "session-bind refused: {reason}");
+                    tracing::warn!(peer = %conn.peer, "session-bind refused: {reason}; nothing more is signed on this connection");
                     failure()
                 }
             },
             EXT_STATUS => {
+                // Pid, serials and firmware are for the local user, not a remote host.
+                if let Err(reason) = conn.local_only("keytap status") {
+                    tracing::warn!(peer = %conn.peer, "{reason}");
+                    self.audit(event_record("status", &conn.peer, "deny", &reason)).await;
+                    return failure();
+                }
                 let report = self.status().await;
                 let json = serde_json::to_vec(&report).expect("status serialises");
                 let mut details = Vec::new();
@@ -758,23 +855,41 @@ impl Agent {
                 encode(Response::ExtensionResponse(Extension { name: EXT_STATUS.into(), details: details.into() }))
             }
             setup_ext::EXT_SETUP => {
-                let answer = setup_ext::handle(self.tokens(), ext.details.as_ref(), conn.peer.to_string(), conn.forwarded(), self.lock.is_locked()).await;
-                if let setup_ext::SetupAnswer::Refused(reason) = &answer {
-                    tracing::warn!(peer = %conn.peer, "setup refused: {reason}");
+                let answer = setup_ext::handle(self.tokens(), ext.details.as_ref(), conn.peer.to_string(), conn.bindings.remote(), self.lock.is_locked()).await;
+                let mut record = event_record("setup", &conn.peer, "allow", "");
+                record.forwarded = conn.forwarded();
+                record.details = setup_ext::audit_details(ext.details.as_ref(), &answer);
+                match &answer {
+                    setup_ext::SetupAnswer::Refused(reason) => {
+                        tracing::warn!(peer = %conn.peer, "setup refused: {reason}");
+                        record.decision = "deny".into();
+                        record.reason = reason.clone();
+                    }
+                    setup_ext::SetupAnswer::Created(key, ..) => {
+                        record.key = key.as_ref().map(|k| KeyRecord { fingerprint: k.fingerprint.clone(), serial: k.serial, slot: k.slot.clone() });
+                    }
                 }
+                // The token has changed already: the answer goes out even if the record could
+                // not be written (the audit writer logs that loudly).
+                self.audit(record).await;
                 encode(Response::ExtensionResponse(Extension { name: setup_ext::EXT_SETUP.into(), details: setup_ext::encode_json(&answer).into() }))
             }
             attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
             cert_ext::EXT_CERT => {
+                let listing = matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List));
                 let reply = if self.lock.is_locked() {
                     cert_ext::CertReply { error: Some("the agent is locked; unlock it with `ssh-add -X`".into()), ..Default::default() }
+                } else if let (false, Err(reason)) = (listing, conn.local_only("adding or removing certificates")) {
+                    // A remote host could add a certificate of its own CA (offered first to local
+                    // ssh) or remove the user's.
+                    cert_ext::CertReply { error: Some(reason), ..Default::default() }
                 } else {
                     let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
                     let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
                     self.certs.handle(ext.details.as_ref(), &keys).await
                 };
                 // Changes to what the agent offers are audited; listing is not.
-                if !matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List)) {
+                if !listing {
                     let decision = if reply.error.is_some() { "deny" } else { "allow" };
                     let written = self.audit(event_record("cert", &conn.peer, decision, reply.error.as_deref().unwrap_or(""))).await;
                     if !written {
@@ -813,49 +928,25 @@ impl Agent {
     }
 }
 
-/// Record a session binding as OpenSSH's agent does: verified, at most 16, none after a
-/// binding for authentication, and never the same session id for a different host key.
-fn session_bind(conn: &mut Connection, ext: &Extension) -> Result<(), String> {
-    let bind = parse_session_bind(ext.details.as_ref())?;
-    bind.verify_signature().map_err(|e| format!("host key signature does not verify: {e}"))?;
-    for existing in &conn.bindings {
-        if !existing.forwarded {
-            return Err("connection already bound for authentication".into());
-        }
-        if existing.session_id == bind.session_id {
-            return if existing.host_key == bind.host_key {
-                Ok(())
-            } else {
-                Err("session id already bound to a different host key".into())
-            };
-        }
+/// The names known_hosts gives a login's destination: those of its plain key, and for a host
+/// certificate that is valid now, the names of `@cert-authority` lines for its CA that the
+/// certificate's principals cover (as ssh checks a certificate host). Reads files: call it
+/// off the event loop.
+fn host_names(host: &HostKey, candidates: &[String], files: &[std::path::PathBuf], now: u64) -> Vec<String> {
+    let wanted: Vec<&str> = candidates.iter().map(String::as_str).collect();
+    let mut names = policy::known_hosts::names_for(host.key(), &wanted, files);
+    if let Some(cert) = host.certificate().filter(|c| c.valid_host_at(now)) {
+        let principals = &cert.principals;
+        let wanted: Vec<&str> = wanted.iter().copied().chain(principals.iter().map(String::as_str)).collect();
+        let covered = |name: &String| {
+            let host = policy::known_hosts::Destination::parse(name).host;
+            principals.is_empty() || principals.iter().any(|p| p.eq_ignore_ascii_case(&host))
+        };
+        names.extend(policy::known_hosts::cert_authority_names(&cert.signature_key, host.key(), &wanted, files).into_iter().filter(covered));
     }
-    if conn.bindings.len() >= MAX_BINDINGS {
-        return Err("too many session bindings".into());
-    }
-    tracing::debug!(peer = %conn.peer, forwarded = bind.is_forwarding, host_key = %bind.host_key.fingerprint(ssh_key::HashAlg::Sha256), "session bound");
-    conn.bindings.push(Binding { host_key: bind.host_key, session_id: bind.session_id, forwarded: bind.is_forwarding });
-    Ok(())
-}
-
-/// On a connection bound for authentication, a userauth signature must be for that session
-/// (and, hostbound, that host key): a signature for another session would be relayed.
-fn check_binding(conn: &Connection, purpose: &Purpose, data: &[u8]) -> Result<(), String> {
-    let Purpose::SshAuth { host_key, .. } = purpose else { return Ok(()) };
-    let Some(last) = conn.bindings.last() else { return Ok(()) };
-    if last.forwarded {
-        return Ok(());
-    }
-    let session_id = Vec::<u8>::decode(&mut &data[..]).map_err(|e| e.to_string())?;
-    if session_id != last.session_id {
-        return Err("userauth request is for a different session than the one bound to this connection".into());
-    }
-    if let Some(host_key) = host_key {
-        if host_key != &last.host_key {
-            return Err("hostbound userauth names a different host key than the bound session".into());
-        }
-    }
-    Ok(())
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Decode one frame body as a request; trailing bytes are an error.
@@ -868,26 +959,16 @@ pub fn parse_request(body: &[u8]) -> Result<Request, String> {
     Ok(request)
 }
 
-/// Decode the details of a `session-bind@openssh.com` extension (signature not yet checked).
-pub fn parse_session_bind(details: &[u8]) -> Result<ssh_agent_lib::proto::extension::SessionBind, String> {
-    let mut reader = details;
-    let bind = ssh_agent_lib::proto::extension::SessionBind::decode(&mut reader).map_err(|e| format!("malformed: {e}"))?;
-    if !reader.is_empty() {
-        return Err("trailing bytes".into());
-    }
-    if bind.session_id.is_empty() || bind.session_id.len() > 128 {
-        return Err(format!("session id of {} bytes", bind.session_id.len()));
-    }
-    Ok(bind)
-}
-
 /// Run untrusted bytes through every decoder a client can reach: framing, request decoding,
-/// session-bind parsing and purpose classification. Shared by the fuzz target and the
-/// corpus replay test; it must never panic.
+/// session-bind parsing and signature checks (with the bindings kept across the input, so a
+/// bind followed by a sign request reaches the binding rules), purpose classification, and
+/// the bodies of keytap's extensions. Shared by the fuzz target and the corpus replay test;
+/// it must never panic.
 pub fn exercise_decoders(input: &[u8]) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
     let timeouts = FrameTimeouts { idle: Duration::from_secs(1), frame: Duration::from_secs(1) };
     let mut reader = frame::FrameReader::new(input);
+    let mut bindings = Bindings::default();
     runtime.block_on(async {
         while let Ok(body) = reader.next(timeouts).await {
             match parse_request(&body) {
@@ -900,15 +981,113 @@ pub fn exercise_decoders(input: &[u8]) {
                     if let Ok(purpose) = purpose::classify_credential(&req.data, &req.credential) {
                         let _ = purpose.name();
                         let _ = purpose.describe();
+                        let _ = bindings.destination(&purpose);
                     }
                 }
-                Ok(Request::Extension(ext)) if ext.name == EXT_SESSION_BIND => {
-                    if let Ok(bind) = parse_session_bind(ext.details.as_ref()) {
-                        let _ = bind.verify_signature();
+                Ok(Request::Extension(ext)) => {
+                    let details = ext.details.as_ref();
+                    match ext.name.as_str() {
+                        EXT_SESSION_BIND => {
+                            let _ = bindings.bind(details);
+                        }
+                        setup_ext::EXT_SETUP => {
+                            let _ = setup_ext::decode_json::<setup_ext::SetupRequest>(details);
+                            let _ = setup_ext::audit_details(details, &setup_ext::SetupAnswer::Refused(String::new()));
+                        }
+                        cert_ext::EXT_CERT => {
+                            let _ = cert_ext::CertOp::decode(details);
+                        }
+                        attest_ext::EXT_ATTEST => {
+                            let _ = attest_ext::parse_request(details);
+                        }
+                        _ => {}
                     }
                 }
                 _ => {}
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssh_key::certificate::{Builder, CertType};
+    use ssh_key::{Algorithm, PrivateKey};
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).unwrap()
+    }
+
+    fn line(key: &PrivateKey) -> String {
+        key.public_key().to_openssh().unwrap()
+    }
+
+    fn host_cert(ca: &PrivateKey, host: &PrivateKey, cert_type: CertType, principals: &[&str], valid: (u64, u64)) -> HostKey {
+        let mut b = Builder::new_with_random_nonce(&mut rand_core::OsRng, host.public_key().key_data().clone(), valid.0, valid.1).unwrap();
+        b.cert_type(cert_type).unwrap();
+        if principals.is_empty() {
+            b.all_principals_valid().unwrap();
+        }
+        for p in principals {
+            b.valid_principal(*p).unwrap();
+        }
+        HostKey::from_blob(&b.sign(ca).unwrap().to_bytes().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_host_is_named_by_cert_authority_lines_its_principals_cover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, other_ca, host) = (key(), key(), key());
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, format!("@cert-authority *.example,!bad.example {}\nplain.example {}\n", line(&ca), line(&host))).unwrap();
+        let files = vec![file.clone()];
+        let wanted = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let now = 1_000;
+        let cert = host_cert(&ca, &host, CertType::Host, &["web.example", "bad.example"], (0, 2_000));
+        // Principals and candidates under the CA line, minus the negated name; plus the plain key's names.
+        assert_eq!(host_names(&cert, &wanted(&["other.example"]), &files, now), ["plain.example", "web.example"]);
+        // No principals: any name the line matches.
+        let any = host_cert(&ca, &host, CertType::Host, &[], (0, 2_000));
+        assert_eq!(host_names(&any, &wanted(&["db.example", "bad.example", "x.org"]), &files, now), ["db.example", "plain.example"]);
+        // Expired, not yet valid, a user certificate, or another CA: only the plain key's names.
+        for cert in [
+            host_cert(&ca, &host, CertType::Host, &["web.example"], (0, 500)),
+            host_cert(&ca, &host, CertType::Host, &["web.example"], (1_500, 2_000)),
+            host_cert(&ca, &host, CertType::User, &["web.example"], (0, 2_000)),
+            host_cert(&other_ca, &host, CertType::Host, &["web.example"], (0, 2_000)),
+        ] {
+            assert_eq!(host_names(&cert, &wanted(&["web.example"]), &files, now), ["plain.example"]);
+        }
+        // A revoked CA (or host key) names nothing through certificates.
+        std::fs::write(&file, format!("@cert-authority *.example {}\n@revoked * {}\n", line(&ca), line(&ca))).unwrap();
+        assert!(host_names(&cert, &wanted(&["web.example"]), &files, now).is_empty());
+    }
+
+    #[test]
+    fn the_registry_closes_the_longest_idle_connection_of_the_same_uid() {
+        let registry = Registry::default();
+        let (first, first_close) = registry.admit(1000, 2).unwrap();
+        let (second, _) = registry.admit(1000, 2).unwrap();
+        let (_, other_uid) = registry.admit(2000, 2).unwrap();
+        // The second is busy answering: only the first can make room.
+        registry.set_idle(second, false);
+        assert!(registry.admit(1000, 2).is_some());
+        assert!(notified_already(&first_close));
+        assert!(!notified_already(&other_uid));
+        // Now every connection of uid 1000 is busy: a new one is refused.
+        registry.set_idle(first, false);
+        let all_busy: Vec<u64> = registry.inner.lock().unwrap().open.iter().filter(|(_, s)| s.uid == 1000).map(|(id, _)| *id).collect();
+        for id in all_busy {
+            registry.set_idle(id, false);
+        }
+        assert!(registry.admit(1000, 2).is_none());
+    }
+
+    /// Whether a notification is stored for the next waiter.
+    fn notified_already(notify: &Notify) -> bool {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable()
+    }
 }

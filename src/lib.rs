@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod git_signing;
 pub mod log;
 pub mod mock;
+pub mod host_key;
 pub mod paths;
 pub mod peer;
 pub mod policy;

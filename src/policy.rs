@@ -357,7 +357,7 @@ pub fn decide(request: &Request, policy: &KeyPolicy) -> Decision {
 /// `host_names`, on a connection that is (or is not) forwarded: for destination-aware key
 /// lists. A confirmation still counts as possible. Pure.
 pub fn could_log_in(policy: &KeyPolicy, forwarded: bool, host_names: &[String]) -> bool {
-    let purpose = Purpose::SshAuth { user: String::new(), method: "publickey-hostbound-v00@openssh.com".into(), host_key: None };
+    let purpose = Purpose::SshAuth { user: String::new(), method: "publickey-hostbound-v00@openssh.com".into(), session_id: Vec::new(), host_key: None };
     let request = Request { purpose: &purpose, forwarded, host_key: None, host_names, touch: TouchPolicy::Never };
     !matches!(decide(&request, policy), Decision::Deny(_))
 }
@@ -425,7 +425,7 @@ mod tests {
     }
 
     fn auth() -> Purpose {
-        Purpose::SshAuth { user: "git".into(), method: "publickey".into(), host_key: None }
+        Purpose::SshAuth { user: "git".into(), method: "publickey".into(), session_id: vec![1; 32], host_key: None }
     }
 
     fn sig(ns: &str) -> Purpose {

@@ -1,11 +1,17 @@
 //! What a sign request is for, read from the data to be signed (pure functions).
 //!
 //! Layouts: SSH user authentication (RFC 4252 section 7 plus OpenSSH's hostbound method) and
-//! SSHSIG (`PROTOCOL.sshsig`). Anything else is `Raw`.
+//! SSHSIG (`PROTOCOL.sshsig`). Classification goes by structure, not by what decodes nicely:
+//! data that begins like a userauth request (a non-empty session id string, then byte 50) is
+//! one, whatever bytes its user name and service hold and however long its session id is, and
+//! is refused when the rest is malformed; sshd could accept such data as a login signature, so
+//! it is never `Raw`. Data starting with the SSHSIG magic must be well-formed SSHSIG. Anything
+//! else is `Raw`.
 
 use ssh_agent_lib::proto::PublicCredential;
-use ssh_encoding::{Decode, Encode, Reader};
-use ssh_key::public::KeyData;
+use ssh_encoding::{Decode, Encode};
+
+use crate::host_key::HostKey;
 
 const SSH_MSG_USERAUTH_REQUEST: u8 = 50;
 const SSHSIG_MAGIC: &[u8; 6] = b"SSHSIG";
@@ -15,11 +21,14 @@ const SSHSIG_MAGIC: &[u8; 6] = b"SSHSIG";
 pub enum Purpose {
     /// Logging in to an SSH server.
     SshAuth {
+        /// The user name, for display: bytes that are not UTF-8 are replaced (U+FFFD).
         user: String,
         /// `publickey` or `publickey-hostbound-v00@openssh.com`.
         method: String,
-        /// The server host key, for the hostbound method.
-        host_key: Option<KeyData>,
+        /// The session the signature is for (sshd checks it; session-bind names it).
+        session_id: Vec<u8>,
+        /// The server host key (plain or certificate), for the hostbound method.
+        host_key: Option<HostKey>,
     },
     /// An SSHSIG signature (git commits, `ssh-keygen -Y sign`) in a namespace.
     SshSig { namespace: String, hash: String },
@@ -60,10 +69,7 @@ impl Purpose {
 }
 
 /// Classify the data of a sign request for `key`.
-///
-/// Data that parses completely as a userauth request is `SshAuth` (and must name `key`); data
-/// starting with the SSHSIG magic must be a well-formed SSHSIG preamble; all else is `Raw`.
-pub fn classify(data: &[u8], key: &KeyData) -> Result<Purpose, PurposeError> {
+pub fn classify(data: &[u8], key: &ssh_key::public::KeyData) -> Result<Purpose, PurposeError> {
     classify_credential(data, &PublicCredential::Key(key.clone()))
 }
 
@@ -73,16 +79,21 @@ pub fn classify_credential(data: &[u8], credential: &PublicCredential) -> Result
     if data.starts_with(SSHSIG_MAGIC) {
         return parse_sshsig(&data[SSHSIG_MAGIC.len()..]);
     }
-    match parse_userauth(data) {
-        Some(Ok(auth)) => {
-            if !names_same_key(&auth.key, credential) {
-                return Err(PurposeError::KeyMismatch);
-            }
-            Ok(Purpose::SshAuth { user: auth.user, method: auth.method, host_key: auth.host_key })
-        }
-        Some(Err(e)) => Err(e),
-        None => Ok(Purpose::Raw),
+    if !shaped_like_userauth(data) {
+        return Ok(Purpose::Raw);
     }
+    let auth = parse_userauth(data)?;
+    if !names_same_key(&auth.key, credential) {
+        return Err(PurposeError::KeyMismatch);
+    }
+    Ok(Purpose::SshAuth { user: auth.user, method: auth.method, session_id: auth.session_id, host_key: auth.host_key })
+}
+
+/// A non-empty session id string followed by SSH_MSG_USERAUTH_REQUEST: what every signature
+/// sshd verifies for a login begins with (OpenSSH's agent takes any non-empty session id).
+fn shaped_like_userauth(data: &[u8]) -> bool {
+    let Some(len) = data.get(..4).map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize) else { return false };
+    len > 0 && data.get(4usize.saturating_add(len)) == Some(&SSH_MSG_USERAUTH_REQUEST)
 }
 
 /// Does the userauth key blob name the key asked to sign? The same blob, or a certificate for
@@ -94,59 +105,51 @@ fn names_same_key(blob: &[u8], credential: &PublicCredential) -> bool {
         return true;
     }
     match credential {
-        PublicCredential::Key(k) => ssh_key::Certificate::from_bytes(blob).is_ok_and(|c| c.public_key() == k),
+        PublicCredential::Key(k) => HostKey::from_blob(blob).is_ok_and(|c| c.certificate().is_some() && c.key() == k),
         PublicCredential::Cert(_) => false,
     }
 }
 
 struct UserAuth {
+    session_id: Vec<u8>,
     user: String,
     method: String,
     /// The public key blob as sent: a plain key or a certificate.
     key: Vec<u8>,
-    host_key: Option<KeyData>,
+    host_key: Option<HostKey>,
 }
 
-/// `None` when the data is not shaped like a userauth request at all; `Some(Err)` when it is
-/// (session id, byte 50, "ssh-connection") but is malformed.
-fn parse_userauth(data: &[u8]) -> Option<Result<UserAuth, PurposeError>> {
-    let mut r = data;
-    let session_id = Vec::<u8>::decode(&mut r).ok()?;
-    if session_id.is_empty() || session_id.len() > 128 {
-        return None;
-    }
-    if u8::decode(&mut r).ok()? != SSH_MSG_USERAUTH_REQUEST {
-        return None;
-    }
-    let user = String::decode(&mut r).ok()?;
-    if String::decode(&mut r).ok()? != "ssh-connection" {
-        return None;
-    }
-    Some(parse_userauth_tail(&mut r, user))
-}
-
-fn parse_userauth_tail(r: &mut &[u8], user: String) -> Result<UserAuth, PurposeError> {
+/// Parse data already known to be shaped like a userauth request, strictly: every field
+/// present, a known method, the has-signature flag set, nothing after the last field.
+fn parse_userauth(data: &[u8]) -> Result<UserAuth, PurposeError> {
     let bad = PurposeError::MalformedAuth;
-    let method = String::decode(r).map_err(|_| bad("method"))?;
-    let hostbound = match method.as_str() {
-        "publickey" => false,
-        "publickey-hostbound-v00@openssh.com" => true,
+    let r = &mut &data[..];
+    let session_id = Vec::<u8>::decode(r).map_err(|_| bad("session id"))?;
+    let _message = u8::decode(r).map_err(|_| bad("message number"))?;
+    let user = Vec::<u8>::decode(r).map_err(|_| bad("user name"))?;
+    let _service = Vec::<u8>::decode(r).map_err(|_| bad("service"))?;
+    let method = Vec::<u8>::decode(r).map_err(|_| bad("method"))?;
+    let hostbound = match method.as_slice() {
+        b"publickey" => false,
+        b"publickey-hostbound-v00@openssh.com" => true,
         _ => return Err(bad("unknown method")),
     };
     if u8::decode(r).map_err(|_| bad("has-signature flag"))? != 1 {
         return Err(bad("has-signature flag is not set"));
     }
-    let _algorithm = String::decode(r).map_err(|_| bad("algorithm"))?;
+    let _algorithm = Vec::<u8>::decode(r).map_err(|_| bad("algorithm"))?;
     let key = Vec::<u8>::decode(r).map_err(|_| bad("public key"))?;
     let host_key = if hostbound {
-        Some(r.read_prefixed(KeyData::decode).map_err(|_| bad("host key"))?)
+        let blob = Vec::<u8>::decode(r).map_err(|_| bad("host key"))?;
+        Some(HostKey::from_blob(&blob).map_err(|_| bad("host key"))?)
     } else {
         None
     };
     if !r.is_empty() {
         return Err(bad("trailing bytes"));
     }
-    Ok(UserAuth { user, method, key, host_key })
+    let method = String::from_utf8(method).expect("one of two ASCII names");
+    Ok(UserAuth { session_id, user: String::from_utf8_lossy(&user).into_owned(), method, key, host_key })
 }
 
 fn parse_sshsig(mut r: &[u8]) -> Result<Purpose, PurposeError> {
@@ -175,6 +178,7 @@ fn parse_sshsig(mut r: &[u8]) -> Result<Purpose, PurposeError> {
 mod tests {
     use super::*;
     use ssh_encoding::Encode;
+    use ssh_key::public::KeyData;
     use ssh_key::{Algorithm, PrivateKey};
 
     fn key() -> KeyData {
@@ -185,20 +189,32 @@ mod tests {
         s.encode(out).unwrap();
     }
 
-    fn userauth(key: &KeyData, method: &str, host: Option<&KeyData>, has_sig: u8) -> Vec<u8> {
+    fn blob(key: &KeyData) -> Vec<u8> {
+        let mut b = Vec::new();
+        key.encode(&mut b).unwrap();
+        b
+    }
+
+    /// A userauth request with every field chosen by the caller.
+    fn userauth_with(session_id: &[u8], user: &[u8], service: &[u8], key: &KeyData, method: &str, host: Option<&[u8]>, has_sig: u8) -> Vec<u8> {
         let mut d = Vec::new();
-        put_str(&mut d, &[7u8; 32]);
+        put_str(&mut d, session_id);
         d.push(50);
-        put_str(&mut d, b"alice");
-        put_str(&mut d, b"ssh-connection");
+        put_str(&mut d, user);
+        put_str(&mut d, service);
         put_str(&mut d, method.as_bytes());
         d.push(has_sig);
         put_str(&mut d, b"ssh-ed25519");
         key.encode_prefixed(&mut d).unwrap();
         if let Some(h) = host {
-            h.encode_prefixed(&mut d).unwrap();
+            put_str(&mut d, h);
         }
         d
+    }
+
+    fn userauth(key: &KeyData, method: &str, host: Option<&KeyData>, has_sig: u8) -> Vec<u8> {
+        let host = host.map(blob);
+        userauth_with(&[7u8; 32], b"alice", b"ssh-connection", key, method, host.as_deref(), has_sig)
     }
 
     fn sshsig(ns: &str, hash: &str, len: usize) -> Vec<u8> {
@@ -214,7 +230,7 @@ mod tests {
     fn userauth_publickey() {
         let k = key();
         let p = classify(&userauth(&k, "publickey", None, 1), &k).unwrap();
-        assert_eq!(p, Purpose::SshAuth { user: "alice".into(), method: "publickey".into(), host_key: None });
+        assert_eq!(p, Purpose::SshAuth { user: "alice".into(), method: "publickey".into(), session_id: vec![7; 32], host_key: None });
         assert_eq!(p.name(), "ssh-auth");
     }
 
@@ -222,7 +238,60 @@ mod tests {
     fn userauth_hostbound_carries_host_key() {
         let (k, h) = (key(), key());
         let p = classify(&userauth(&k, "publickey-hostbound-v00@openssh.com", Some(&h), 1), &k).unwrap();
-        assert!(matches!(p, Purpose::SshAuth { host_key: Some(ref hk), .. } if hk == &h));
+        assert!(matches!(p, Purpose::SshAuth { host_key: Some(ref hk), .. } if hk.key() == &h && hk.certificate().is_none()));
+    }
+
+    #[test]
+    fn userauth_hostbound_to_a_certificate_host_carries_the_certificate() {
+        use ssh_key::certificate::{Builder, CertType};
+        let ca = PrivateKey::random(&mut rand_core::OsRng, Algorithm::Ed25519).unwrap();
+        let (k, host) = (key(), key());
+        let mut b = Builder::new_with_random_nonce(&mut rand_core::OsRng, host.clone(), 0, 4_000_000_000).unwrap();
+        b.cert_type(CertType::Host).unwrap().all_principals_valid().unwrap();
+        let cert = b.sign(&ca).unwrap().to_bytes().unwrap();
+        let data = userauth_with(&[1; 32], b"bob", b"ssh-connection", &k, "publickey-hostbound-v00@openssh.com", Some(&cert), 1);
+        let p = classify(&data, &k).unwrap();
+        let Purpose::SshAuth { host_key: Some(hk), .. } = p else { panic!("{p:?}") };
+        assert_eq!(hk.key(), &host);
+        assert_eq!(hk.blob(), cert.as_slice());
+        assert!(hk.certificate().is_some());
+    }
+
+    #[test]
+    fn any_user_service_and_session_id_length_is_still_a_login() {
+        let k = key();
+        // (session id, user, service, user as shown)
+        type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], &'a str);
+        let cases: [Case; 5] = [
+            (&[7; 32], b"root:\xff", b"ssh-connection", "root:\u{fffd}"),
+            (&[7; 32], b"alice", b"not-ssh-connection", "alice"),
+            (&[7; 32], b"", b"", ""),
+            (&[9; 200], b"alice", b"ssh-connection", "alice"),
+            (&[9; 1], b"alice", b"ssh-connection", "alice"),
+        ];
+        for (session_id, user, service, shown) in cases {
+            let data = userauth_with(session_id, user, service, &k, "publickey", None, 1);
+            let p = classify(&data, &k).unwrap();
+            assert_eq!(p, Purpose::SshAuth { user: shown.into(), method: "publickey".into(), session_id: session_id.to_vec(), host_key: None });
+            assert_eq!(p.name(), "ssh-auth");
+        }
+    }
+
+    #[test]
+    fn shaped_like_a_login_but_malformed_is_refused_never_raw() {
+        let k = key();
+        let mut garbage_tail = Vec::new();
+        put_str(&mut garbage_tail, &[7u8; 32]);
+        garbage_tail.push(50);
+        garbage_tail.extend_from_slice(b"\xff\xff\xff\xffanything");
+        let mut user_only = Vec::new();
+        put_str(&mut user_only, &[7u8; 300]);
+        user_only.push(50);
+        put_str(&mut user_only, b"root");
+        let bad_host = userauth_with(&[7; 32], b"a", b"ssh-connection", &k, "publickey-hostbound-v00@openssh.com", Some(b"junk"), 1);
+        for data in [garbage_tail, user_only, bad_host] {
+            assert!(matches!(classify(&data, &k), Err(PurposeError::MalformedAuth(_))), "{data:?}");
+        }
     }
 
     #[test]
@@ -299,5 +368,9 @@ mod tests {
         put_str(&mut not_auth, &[1u8; 32]);
         not_auth.push(51);
         assert_eq!(classify(&not_auth, &k).unwrap(), Purpose::Raw);
+        // A session id length that runs past the data, or no byte after it.
+        assert_eq!(classify(&[0, 0, 1, 0, 50, 50], &k).unwrap(), Purpose::Raw);
+        assert_eq!(classify(&[0, 0, 0, 1, 7], &k).unwrap(), Purpose::Raw);
+        assert_eq!(classify(&[0, 0, 0], &k).unwrap(), Purpose::Raw);
     }
 }

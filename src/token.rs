@@ -300,6 +300,8 @@ pub enum TokenError {
     BadNewSecret(String),
     #[error("only one PIN try is left; keytap will not spend it. Unblock or reset the PIN with the PUK (`ykman piv access change-pin` with the right PIN, or `ykman piv access unblock-pin`)")]
     PinLastRetry,
+    #[error("only one PUK try is left; keytap will not spend it. Change the PUK with `ykman piv access change-puk` only when sure of the current one (a blocked PUK leaves only a PIV reset)")]
+    PukLastRetry,
     #[error("no PIN was given: {0}")]
     PinUnavailable(String),
     #[error("touch was not given in time; touch the token when it blinks and retry")]
@@ -329,6 +331,10 @@ pub trait Token: Send {
     fn keys(&mut self) -> TokenResult<Vec<KeyInfo>>;
     /// PIN retries left, without spending one.
     fn pin_retries(&mut self) -> TokenResult<u8>;
+    /// PUK retries left without spending one; `None` when the token cannot tell.
+    fn puk_retries(&mut self) -> TokenResult<Option<u8>> {
+        Ok(None)
+    }
     /// Verify the PIN; a wrong PIN spends one retry and reports how many are left.
     fn verify_pin(&mut self, pin: &Pin) -> TokenResult<()>;
     /// Sign `message` (the token hashes or pads it per `scheme`); returns the token's raw form:

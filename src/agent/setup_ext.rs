@@ -3,8 +3,10 @@
 //!
 //! Request details: an SSH string holding [`SetupRequest`] as JSON. Answer: an extension
 //! response whose details are an SSH string holding [`SetupAnswer`] as JSON, so a refusal can
-//! say what to do next. Refused on forwarded connections and while the agent is locked:
-//! creating (and with `force`, replacing) keys is for the user at this machine only.
+//! say what to do next. Refused on forwarded (or session-bound) connections and while the
+//! agent is locked: creating (and with `force`, replacing) keys and changing the PIN or PUK
+//! are for the user at this machine only. PIN and PUK changes keep the retry floor: a change is
+//! not tried with one retry left (see `Owner::change_secret`). The agent audits every request.
 
 use serde::{Deserialize, Serialize};
 use ssh_encoding::{Decode, Encode};
@@ -53,11 +55,11 @@ pub fn finish(owner: &mut crate::token::owner::Owner, change_pin: Option<SecretC
     let mut notes = Vec::new();
     let asked_pin = change_pin.is_some();
     if let Some(change) = change_puk {
-        owner.token.change_secret(Secret::Puk, &change.current, &change.new)?;
+        owner.change_secret(Secret::Puk, &change.current, &change.new)?;
         notes.push("PUK changed.".to_string());
     }
     if let Some(change) = change_pin {
-        owner.token.change_secret(Secret::Pin, &change.current, &change.new)?;
+        owner.change_secret(Secret::Pin, &change.current, &change.new)?;
         owner.default_pin_in_use = false;
         notes.push("PIN changed.".to_string());
     }
@@ -91,9 +93,32 @@ pub fn decode_json<T: for<'a> Deserialize<'a>>(details: &[u8]) -> Result<T, Stri
     serde_json::from_slice(&json).map_err(|e| e.to_string())
 }
 
-/// Run a setup request against the agent's tokens.
-pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String, forwarded: bool, locked: bool) -> SetupAnswer {
-    if forwarded {
+/// What the audit log keeps of a setup request and its answer (never the secrets).
+pub fn audit_details(details: &[u8], answer: &SetupAnswer) -> serde_json::Map<String, serde_json::Value> {
+    let mut map = serde_json::Map::new();
+    if let Ok(request) = decode_json::<SetupRequest>(details) {
+        map.insert("slot".into(), request.slot.to_string().into());
+        if let Some(serial) = request.serial {
+            map.insert("serial".into(), serial.into());
+        }
+        if !request.no_key {
+            map.insert("generate".into(), format!("{} pin={} touch={}", request.algorithm, request.pin_policy, request.touch_policy).into());
+            map.insert("force".into(), request.force.into());
+        }
+        map.insert("change_pin".into(), request.change_pin.is_some().into());
+        map.insert("change_puk".into(), request.change_puk.is_some().into());
+        map.insert("protect_management_key".into(), request.protect_management_key.into());
+    }
+    if let SetupAnswer::Created(_, _, notes) = answer {
+        map.insert("notes".into(), notes.clone().into());
+    }
+    map
+}
+
+/// Run a setup request against the agent's tokens. `remote`: ssh or a forwarded peer is on
+/// the other end of the connection (some session-bind was tried on it).
+pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String, remote: bool, locked: bool) -> SetupAnswer {
+    if remote {
         return SetupAnswer::Refused("keytap setup is refused over a forwarded agent; run it on the machine the token is plugged into".into());
     }
     if locked {

@@ -146,6 +146,18 @@ fn ca_names(lines: &[Line], ca_key: &KeyData, candidates: &[&str]) -> Vec<String
     names
 }
 
+/// Names under which `@cert-authority` lines trust `ca_key` to certify a host whose own key is
+/// `host_key`: [`names_for_ca`], and nothing when `@revoked` lists the host's key. For callers
+/// that check the certificate's type, validity and principals themselves (session-bind reads
+/// certificates ssh-key refuses, such as ones valid "forever").
+pub fn cert_authority_names(ca_key: &KeyData, host_key: &KeyData, candidates: &[&str], files: &[PathBuf]) -> Vec<String> {
+    let lines = read_lines(files);
+    if revoked(&lines, host_key) {
+        return Vec::new();
+    }
+    ca_names(&lines, ca_key, candidates)
+}
+
 /// Of `candidates`, the destinations `cert` (a host certificate whose CA signature the caller
 /// has verified) is accepted for at `now` (seconds since the epoch), as ssh accepts it:
 ///

@@ -317,6 +317,10 @@ impl Token for MockToken {
         Ok(self.present_state()?.pin_retries)
     }
 
+    fn puk_retries(&mut self) -> TokenResult<Option<u8>> {
+        Ok(Some(self.present_state()?.puk_retries))
+    }
+
     fn verify_pin(&mut self, pin: &Pin) -> TokenResult<()> {
         let mut state = self.present_state()?;
         if state.pin_retries == 0 {

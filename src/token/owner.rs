@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{KeyInfo, SignScheme, Slot, Token, TokenError, TokenInfo, TokenResult, TouchPolicy};
+use super::{KeyInfo, Pin, Secret, SignScheme, Slot, Token, TokenError, TokenInfo, TokenResult, TouchPolicy};
 use crate::prompt::{PinRequest, Prompter};
 use crate::text::ensure_safe;
 
@@ -80,6 +80,21 @@ impl Owner {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Change the PIN or the PUK, never with its last retry: a wrong `current` would block it
+    /// (the same floor as `ensure_pin`). A token that cannot tell its PUK retries is tried.
+    pub fn change_secret(&mut self, which: Secret, current: &Pin, new: &Pin) -> TokenResult<()> {
+        let left = match which {
+            // 0 from a PIV card: the PIN is verified (the counter is full), not blocked.
+            Secret::Pin => Some(self.token.pin_retries()?).filter(|n| *n != 0),
+            Secret::Puk => self.token.puk_retries()?,
+        };
+        match (which, left) {
+            (Secret::Pin, Some(1)) => Err(TokenError::PinLastRetry),
+            (Secret::Puk, Some(1)) => Err(TokenError::PukLastRetry),
+            _ => self.token.change_secret(which, current, new),
         }
     }
 

@@ -317,6 +317,14 @@ impl Token for PivToken {
         }
     }
 
+    fn puk_retries(&mut self) -> TokenResult<Option<u8>> {
+        // GET METADATA (firmware 5.3+) reads the counter without spending a try; older
+        // firmware cannot tell.
+        use yubikey::piv::{ManagementSlotId, SlotId};
+        let yk = self.connect()?;
+        Ok(yubikey::piv::metadata(yk, SlotId::Management(ManagementSlotId::Puk)).ok().and_then(|m| m.retries).map(|r| r.remaining_count))
+    }
+
     fn change_secret(&mut self, which: crate::token::Secret, current: &Pin, new: &Pin) -> TokenResult<()> {
         use crate::token::Secret;
         crate::token::check_new_secret(which, new)?;

@@ -220,6 +220,16 @@ impl Sshd {
     }
 
     pub fn start_with_host_key(authorized_keys: &[String], extra: &[&str], host_key_type: Option<&str>) -> Sshd {
+        Sshd::start_inner(authorized_keys, extra, host_key_type, None)
+    }
+
+    /// Start sshd with a host certificate (`HostCertificate`): its host key signed by the CA
+    /// private key `ca` for the comma-separated `principals`.
+    pub fn start_certified(authorized_keys: &[String], extra: &[&str], ca: &Path, principals: &str) -> Sshd {
+        Sshd::start_inner(authorized_keys, extra, None, Some((ca, principals)))
+    }
+
+    fn start_inner(authorized_keys: &[String], extra: &[&str], host_key_type: Option<&str>, certify: Option<(&Path, &str)>) -> Sshd {
         std::fs::create_dir_all("/run/sshd").ok();
         let dir = tempfile::tempdir().unwrap();
         let host_key = dir.path().join("host_key");
@@ -230,6 +240,18 @@ impl Sshd {
             .unwrap();
         assert!(status.success());
         let host_key_pub = std::fs::read_to_string(host_key.with_extension("pub")).unwrap().trim().to_string();
+        let mut extra: Vec<String> = extra.iter().map(|l| l.to_string()).collect();
+        if let Some((ca, principals)) = certify {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-s"])
+                .arg(ca)
+                .args(["-I", "test-host", "-h", "-n", principals, "-V", "always:forever"])
+                .arg(host_key.with_extension("pub"))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "certifying the host key: {}", text(&out));
+            extra.push(format!("HostCertificate {}", dir.path().join("host_key-cert.pub").display()));
+        }
         let auth_keys = dir.path().join("authorized_keys");
         std::fs::write(&auth_keys, authorized_keys.join("\n") + "\n").unwrap();
         let config = dir.path().join("sshd_config");
@@ -240,7 +262,7 @@ impl Sshd {
             host_key.display(),
             auth_keys.display()
         );
-        for line in extra {
+        for line in &extra {
             text.push_str(line);
             text.push('\n');
         }
