@@ -35,6 +35,7 @@ use crate::signature;
 use crate::token::owner::{SignContext, TokenHandle};
 use crate::token::{KeyInfo, TouchPolicy};
 use crate::upstream::{self, UpstreamKey, Upstreams};
+use crate::remembered::{self, Approval, Approvals, Program};
 use binding::Bindings;
 use confirm::Confirmer;
 use frame::{FrameError, FrameTimeouts};
@@ -82,6 +83,7 @@ pub struct Agent {
     confirmer: Option<Confirmer>,
     connections: Registry,
     upstreams: Upstreams,
+    approvals: Approvals,
 }
 
 /// Per-connection state.
@@ -345,6 +347,7 @@ impl Agent {
             confirmer: None,
             connections: Registry::default(),
             upstreams: Upstreams::new(Vec::new(), upstream::Timeouts::default()),
+            approvals: Approvals::default(),
             certs: cert_ext::AgentCerts::new(certs_options.cert_dir, certs_options.certs_only),
         }
     }
@@ -492,6 +495,10 @@ impl Agent {
             Request::Extension(ext) => self.extension(conn, ext).await,
             Request::Lock(passphrase) => {
                 let ok = self.lock.lock(Zeroizing::new(passphrase)).await;
+                if ok {
+                    // A lock ends every remembered approval.
+                    self.approvals.clear();
+                }
                 tracing::info!(peer = %conn.peer, "lock: {}", if ok { "locked" } else { "refused (already locked)" });
                 self.audit(event_record("lock", &conn.peer, if ok { "allow" } else { "deny" }, if ok { "" } else { "already locked" })).await;
                 encode(if ok { Response::Success } else { Response::Failure })
@@ -600,7 +607,8 @@ impl Agent {
         let purpose = record.purpose.clone().unwrap_or_else(|| "-".into());
         let answer = match outcome {
             Ok(sig) => {
-                record.decision = "allow".into();
+                let remembered = record.details.get("remembered").is_some_and(|v| v == true);
+                record.decision = if remembered { "allow (remembered)" } else { "allow" }.into();
                 tracing::info!(peer = %conn.peer, chain = %conn.peer.chain(), key = %key, purpose = %purpose, forwarded = record.forwarded, ms = record.duration_ms, "signed");
                 encode(Response::SignResponse(sig))
             }
@@ -690,25 +698,38 @@ impl Agent {
             Decision::Allow => {}
             Decision::Deny(reason) => return Err(Refusal::Denied(reason)),
             Decision::Confirm => {
-                // The warning first, and the peer's text (user name, process names) escaped,
-                // so nothing the peer chose can push it out of view.
-                let message = format!(
-                    "{}Allow {} ({}) to {} with key {}?",
-                    if conn.forwarded() { "FORWARDED agent: " } else { "" },
-                    conn.peer,
-                    crate::text::escape(&conn.peer.chain()),
-                    crate::text::escape(&purpose.describe()),
-                    signer.describe(&self.upstreams),
-                );
-                let Some(confirmer) = &self.confirmer else {
-                    return Err(Refusal::Denied("confirmation required but no prompter is configured".into()));
+                // confirm = "remember:D": one yes per program, key, purpose and destination;
+                // a forwarded use is always asked.
+                let remember = match key_policy.remember.filter(|_| !conn.forwarded()) {
+                    Some(duration) => Some((self.approval(conn, &signer, &purpose, host_key.as_ref()).await, duration)),
+                    None => None,
                 };
-                let yes = confirmer.ask(message).await.map_err(|e| Refusal::Denied(e.to_string()))?;
-                record.details.insert("confirmed".into(), yes.into());
-                if !yes {
-                    return Err(Refusal::Denied("the user did not confirm".into()));
+                if remember.as_ref().is_some_and(|(approval, _)| self.approvals.recalls(approval, Instant::now())) {
+                    record.details.insert("remembered".into(), true.into());
+                } else {
+                    // The warning first, and the peer's text (user name, process names) escaped,
+                    // so nothing the peer chose can push it out of view.
+                    let message = format!(
+                        "{}Allow {} ({}) to {} with key {}?",
+                        if conn.forwarded() { "FORWARDED agent: " } else { "" },
+                        conn.peer,
+                        crate::text::escape(&conn.peer.chain()),
+                        crate::text::escape(&purpose.describe()),
+                        signer.describe(&self.upstreams),
+                    );
+                    let Some(confirmer) = &self.confirmer else {
+                        return Err(Refusal::Denied("confirmation required but no prompter is configured".into()));
+                    };
+                    let yes = confirmer.ask(message).await.map_err(|e| Refusal::Denied(e.to_string()))?;
+                    record.details.insert("confirmed".into(), yes.into());
+                    if !yes {
+                        return Err(Refusal::Denied("the user did not confirm".into()));
+                    }
+                    self.still_unlocked("the confirmation")?;
+                    if let Some((approval, duration)) = remember {
+                        self.approvals.remember(approval, duration, Instant::now());
+                    }
                 }
-                self.still_unlocked("the confirmation")?;
             }
         }
         match signer {
@@ -729,6 +750,46 @@ impl Agent {
                 Ok(signature)
             }
         }
+    }
+
+    /// What a yes to this use covers (reads /proc on a blocking thread).
+    async fn approval(&self, conn: &Connection, signer: &Signer, purpose: &Purpose, host_key: Option<&HostKey>) -> Approval {
+        let peer = conn.peer.clone();
+        let fallback = Program { exe: None, ancestors: Vec::new(), chain: peer.chain() };
+        let program = tokio::task::spawn_blocking(move || Program::of(&peer)).await.unwrap_or(fallback);
+        let destination = match purpose {
+            Purpose::SshAuth { .. } => host_key.map(|h| h.fingerprint()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        Approval { program, key: signer.key_record().fingerprint, purpose: purpose.name(), destination }
+    }
+
+    /// Forget every remembered approval (SIGUSR1, `keytap approvals clear`); how many.
+    pub fn forget_approvals(&self) -> usize {
+        self.approvals.clear()
+    }
+
+    /// `keytap approvals [clear]`, for the local user only.
+    async fn approvals_extension(&self, conn: &Connection, ext: &Extension) -> Vec<u8> {
+        let op = String::decode(&mut ext.details.as_ref()).unwrap_or_default();
+        let mut reply = remembered::Reply::default();
+        if let Err(reason) = conn.local_only("keytap approvals") {
+            reply.error = Some(reason);
+        } else if self.lock.is_locked() {
+            reply.error = Some("the agent is locked; unlock it with `ssh-add -X`".into());
+        } else {
+            match op.as_str() {
+                "list" => reply.approvals = self.approvals.list(Instant::now()),
+                "clear" => {
+                    reply.cleared = self.approvals.clear();
+                    tracing::info!(peer = %conn.peer, "forgot {} remembered approvals", reply.cleared);
+                    self.audit(event_record("approvals-clear", &conn.peer, "allow", "")).await;
+                }
+                other => reply.error = Some(format!("unknown approvals operation {:?}", crate::text::escape(other))),
+            }
+        }
+        let json = serde_json::to_vec(&reply).expect("approvals reply serialises");
+        encode(Response::ExtensionResponse(Extension { name: remembered::EXT_APPROVALS.into(), details: json.into() }))
     }
 
     /// Upstream agents see the client's session-binds, so their own destination constraints
@@ -875,6 +936,7 @@ impl Agent {
                 encode(Response::ExtensionResponse(Extension { name: setup_ext::EXT_SETUP.into(), details: setup_ext::encode_json(&answer).into() }))
             }
             attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
+            remembered::EXT_APPROVALS => self.approvals_extension(conn, &ext).await,
             cert_ext::EXT_CERT => {
                 let listing = matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List));
                 let reply = if self.lock.is_locked() {

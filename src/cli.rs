@@ -43,6 +43,23 @@ pub enum Command {
     Cot(CotCommand),
     /// Print the shell completion script for bash, zsh or fish.
     Completions(CompletionsArgs),
+    /// Approvals the running agent remembers (`confirm = "remember:8h"`), or forget them.
+    Approvals(ApprovalsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ApprovalsArgs {
+    #[command(subcommand)]
+    pub action: Option<ApprovalsAction>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsAction {
+    /// Forget every remembered approval.
+    Clear,
 }
 
 #[derive(Args, Debug)]

@@ -128,6 +128,18 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
                 }
             }
         });
+        // SIGUSR1, as in OpenSSH 10: forget remembered approvals and release the tokens.
+        let usr1_agent = agent.clone();
+        tokio::spawn(async move {
+            let Ok(mut usr1) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) else { return };
+            while usr1.recv().await.is_some() {
+                let forgotten = usr1_agent.forget_approvals();
+                tracing::info!("SIGUSR1: forgot {forgotten} remembered approvals; releasing tokens");
+                for t in usr1_agent.tokens() {
+                    t.release();
+                }
+            }
+        });
         agent.serve(listener, shutdown_signal()).await;
         Ok::<(), std::io::Error>(())
     });

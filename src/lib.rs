@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod remembered;
 pub mod attest;
 pub mod audit;
 pub mod cert;

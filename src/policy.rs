@@ -8,7 +8,7 @@
 //! match = "slot:9c"           # or "SHA256:<fingerprint>", "serial:1234567/slot:9c", "serial:1234567", "kind:upstream"
 //! allow = ["sshsig:git"]      # "ssh-auth", "ssh-auth:github.com", "sshsig:<ns>", "sshsig:*", "raw", "*"
 //! forwarded = false           # may a forwarded agent connection use it?
-//! confirm = false             # ask the user before each use
+//! confirm = false             # ask the user before each use; "remember:8h": once per program
 //! ```
 
 pub mod known_hosts;
@@ -119,11 +119,14 @@ pub struct KeyPolicy {
     /// `None`: forwarded use only when the key needs a touch or a confirmation.
     pub forwarded: Option<bool>,
     pub confirm: bool,
+    /// `confirm = "remember:DURATION"`: a yes holds this long for the same program, key,
+    /// purpose and destination (never for a forwarded use).
+    pub remember: Option<std::time::Duration>,
 }
 
 impl Default for KeyPolicy {
     fn default() -> Self {
-        KeyPolicy { allow: vec![Allow::Any], forwarded: None, confirm: false }
+        KeyPolicy { allow: vec![Allow::Any], forwarded: None, confirm: false, remember: None }
     }
 }
 
@@ -144,7 +147,40 @@ pub struct Policy {
 struct PartialPolicy {
     allow: Option<Vec<Allow>>,
     forwarded: Option<bool>,
-    confirm: Option<bool>,
+    confirm: Option<Confirm>,
+}
+
+/// A `confirm` setting: ask or not, and how long a yes is remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Confirm {
+    ask: bool,
+    remember: Option<std::time::Duration>,
+}
+
+/// `confirm` as written: `true`/`false` or `"remember:DURATION"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ConfirmField {
+    Flag(bool),
+    Text(String),
+}
+
+impl ConfirmField {
+    fn parse(field: toml::Spanned<ConfirmField>, at: &dyn Fn(std::ops::Range<usize>, String) -> PolicyError) -> Result<Confirm, PolicyError> {
+        let span = field.span();
+        match field.into_inner() {
+            ConfirmField::Flag(ask) => Ok(Confirm { ask, remember: None }),
+            ConfirmField::Text(text) => {
+                let bad = || at(span.clone(), format!("confirm = {text:?}: use true, false or \"remember:DURATION\" (for example \"remember:8h\")"));
+                let duration = text.strip_prefix("remember:").ok_or_else(bad)?;
+                let duration = humantime::parse_duration(duration).map_err(|_| bad())?;
+                if duration.is_zero() {
+                    return Err(bad());
+                }
+                Ok(Confirm { ask: true, remember: Some(duration) })
+            }
+        }
+    }
 }
 
 impl Policy {
@@ -190,7 +226,8 @@ impl Policy {
                 policy.forwarded = rule.forwarded;
             }
             if let Some(confirm) = rule.confirm {
-                policy.confirm = confirm;
+                policy.confirm = confirm.ask;
+                policy.remember = confirm.remember;
             }
         }
         policy
@@ -215,7 +252,9 @@ impl Policy {
                 policy.defaults.allow = allow;
             }
             policy.defaults.forwarded = partial.forwarded;
-            policy.defaults.confirm = partial.confirm.unwrap_or(false);
+            let confirm = partial.confirm.unwrap_or(Confirm { ask: false, remember: None });
+            policy.defaults.confirm = confirm.ask;
+            policy.defaults.remember = confirm.remember;
         }
         for rule in file.key {
             let key_match = rule.r#match.get_ref().parse::<KeyMatch>().map_err(|m| at(rule.r#match.span(), m))?;
@@ -282,7 +321,7 @@ struct KeyRule {
     r#match: toml::Spanned<String>,
     allow: Option<Vec<toml::Spanned<String>>>,
     forwarded: Option<bool>,
-    confirm: Option<bool>,
+    confirm: Option<toml::Spanned<ConfirmField>>,
 }
 
 #[derive(Deserialize)]
@@ -290,7 +329,7 @@ struct KeyRule {
 struct RuleFields {
     allow: Option<Vec<toml::Spanned<String>>>,
     forwarded: Option<bool>,
-    confirm: Option<bool>,
+    confirm: Option<toml::Spanned<ConfirmField>>,
 }
 
 impl RuleFields {
@@ -303,7 +342,8 @@ impl RuleFields {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        Ok(PartialPolicy { allow, forwarded: self.forwarded, confirm: self.confirm })
+        let confirm = self.confirm.map(|c| ConfirmField::parse(c, at)).transpose()?;
+        Ok(PartialPolicy { allow, forwarded: self.forwarded, confirm })
     }
 }
 
@@ -437,7 +477,7 @@ mod tests {
     }
 
     fn policy(allow: &[&str], forwarded: Option<bool>, confirm: bool) -> KeyPolicy {
-        KeyPolicy { allow: allow.iter().map(|a| a.parse().unwrap()).collect(), forwarded, confirm }
+        KeyPolicy { allow: allow.iter().map(|a| a.parse().unwrap()).collect(), forwarded, confirm, remember: None }
     }
 
     #[test]
@@ -515,7 +555,7 @@ allow = ["raw"]
         .unwrap();
         assert_eq!(policy.known_hosts, vec![PathBuf::from("/tmp/kh")]);
         let p = policy.for_key(&key(0x9c, 111));
-        assert_eq!(p, KeyPolicy { allow: vec![Allow::SshSig("git".into())], forwarded: Some(false), confirm: true });
+        assert_eq!(p, KeyPolicy { allow: vec![Allow::SshSig("git".into())], forwarded: Some(false), confirm: true, remember: None });
         assert_eq!(policy.for_key(&key(0x9c, 222)).allow, vec![Allow::Raw]);
         assert_eq!(policy.for_key(&key(0x9a, 111)).allow, vec![Allow::SshAuth]);
         let k = key(0x9d, 5);
@@ -562,6 +602,20 @@ allow = ["raw"]
         assert!(could_log_in(&policy(&["*"], None, false), true, &names));
         let p = Policy::parse("[defaults]\nallow = [\"ssh-auth:a.example\"]\n[[key]]\nmatch = \"slot:9c\"\nallow = [\"ssh-auth:b.example\", \"ssh-auth:a.example\"]\n").unwrap();
         assert_eq!(p.ssh_auth_hosts(), ["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn confirm_can_remember_a_yes_for_a_while() {
+        let p = Policy::parse("[defaults]\nconfirm = \"remember:8h\"\n[[key]]\nmatch = \"slot:9c\"\nconfirm = true\n").unwrap();
+        let d = p.for_key(&key(0x9a, 1));
+        assert!(d.confirm);
+        assert_eq!(d.remember, Some(std::time::Duration::from_secs(8 * 3600)));
+        let c = p.for_key(&key(0x9c, 1));
+        assert_eq!((c.confirm, c.remember), (true, None));
+        for bad in ["\"remember\"", "\"remember:soon\"", "\"remember:0s\"", "\"yes\""] {
+            let err = Policy::parse(&format!("[defaults]\nconfirm = {bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("line 2") && err.contains("remember:DURATION"), "{err}");
+        }
     }
 
     #[test]
