@@ -92,7 +92,7 @@ pub fn decode_json<T: for<'a> Deserialize<'a>>(details: &[u8]) -> Result<T, Stri
 }
 
 /// Run a setup request against the agent's tokens.
-pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String, forwarded: bool, locked: bool) -> SetupAnswer {
+pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: &crate::peer::PeerInfo, forwarded: bool, locked: bool) -> SetupAnswer {
     if forwarded {
         return SetupAnswer::Refused("keytap setup is refused over a forwarded agent; run it on the machine the token is plugged into".into());
     }
@@ -132,7 +132,12 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String,
         pin_policy: request.pin_policy,
         touch_policy: request.touch_policy,
     };
-    let context = SignContext { requester, purpose: format!("create a key in slot {}", request.slot) };
+    // PIN prompts go to the terminal `keytap setup` runs in.
+    let context = SignContext {
+        requester: requester.to_string(),
+        purpose: format!("create a key in slot {}", request.slot),
+        terminal: requester.terminal.clone(),
+    };
     let force = request.force;
     let protect = request.protect_management_key;
     let (change_pin, change_puk, no_key) = (request.change_pin, request.change_puk, request.no_key);

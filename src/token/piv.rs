@@ -154,10 +154,11 @@ impl PivToken {
         }
     }
 
-    /// Whether the card answers GET METADATA (YubiKey 5.2.3+; not the virtual test card).
-    fn metadata_available(&mut self) -> bool {
+    /// Whether the card's metadata for this slot names its public key (YubiKey 5.2.3+), so the
+    /// key is listed without a certificate. piv-authenticator answers metadata without it.
+    fn metadata_names_key(&mut self, slot: SlotId) -> bool {
         let Ok(yk) = self.connect() else { return false };
-        !matches!(piv::metadata(yk, SlotId::Authentication), Err(yubikey::Error::NotSupported))
+        matches!(piv::metadata(yk, slot), Ok(meta) if meta.public.is_some())
     }
 
     fn read_keys(&mut self) -> TokenResult<Vec<KeyInfo>> {
@@ -168,15 +169,15 @@ impl PivToken {
         for &raw in KEY_SLOTS.iter() {
             let slot_id = SlotId::try_from(raw).map_err(|e| other("slot", e))?;
             let slot = Slot(raw);
+            // The card's own word on the policies, when its metadata names them.
+            let mut card_policy = None;
             if metadata_works {
                 match piv::metadata(yk, slot_id) {
                     Ok(meta) => {
+                        card_policy = meta.policy.map(|(p, t)| (pin_policy_from(p), touch_policy_from(t)));
                         if let (SlotAlgorithmId::Asymmetric(alg), Some(public)) = (&meta.algorithm, &meta.public) {
                             let spki = der08::Encode::to_der(public).map_err(|e| other("public key", e))?;
-                            let (pin_policy, touch_policy) = meta
-                                .policy
-                                .map(|(p, t)| (pin_policy_from(p), touch_policy_from(t)))
-                                .unwrap_or((PinPolicy::Once, TouchPolicy::Never));
+                            let (pin_policy, touch_policy) = card_policy.unwrap_or((PinPolicy::Once, TouchPolicy::Never));
                             match cert::key_from_spki(&spki) {
                                 Ok((algorithm, public_key)) => keys.push(KeyInfo {
                                     serial,
@@ -188,8 +189,11 @@ impl PivToken {
                                 }),
                                 Err(e) => tracing::info!(serial, %slot, ?alg, "skipping a key keytap cannot use: {e}"),
                             }
+                            continue;
                         }
-                        continue;
+                        // Metadata without the public key (piv-authenticator, as on a Nitrokey 3,
+                        // answers the policy alone or nothing): the certificate names the key.
+                        tracing::debug!(serial, %slot, "metadata without a public key; reading the certificate");
                     }
                     Err(yubikey::Error::NotFound) => continue,
                     Err(yubikey::Error::NotSupported) => metadata_works = false,
@@ -199,13 +203,14 @@ impl PivToken {
                     }
                 }
             }
-            // Before firmware 5.2.3 (or on cards without metadata) the certificate names the key.
+            // Before firmware 5.2.3 (or on cards without full metadata) the certificate names the key.
             match Certificate::read(yk, slot_id) {
                 Ok(c) => {
                     let der = der08::Encode::to_der(&c.cert).map_err(|e| other("certificate", e))?;
                     match cert::key_from_certificate(&der) {
                         Ok((algorithm, public_key, policy)) => {
-                            let (pin_policy, touch_policy) = policy.unwrap_or((PinPolicy::Once, TouchPolicy::Never));
+                            let (pin_policy, touch_policy) =
+                                card_policy.or(policy).unwrap_or((PinPolicy::Once, TouchPolicy::Never));
                             keys.push(KeyInfo { serial, slot, algorithm, pin_policy, touch_policy, public_key });
                         }
                         Err(e) => tracing::info!(serial, %slot, "skipping a certificate keytap cannot use: {e}"),
@@ -467,7 +472,7 @@ impl Token for PivToken {
             // PIN policy "always" wants VERIFY right before the signature, which cannot happen
             // here (management key and generation came in between). With slot metadata
             // (firmware 5.2.3+) the key is listed without a certificate.
-            Err(TokenError::PinRequired { .. }) if version >= (5, 2, 3) && self.metadata_available() => {
+            Err(TokenError::PinRequired { .. }) if version >= (5, 2, 3) && self.metadata_names_key(slot_id) => {
                 tracing::warn!(serial = self.serial, %slot, "key generated; no certificate written (the slot wants the PIN before every use)");
             }
             Err(TokenError::PinRequired { retries }) => {
