@@ -312,7 +312,13 @@ impl<T: piv_authenticator::Client> vpicc::VSmartCard for Card<T> {
     }
 
     fn execute(&mut self, msg: &[u8]) -> Vec<u8> {
-        self.respond(msg)
+        let answer = self.respond(msg);
+        // VCARD_TRACE=1 prints every command and answer (debugging a client against the card).
+        if std::env::var_os("VCARD_TRACE").is_some() {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            eprintln!("vcard {}: > {}\nvcard {}: < {}", self.serial, hex(msg), self.serial, hex(&answer));
+        }
+        answer
     }
 }
 
