@@ -10,6 +10,8 @@ PACKAGES=(
   opensc                              # PKCS#11 baseline for the PIV benchmark
   python3 python3-cryptography        # an independent Ed25519 / X.509 implementation in tests
   systemd udev                        # systemd-socket-activate, systemd-analyze, udevadm in tests
+  tmux pinentry-curses                # the PIN prompt drawn on a terminal, typed into in tests
+  yubico-piv-tool                     # provisions PIV slots as other tools do, in the PIV tests
 )
 
 missing=()

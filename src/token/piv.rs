@@ -247,7 +247,7 @@ impl PivToken {
             Err(_) => {}
         }
         let yk = self.connect()?;
-        match MgmKey::get_protected(yk) {
+        match protected_management_key(yk) {
             Ok(key) => yk.authenticate(&key).map_err(|e| other("authenticating with the protected management key", e)),
             Err(yubikey::Error::AuthenticationError) => {
                 let retries = self.pin_retries()?;
@@ -264,6 +264,46 @@ impl Drop for PivToken {
     fn drop(&mut self) {
         self.drop_connection();
     }
+}
+
+/// PIV object holding PIN-protected data (`88 { 89 management key }`), as ykman writes it.
+const PRINTED_OBJECT: u32 = 0x005f_c109;
+
+/// The PIN-protected management key. The yubikey crate learns the key's algorithm from GET
+/// METADATA for slot 9B and fails on cards that answer it without the algorithm
+/// (piv-authenticator, on a Nitrokey 3, answers nothing): then read the object ourselves and
+/// take the algorithm from the key's length (24 bytes: this firmware's default algorithm).
+fn protected_management_key(yk: &mut YubiKey) -> yubikey::Result<MgmKey> {
+    match MgmKey::get_protected(yk) {
+        Err(yubikey::Error::ParseError) => {}
+        other => return other,
+    }
+    let object = yk.fetch_object(PRINTED_OBJECT)?;
+    let key = tlv_value(&object, 0x88).and_then(|inner| tlv_value(inner, 0x89)).ok_or(yubikey::Error::ParseError)?;
+    let algorithm = match key.len() {
+        16 => yubikey::MgmAlgorithmId::Aes128,
+        32 => yubikey::MgmAlgorithmId::Aes256,
+        _ => MgmKey::get_default(yk)?.algorithm_id(),
+    };
+    MgmKey::from_bytes(key, Some(algorithm))
+}
+
+/// The value of the first BER-TLV with this one-byte tag in `data` (a sequence of TLVs).
+fn tlv_value(mut data: &[u8], tag: u8) -> Option<&[u8]> {
+    while data.len() >= 2 {
+        let (len, header) = match data[1] {
+            n if n < 0x80 => (n as usize, 2),
+            0x81 => (*data.get(2)? as usize, 3),
+            0x82 => (u16::from_be_bytes([*data.get(2)?, *data.get(3)?]) as usize, 4),
+            _ => return None,
+        };
+        let value = data.get(header..header + len)?;
+        if data[0] == tag {
+            return Some(value);
+        }
+        data = &data[header + len..];
+    }
+    None
 }
 
 fn pin_policy_from(p: yubikey::PinPolicy) -> PinPolicy {
@@ -507,7 +547,7 @@ impl Token for PivToken {
         let yk = self.connect()?;
         key.set_protected(yk).map_err(|e| other("storing the protected management key", e))?;
         // Prove it: read it back with the PIN and authenticate with it.
-        let stored = MgmKey::get_protected(yk).map_err(|e| other("reading the protected management key back", e))?;
+        let stored = protected_management_key(yk).map_err(|e| other("reading the protected management key back", e))?;
         yk.authenticate(&stored).map_err(|e| other("authenticating with the new management key", e))?;
         tracing::info!(serial = self.serial, "management key replaced by a random PIN-protected one");
         Ok(true)
@@ -622,6 +662,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tlv_values_are_found_by_tag() {
+        let key = [7u8; 24];
+        let mut inner = vec![0x89, 24];
+        inner.extend_from_slice(&key);
+        let mut object = vec![0x80, 1, 0, 0x88, inner.len() as u8];
+        object.extend_from_slice(&inner);
+        let found = tlv_value(&object, 0x88).and_then(|i| tlv_value(i, 0x89));
+        assert_eq!(found, Some(&key[..]));
+        assert_eq!(tlv_value(&object, 0x99), None);
+        assert_eq!(tlv_value(&[0x88, 5, 1, 2], 0x88), None, "a length past the end");
+        let mut long = vec![0x88, 0x81, 200];
+        long.extend_from_slice(&[1; 200]);
+        assert_eq!(tlv_value(&long, 0x88).map(<[u8]>::len), Some(200));
+    }
 
     #[test]
     fn pkcs1_block_verifies_with_rsa() {
