@@ -180,7 +180,7 @@ fn the_pin_prompt_appears_on_the_foreground_agents_terminal_for_a_requester_with
     s.wait_socket();
     // From outside any terminal (a new session without one): a program such as git run by an
     // editor. The prompt goes to the agent's own terminal, the tmux pane.
-    let mut signer = Command::new("setsid")
+    let signer = Command::new("setsid")
         .args(["ssh-keygen", "-Y", "sign", "-n", "file", "-f"])
         .arg(&s.key)
         .arg(s.data())
