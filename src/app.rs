@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Agent(args) => run_agent(args),
         Command::List(args) => list(args),
         Command::Status(args) => status(args),
+        Command::Doctor(args) => crate::doctor::run(args),
         Command::Mock(cmd) => mock(cmd),
         Command::Setup(args) => setup(args),
         Command::Cert(cmd) => crate::cert::command::run(cmd),

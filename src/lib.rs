@@ -9,6 +9,7 @@ pub mod cert;
 pub mod cli;
 pub mod client;
 pub mod cot;
+pub mod doctor;
 pub mod git_signing;
 pub mod paths;
 pub mod peer;

@@ -344,6 +344,55 @@ fn pinentry_ask(program: &str, place: &PinPlace, description: &str, prompt: &str
     Ok(pin)
 }
 
+/// Check that `program` runs and speaks the pinentry protocol for `place`, without showing
+/// anything: greeting, the terminal options, `GETINFO version`. Returns its version.
+pub fn pinentry_check(program: &Path, place: &PinPlace) -> Result<String, PromptError> {
+    let name = program.display().to_string();
+    let fail = |e: String| PromptError::Program(name.clone(), e);
+    let mut child = Command::new(program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut commands = Vec::new();
+    if let PinPlace::Terminal(terminal) = place {
+        commands.push(format!("OPTION ttyname={}", assuan_escape(&terminal.path.to_string_lossy())));
+    }
+    commands.push("GETINFO version".to_string());
+    let mut version = String::new();
+    let result = (|| {
+        // The greeting first, then one answer per command.
+        for command in std::iter::once(None).chain(commands.iter().map(Some)) {
+            if let Some(command) = command {
+                writeln!(stdin, "{command}").map_err(|e| fail(e.to_string()))?;
+            }
+            loop {
+                let mut line = String::new();
+                if stdout.read_line(&mut line).map_err(|e| fail(e.to_string()))? == 0 {
+                    return Err(fail("exited without answering".into()));
+                }
+                if let Some(data) = line.strip_prefix("D ") {
+                    version = assuan_unescape(data.trim_end()).to_string();
+                } else if line.starts_with("OK") {
+                    break;
+                } else if let Some((code, text)) = assuan_error(&line) {
+                    return Err(fail(format!("ERR {code} {text}")));
+                } else if !line.starts_with('#') && !line.starts_with("S ") {
+                    return Err(fail(format!("unexpected answer {:?}", line.trim())));
+                }
+            }
+        }
+        Ok(())
+    })();
+    let _ = writeln!(stdin, "BYE");
+    drop(stdin);
+    let _ = child.wait();
+    result.map(|()| version)
+}
+
 /// Ask yes/no through an SSH_ASKPASS program (exit status 0 = yes).
 fn askpass_confirm(program: &str, message: &str) -> bool {
     let status = Command::new(program)
@@ -435,6 +484,21 @@ mod tests {
 
         let err = pinentry_ask("/bin/false", &place, "d", "PIN:").unwrap_err().to_string();
         assert!(err.contains("/bin/false failed: exited without answering"), "{err}");
+    }
+
+    #[test]
+    fn a_pinentry_is_checked_without_asking_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let place = PinPlace::Terminal(Terminal { path: "/dev/pts/9".into(), term: None });
+        let fake = fake_pinentry(dir.path(), &["ERR 1 must not be asked"]);
+        // The fake answers GETINFO with OK only: an empty version.
+        assert_eq!(pinentry_check(&fake, &place).unwrap(), "");
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(log, "OPTION ttyname=/dev/pts/9\nGETINFO version\nBYE\n");
+        let err = pinentry_check(Path::new("/bin/false"), &PinPlace::Desktop).unwrap_err().to_string();
+        assert!(err.contains("exited without answering"), "{err}");
+        let err = pinentry_check(&dir.path().join("missing"), &PinPlace::Desktop).unwrap_err().to_string();
+        assert!(err.contains("missing failed"), "{err}");
     }
 
     #[test]
