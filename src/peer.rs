@@ -205,7 +205,7 @@ mod tests {
         let mut child = std::process::Command::new("setsid")
             .args(["--ctty", "sleep", "30"])
             .env("TERM", "keytap-test-term")
-            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(pty.slave)))
+            .stdin(std::process::Stdio::from(pty.slave))
             .spawn()
             .unwrap();
         let pid = child.id() as i32;
