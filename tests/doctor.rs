@@ -155,3 +155,25 @@ fn without_a_terminal_or_desktop_the_pin_prompt_is_a_problem() {
         "{report}"
     );
 }
+
+#[test]
+fn status_says_what_to_do_about_a_missing_token_or_agent() {
+    let agent = Agent::start();
+    agent.mock(&["unplug"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = agent.keytap().arg("status").output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        if stdout.ends_with("locked: no\ntoken mock: not present; plug it in\n") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stdout}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let missing = agent.dir.path().join("nothing.sock");
+    let out = Command::new(KEYTAP).arg("status").env("SSH_AUTH_SOCK", &missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.ends_with("start it with `keytap agent` or check SSH_AUTH_SOCK (`keytap doctor` checks the whole set-up)\n"), "{stderr}");
+}
