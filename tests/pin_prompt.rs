@@ -103,6 +103,17 @@ struct Setup {
     log: PathBuf,
     key: PathBuf,
     key_line: String,
+    /// The agent in the tmux pane: stopped on drop (it outlives the tmux server, as it ignores
+    /// SIGHUP, which tells it to let go of the tokens).
+    agent_pid: std::cell::Cell<Option<i32>>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(pid) = self.agent_pid.get() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
+    }
 }
 
 fn setup() -> Setup {
@@ -119,7 +130,7 @@ fn setup() -> Setup {
     std::fs::write(&key, format!("{key_line}\n")).unwrap();
     let socket = dir.path().join("sock").join("agent.sock");
     let log = dir.path().join("agent.log");
-    Setup { state, socket, log, key, key_line, dir }
+    Setup { state, socket, log, key, key_line, dir, agent_pid: std::cell::Cell::new(None) }
 }
 
 impl Setup {
@@ -140,6 +151,10 @@ impl Setup {
             assert!(Instant::now() < deadline, "the agent never listened; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
+        // "listening socket=... pid=N"
+        let log = self.log_text();
+        let pid = log.lines().find(|l| l.contains("listening")).and_then(|l| l.rsplit("pid=").next()?.trim().parse().ok());
+        self.agent_pid.set(pid);
     }
 
     fn log_text(&self) -> String {
@@ -263,6 +278,7 @@ fn without_any_terminal_or_desktop_the_failure_says_where_the_prompt_could_not_g
         .unwrap();
     let _ = agent.kill();
     let _ = agent.wait();
+    s.agent_pid.set(None); // reaped here: its pid may be reused
     assert!(!out.status.success(), "{}", text(&out));
     let log = s.log_text();
     assert!(log.contains("no terminal or desktop to show the PIN prompt on"), "{log}");
