@@ -145,16 +145,19 @@ impl Setup {
         )
     }
 
+    /// Wait until the agent listens and has logged its pid (so it can be stopped on drop).
     fn wait_socket(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+        loop {
+            // "listening socket=... pid=N", logged right after the socket is bound.
+            let pid = self.log_text().lines().find(|l| l.contains("listening")).and_then(|l| l.rsplit("pid=").next()?.trim().parse().ok());
+            self.agent_pid.set(pid);
+            if pid.is_some() && std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
             assert!(Instant::now() < deadline, "the agent never listened; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
-        // "listening socket=... pid=N"
-        let log = self.log_text();
-        let pid = log.lines().find(|l| l.contains("listening")).and_then(|l| l.rsplit("pid=").next()?.trim().parse().ok());
-        self.agent_pid.set(pid);
     }
 
     fn log_text(&self) -> String {
