@@ -3,12 +3,18 @@
 //!
 //! ```text
 //! cargo run --example vcard -- [--readers N] [--state DIR] [--serial N] [--host H] [--port P]
+//!                               [--refuse-metadata]
 //! ```
 //!
 //! A thin shim makes the card look enough like a YubiKey for the `yubikey` crate:
 //! GET VERSION answers 5.4.3 (3DES default management key, as the card has), GET SERIAL answers
-//! a per-reader serial, SELECT accepts the 5-byte PIV AID, a missing Le means 256, and GET
-//! METADATA is refused (the card's answer is incomplete, so clients fall back to certificates).
+//! a per-reader serial, SELECT accepts the 5-byte PIV AID, and a missing Le means 256.
+//!
+//! GET METADATA reaches the firmware as it is: piv-authenticator 0.7 answers it without the
+//! public key (only `02 02 01 00`, the policies, for a key in 9e; an empty success for every
+//! other slot), as a Nitrokey 3 does, so clients must fall back to the slot's certificate.
+//! `--refuse-metadata` answers "instruction not supported" (6D00) instead, as a YubiKey before
+//! firmware 5.2.3 does.
 //! With `--state DIR` the card's storage lives in files there, so a "replugged" card (the process
 //! restarted) still holds its keys and PIN.
 #![forbid(unsafe_code)]
@@ -183,6 +189,8 @@ const BACKENDS: &[BackendId<Backends>] =
 struct Card<T> {
     piv: Authenticator<T>,
     serial: u32,
+    /// Answer GET METADATA with 6D00 instead of passing it to the firmware.
+    refuse_metadata: bool,
     /// Data of a command chain (CLA bit 0x10) received so far.
     chain: Vec<u8>,
     /// Response bytes not yet fetched with GET RESPONSE.
@@ -246,9 +254,8 @@ impl<T: piv_authenticator::Client> Card<T> {
             0xfd => return status(&mut YK_VERSION.to_vec(), 0x9000),
             // Shim: a serial per reader, so two cards are two YubiKeys.
             0xf8 => return status(&mut self.serial.to_be_bytes().to_vec(), 0x9000),
-            // Shim: the card's metadata answers are incomplete; say "not supported" so clients
-            // read certificates instead, as with a pre-5.2.3 YubiKey.
-            0xf7 => return status(&mut Vec::new(), 0x6d00),
+            // Optional: no metadata at all, as on a YubiKey before 5.2.3.
+            0xf7 if self.refuse_metadata => return status(&mut Vec::new(), 0x6d00),
             0xa4 if data == PIV_AID_SHORT => data = PIV_AID_FULL.to_vec(),
             _ => {}
         }
@@ -305,7 +312,13 @@ impl<T: piv_authenticator::Client> vpicc::VSmartCard for Card<T> {
     }
 
     fn execute(&mut self, msg: &[u8]) -> Vec<u8> {
-        self.respond(msg)
+        let answer = self.respond(msg);
+        // VCARD_TRACE=1 prints every command and answer (debugging a client against the card).
+        if std::env::var_os("VCARD_TRACE").is_some() {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            eprintln!("vcard {}: > {}\nvcard {}: < {}", self.serial, hex(msg), self.serial, hex(&answer));
+        }
+        answer
     }
 }
 
@@ -317,10 +330,11 @@ struct Args {
     serial: u32,
     host: String,
     port: u16,
+    refuse_metadata: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { readers: 1, state: None, serial: DEFAULT_SERIAL, host: "127.0.0.1".into(), port: 35963 };
+    let mut args = Args { readers: 1, state: None, serial: DEFAULT_SERIAL, host: "127.0.0.1".into(), port: 35963, refuse_metadata: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -330,8 +344,9 @@ fn parse_args() -> Result<Args, String> {
             "--serial" => args.serial = value()?.parse().map_err(|e| format!("--serial: {e}"))?,
             "--host" => args.host = value()?,
             "--port" => args.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
+            "--refuse-metadata" => args.refuse_metadata = true,
             "-h" | "--help" => {
-                println!("usage: vcard [--readers N] [--state DIR] [--serial N] [--host H] [--port P]");
+                println!("usage: vcard [--readers N] [--state DIR] [--serial N] [--host H] [--port P] [--refuse-metadata]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
@@ -382,7 +397,13 @@ fn run_reader(args: &Args, reader: u16) -> Result<(), String> {
     let state = args.state.clone();
     virt::with_platform(store_config(state.as_ref(), reader), |platform| {
         platform.run_client_with_backends("piv", Dispatch::default(), BACKENDS, |client| {
-            let mut card = Card { piv: Authenticator::new(client, Options::default()), serial, chain: Vec::new(), pending: Vec::new() };
+            let mut card = Card {
+                piv: Authenticator::new(client, Options::default()),
+                serial,
+                refuse_metadata: args.refuse_metadata,
+                chain: Vec::new(),
+                pending: Vec::new(),
+            };
             connection.run(&mut card).map_err(|e| format!("reader {reader}: vpcd connection ended: {e}"))
         })
     })

@@ -12,6 +12,8 @@ PACKAGES=(
   python3-paramiko                    # a non-OpenSSH client relaying through a forwarded agent
   systemd udev                        # systemd-socket-activate, systemd-analyze, udevadm in tests
   man-db                              # `man -l docs/man/keytap.1` in tests/cli_docs.rs
+  tmux pinentry-curses                # the PIN prompt drawn on a terminal, typed into in tests
+  yubico-piv-tool                     # provisions PIV slots as other tools do, in the PIV tests
 )
 
 missing=()

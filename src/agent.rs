@@ -46,6 +46,9 @@ pub const EXT_QUERY: &str = "query";
 pub const EXT_SESSION_BIND: &str = "session-bind@openssh.com";
 pub const EXT_STATUS: &str = "keytap-status@keytap.dev";
 
+/// How long a request waits for tokens whose first key read has not ended (a card just found).
+const FIRST_READ_WAIT: Duration = Duration::from_secs(5);
+
 /// Connection limits.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
@@ -489,6 +492,9 @@ impl Agent {
                 return failure();
             }
         };
+        if matches!(request, Request::RequestIdentities | Request::SignRequest(_) | Request::Extension(_)) {
+            self.first_reads().await;
+        }
         match request {
             Request::RequestIdentities => self.identities(conn).await,
             Request::SignRequest(req) => self.sign(conn, req).await,
@@ -538,6 +544,18 @@ impl Agent {
                 );
                 failure()
             }
+        }
+    }
+
+    /// Let a request that arrives before a token's first key read (the one that started the
+    /// agent under socket activation, or one right after a card was plugged in) see its keys.
+    async fn first_reads(&self) {
+        if self.tokens.read().expect("tokens lock").iter().all(TokenHandle::is_ready) {
+            return;
+        }
+        let unread = crate::token::owner::wait_first_reads(|| self.tokens(), FIRST_READ_WAIT).await;
+        if !unread.is_empty() {
+            tracing::warn!(tokens = ?unread, "answering without these tokens' keys: their first key read took over {} s", FIRST_READ_WAIT.as_secs());
         }
     }
 
@@ -734,7 +752,7 @@ impl Agent {
         }
         match signer {
             Signer::Token(token, key, scheme) => {
-                let context = SignContext { requester: conn.peer.to_string(), purpose: purpose.describe() };
+                let context = SignContext { requester: conn.peer.to_string(), purpose: purpose.describe(), terminal: conn.peer.terminal.clone() };
                 let raw = token.sign(key.clone(), scheme, req.data, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
                 // A signature that waited for a PIN or a touch is not handed out if the agent was
                 // locked in the meantime.
@@ -916,7 +934,7 @@ impl Agent {
                 encode(Response::ExtensionResponse(Extension { name: EXT_STATUS.into(), details: details.into() }))
             }
             setup_ext::EXT_SETUP => {
-                let answer = setup_ext::handle(self.tokens(), ext.details.as_ref(), conn.peer.to_string(), conn.bindings.remote(), self.lock.is_locked()).await;
+                let answer = setup_ext::handle(self.tokens(), ext.details.as_ref(), &conn.peer, conn.bindings.remote(), self.lock.is_locked()).await;
                 let mut record = event_record("setup", &conn.peer, "allow", "");
                 record.forwarded = conn.forwarded();
                 record.details = setup_ext::audit_details(ext.details.as_ref(), &answer);

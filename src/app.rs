@@ -9,6 +9,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Agent(args) => crate::daemon::run(args),
         Command::List(args) => crate::status::list(args),
         Command::Status(args) => crate::status::status(args),
+        Command::Doctor(args) => crate::doctor::run(args),
         Command::Mock(cmd) => crate::mock::run(cmd),
         Command::Setup(args) => crate::setup::run(args),
         Command::Cert(cmd) => crate::cert::command::run(cmd),

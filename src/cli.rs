@@ -21,6 +21,9 @@ pub enum Command {
     List(ListArgs),
     /// Is the agent reachable, which tokens does it see, is it locked?
     Status(StatusArgs),
+    /// Check everything keytap needs (agent, SSH_AUTH_SOCK, pcscd, PIN prompt, tokens, config)
+    /// and say what to do about each problem; exits 1 when something is wrong.
+    Doctor(DoctorArgs),
     /// Manage the mock (TEST) token.
     #[command(subcommand)]
     Mock(MockCommand),
@@ -105,7 +108,7 @@ pub struct SetupArgs {
     /// Read the PIN from this file (mode 0600) instead of asking.
     #[arg(long, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
-    /// pinentry program [default: `pinentry` on PATH].
+    /// pinentry program [default: pinentry-curses on a terminal, pinentry on a desktop].
     #[arg(long, value_name = "PROGRAM")]
     pub pinentry: Option<String>,
     /// Change the PIN (the current one from --pin-file or pinentry, the new one from
@@ -178,7 +181,7 @@ pub struct AgentArgs {
     /// Read the PIN from this file (mode 0600) instead of asking; for headless workers.
     #[arg(long, value_name = "FILE")]
     pub pin_file: Option<PathBuf>,
-    /// pinentry program [default: `pinentry` on PATH].
+    /// pinentry program [default: pinentry-curses on a terminal, pinentry on a desktop].
     #[arg(long, value_name = "PROGRAM")]
     pub pinentry: Option<String>,
     /// askpass program for confirmations [default: $SSH_ASKPASS].
@@ -236,6 +239,19 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// The token kind to check when no keytap agent answers (and whether pcscd matters).
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Policy file to check [default: $XDG_CONFIG_HOME/keytap/config.toml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// pinentry program to check [default: pinentry-curses on a terminal, pinentry on a desktop].
+    #[arg(long, value_name = "PROGRAM")]
+    pub pinentry: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

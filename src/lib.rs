@@ -13,6 +13,7 @@ pub mod command;
 pub mod completions;
 pub mod cot;
 pub mod daemon;
+pub mod doctor;
 pub mod git_signing;
 pub mod log;
 pub mod mock;

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::prompt::Terminal;
+
 /// A connected client process, from SO_PEERCRED and /proc.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PeerInfo {
@@ -16,6 +18,9 @@ pub struct PeerInfo {
     pub cmdline: Option<String>,
     /// Parent chain, nearest first: `["git", "zsh"]`.
     pub parents: Vec<String>,
+    /// Its controlling terminal, when it has one owned by its uid: PIN prompts are drawn there.
+    #[serde(skip)]
+    pub terminal: Option<Terminal>,
 }
 
 impl PeerInfo {
@@ -33,6 +38,7 @@ impl PeerInfo {
             self.exe = process_exe(pid);
             self.cmdline = process_cmdline(pid);
             self.parents = parent_chain(pid, 8);
+            self.terminal = controlling_terminal(pid, self.uid);
         }
         self
     }
@@ -149,6 +155,63 @@ fn proc_stat(pid: i32) -> Option<(String, i32)> {
     Some((comm, ppid))
 }
 
+/// The controlling terminal of `pid` (from /proc/PID/stat's tty_nr), when it is a terminal
+/// device owned by `uid`; its type (TERM) from the environment of the process or a parent.
+///
+/// Only /proc/PID/stat is read for the device: it stays readable for processes that made
+/// themselves non-dumpable (ssh does), whose fd links and environment are hidden.
+#[cfg(target_os = "linux")]
+pub fn controlling_terminal(pid: i32, uid: u32) -> Option<Terminal> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    // After the command name: state, ppid, pgrp, session, tty_nr.
+    let tty_nr: u64 = stat[close + 2..].split_whitespace().nth(4)?.parse().ok()?;
+    if tty_nr == 0 {
+        return None;
+    }
+    let (major, minor) = ((tty_nr >> 8) & 0xfff, (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00));
+    let path = match major {
+        136..=143 => PathBuf::from(format!("/dev/pts/{}", (major - 136) * 256 + minor)),
+        4 if minor < 64 => PathBuf::from(format!("/dev/tty{minor}")),
+        4 => PathBuf::from(format!("/dev/ttyS{}", minor - 64)),
+        _ => return None,
+    };
+    // The name is derived from the number: make sure it is that device, and the user's.
+    let meta = std::fs::metadata(&path).ok()?;
+    let rdev = meta.rdev();
+    let dev_major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let dev_minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    if !meta.file_type().is_char_device() || (dev_major, dev_minor) != (major, minor) || meta.uid() != uid {
+        return None;
+    }
+    Some(Terminal { path, term: terminal_type(pid) })
+}
+
+/// TERM from the process's environment, else its nearest parent's that can be read.
+#[cfg(target_os = "linux")]
+fn terminal_type(pid: i32) -> Option<String> {
+    let mut current = pid;
+    for _ in 0..8 {
+        if let Ok(environ) = std::fs::read(format!("/proc/{current}/environ")) {
+            let term = environ.split(|b| *b == 0).find_map(|e| e.strip_prefix(b"TERM=")).map(|t| String::from_utf8_lossy(t).into_owned());
+            if let Some(term) = term.filter(|t| !t.is_empty()) {
+                return Some(term);
+            }
+        }
+        match proc_stat(current) {
+            Some((_, ppid)) if ppid > 1 => current = ppid,
+            _ => break,
+        }
+    }
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn controlling_terminal(_pid: i32, _uid: u32) -> Option<Terminal> {
+    None
+}
+
 #[cfg(not(target_os = "linux"))]
 fn process_exe(_pid: i32) -> Option<PathBuf> {
     None
@@ -193,5 +256,42 @@ mod tests {
         let (_, ppid) = proc_stat(me).unwrap();
         assert!(ppid > 0);
         assert!(parent_chain(me, 8).len() <= 8);
+    }
+
+    #[test]
+    fn finds_the_controlling_terminal_of_a_process_and_only_the_users() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let slave = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pty.slave))).unwrap();
+        // `setsid --ctty`: a new session whose controlling terminal is its stdin, the pty.
+        let mut child = std::process::Command::new("setsid")
+            .args(["--ctty", "sleep", "30"])
+            .env("TERM", "keytap-test-term")
+            .stdin(std::process::Stdio::from(pty.slave))
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let uid = nix::unistd::geteuid().as_raw();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() != "sleep" {
+            assert!(std::time::Instant::now() < deadline, "setsid never ran sleep");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let found = controlling_terminal(pid, uid);
+        let other_user = controlling_terminal(pid, uid.wrapping_add(1));
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, Some(Terminal { path: slave, term: Some("keytap-test-term".into()) }));
+        assert_eq!(other_user, None, "a terminal of another uid is never used");
+        // A new session without --ctty has no terminal.
+        let mut bare = std::process::Command::new("setsid").args(["sleep", "30"]).stdin(std::process::Stdio::null()).spawn().unwrap();
+        let pid = bare.id() as i32;
+        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() != "sleep" {
+            assert!(std::time::Instant::now() < deadline, "setsid never ran sleep");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let none = controlling_terminal(pid, uid);
+        let _ = bare.kill();
+        let _ = bare.wait();
+        assert_eq!(none, None);
     }
 }

@@ -1,8 +1,11 @@
 //! The seam for talking to the person at the keyboard: PIN entry, confirmations, notices.
 //!
-//! The agent never reads a terminal. PINs come from a PIN file or systemd credential (headless
-//! workers), or from `pinentry`; confirmations use the `SSH_ASKPASS` protocol; notices go to
-//! `notify-send` where present and always to the log. Tests script all of it.
+//! The agent never reads a terminal itself. PINs come from a PIN file or systemd credential
+//! (headless workers), or from `pinentry`: a desktop one in a graphical session, else one drawn
+//! on the requesting program's terminal (the way `ssh` asks for a passphrase), else on the
+//! agent's own terminal when it runs in the foreground. Confirmations use the `SSH_ASKPASS`
+//! protocol; notices go to `notify-send` where present and always to the log. Tests script all
+//! of it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
@@ -15,7 +18,7 @@ use zeroize::Zeroizing;
 use crate::text::ensure_safe;
 use crate::token::Pin;
 
-/// What a PIN prompt shows.
+/// What a PIN prompt shows, and where.
 #[derive(Clone, Debug)]
 pub struct PinRequest {
     pub serial: u32,
@@ -24,16 +27,74 @@ pub struct PinRequest {
     pub reason: String,
     /// Set when the previous PIN was wrong.
     pub error: Option<String>,
+    /// The requesting program's terminal, when it has one.
+    pub terminal: Option<Terminal>,
 }
+
+/// A terminal a pinentry can draw on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terminal {
+    /// The device, e.g. /dev/pts/3.
+    pub path: PathBuf,
+    /// Its type (TERM), when known.
+    pub term: Option<String>,
+}
+
+impl Terminal {
+    /// This process's own controlling terminal (a foreground agent's, a command's).
+    pub fn own() -> Option<Terminal> {
+        crate::peer::controlling_terminal(std::process::id() as i32, nix::unistd::geteuid().as_raw())
+    }
+}
+
+/// Where a PIN prompt is shown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PinPlace {
+    /// A graphical pinentry on the desktop session (DISPLAY or WAYLAND_DISPLAY).
+    Desktop,
+    /// A terminal pinentry on this terminal.
+    Terminal(Terminal),
+}
+
+/// Pinentry's "Operation cancelled" (GPG_ERR_CANCELED from the pinentry source): the user said no.
+pub const ASSUAN_CANCELLED: u32 = 83_886_179;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {
-    #[error("no way to ask for the PIN: configure --pin-file, a systemd credential `keytap-pin`, or install pinentry")]
+    #[error("no way to ask for the PIN: configure --pin-file, a systemd credential `keytap-pin`, or install pinentry (`apt install pinentry-curses`)")]
     NoPinSource,
+    #[error("no terminal or desktop to show the PIN prompt on: run the program that wants the key in a terminal, start `keytap agent --foreground` in one, or give the agent --pin-file")]
+    NoPinPlace,
     #[error("PIN file {0}: {1}")]
     PinFile(PathBuf, String),
     #[error("{0} failed: {1}")]
     Program(String, String),
+}
+
+/// Whether this process runs in a graphical session.
+pub fn desktop_session() -> bool {
+    ["DISPLAY", "WAYLAND_DISPLAY"].iter().any(|v| std::env::var_os(v).is_some_and(|d| !d.is_empty()))
+}
+
+/// Where to ask: the desktop in a graphical session; else the requester's terminal; else our own.
+pub fn pin_place(desktop: bool, requester: Option<&Terminal>, own: Option<&Terminal>) -> Option<PinPlace> {
+    if desktop {
+        return Some(PinPlace::Desktop);
+    }
+    requester.or(own).cloned().map(PinPlace::Terminal)
+}
+
+/// The pinentry for a place: the configured one, else pinentry-curses (then -tty, then plain
+/// `pinentry`) for a terminal, else `pinentry` (the desktop's choice) for the desktop.
+pub fn pinentry_program(configured: Option<&str>, place: &PinPlace) -> Option<PathBuf> {
+    if let Some(program) = configured {
+        return Some(PathBuf::from(program));
+    }
+    let candidates: &[&str] = match place {
+        PinPlace::Desktop => &["pinentry"],
+        PinPlace::Terminal(_) => &["pinentry-curses", "pinentry-tty", "pinentry"],
+    };
+    candidates.iter().find_map(|p| which(p))
 }
 
 /// PIN entry, confirmation and notification. Implementations block; they run on token owner
@@ -60,11 +121,13 @@ pub struct SystemPrompter {
     pub askpass: Option<String>,
     /// A PIN source that gave a wrong PIN is not used again: a second try would spend a retry.
     file_pin_rejected: AtomicBool,
+    /// This process's terminal (an agent in the foreground, a command), for requesters without one.
+    own_terminal: Option<Terminal>,
 }
 
 impl SystemPrompter {
     pub fn new(pin_file: Option<PathBuf>, pinentry: Option<String>, askpass: Option<String>) -> Self {
-        SystemPrompter { pin_file, pinentry, askpass, file_pin_rejected: AtomicBool::new(false) }
+        SystemPrompter { pin_file, pinentry, askpass, file_pin_rejected: AtomicBool::new(false), own_terminal: Terminal::own() }
     }
 
     fn pin_file_path(&self) -> Option<PathBuf> {
@@ -86,10 +149,9 @@ impl Prompter for SystemPrompter {
             self.file_pin_rejected.store(true, Ordering::SeqCst);
             tracing::error!(file = %path.display(), "the PIN from this file was wrong; fix the file and send SIGHUP to keytap");
         }
-        let program = self.pinentry.clone().unwrap_or_else(|| "pinentry".into());
-        if self.pinentry.is_none() && which(&program).is_none() {
-            return Err(PromptError::NoPinSource);
-        }
+        let place = pin_place(desktop_session(), request.terminal.as_ref(), self.own_terminal.as_ref())
+            .ok_or(PromptError::NoPinPlace)?;
+        let program = pinentry_program(self.pinentry.as_deref(), &place).ok_or(PromptError::NoPinSource)?;
         // The reason names a peer; its text is escaped so it cannot add lines or hide ours.
         let mut desc = format!(
             "Enter the PIN of YubiKey {} ({} tries left).\n{}",
@@ -100,7 +162,8 @@ impl Prompter for SystemPrompter {
         if let Some(error) = &request.error {
             desc = format!("{}\n{desc}", ensure_safe(error));
         }
-        pinentry_ask(&program, &desc, "PIN:")
+        tracing::info!(serial = request.serial, pinentry = %program.display(), place = %describe_place(&place), "asking for the PIN");
+        pinentry_ask(&program.to_string_lossy(), &place, &desc, "PIN:")
     }
 
     fn confirm(&self, message: &str) -> bool {
@@ -190,17 +253,32 @@ fn assuan_unescape(data: &str) -> Zeroizing<String> {
     Zeroizing::new(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Ask for a secret (PIN, PUK) with `pinentry` (or the given program); `Ok(None)` if cancelled.
-pub fn ask_with_pinentry(pinentry: Option<&str>, description: &str, prompt: &str) -> Result<Option<Pin>, PromptError> {
-    let program = pinentry.unwrap_or("pinentry");
-    if pinentry.is_none() && which(program).is_none() {
-        return Err(PromptError::NoPinSource);
+/// "the desktop" or "terminal /dev/pts/3".
+pub fn describe_place(place: &PinPlace) -> String {
+    match place {
+        PinPlace::Desktop => "the desktop".into(),
+        PinPlace::Terminal(t) => format!("terminal {}", t.path.display()),
     }
-    pinentry_ask(program, description, prompt)
 }
 
-/// Ask for a secret through the pinentry Assuan protocol.
-fn pinentry_ask(program: &str, description: &str, prompt: &str) -> Result<Option<Pin>, PromptError> {
+/// Ask for a secret (PIN, PUK) with `pinentry` (or the given program) on this command's own
+/// terminal or desktop; `Ok(None)` if cancelled.
+pub fn ask_with_pinentry(pinentry: Option<&str>, description: &str, prompt: &str) -> Result<Option<Pin>, PromptError> {
+    let own = Terminal::own();
+    let place = pin_place(desktop_session(), None, own.as_ref()).ok_or(PromptError::NoPinPlace)?;
+    let program = pinentry_program(pinentry, &place).ok_or(PromptError::NoPinSource)?;
+    pinentry_ask(&program.to_string_lossy(), &place, description, prompt)
+}
+
+/// An Assuan ERR line, "ERR 83886179 Operation cancelled <Pinentry>": (code, text).
+fn assuan_error(line: &str) -> Option<(u32, String)> {
+    let rest = line.trim_end().strip_prefix("ERR")?.trim_start();
+    let (code, text) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some((code.parse().ok()?, text.trim().to_string()))
+}
+
+/// Ask for a secret through the pinentry Assuan protocol, on `place`.
+fn pinentry_ask(program: &str, place: &PinPlace, description: &str, prompt: &str) -> Result<Option<Pin>, PromptError> {
     let fail = |e: String| PromptError::Program(program.to_string(), e);
     let mut child = Command::new(program)
         .stdin(Stdio::piped())
@@ -216,16 +294,29 @@ fn pinentry_ask(program: &str, description: &str, prompt: &str) -> Result<Option
         stdout.read_line(line).map_err(|e| fail(e.to_string()))?;
         if line.starts_with("OK") {
             Ok(())
+        } else if let Some((code, text)) = assuan_error(line) {
+            Err(fail(format!("ERR {code} {text}")))
+        } else if line.is_empty() {
+            Err(fail("exited without answering".into()))
         } else {
             Err(fail(format!("unexpected answer {:?}", line.trim())))
         }
     };
     expect_ok(&mut stdout, &mut line)?;
-    for command in [
+    // A terminal pinentry draws on the terminal named here, not on its own standard streams
+    // (they are our pipe), as gpg-agent tells it.
+    let mut commands = Vec::new();
+    if let PinPlace::Terminal(terminal) = place {
+        commands.push(format!("OPTION ttyname={}", assuan_escape(&terminal.path.to_string_lossy())));
+        let term = terminal.term.clone().or_else(|| std::env::var("TERM").ok()).unwrap_or_else(|| "xterm".into());
+        commands.push(format!("OPTION ttytype={}", assuan_escape(&term)));
+    }
+    commands.extend([
         "SETTITLE keytap".to_string(),
         format!("SETDESC {}", assuan_escape(description)),
         format!("SETPROMPT {}", assuan_escape(prompt)),
-    ] {
+    ]);
+    for command in commands {
         writeln!(stdin, "{command}").map_err(|e| fail(e.to_string()))?;
         expect_ok(&mut stdout, &mut line)?;
     }
@@ -242,15 +333,71 @@ fn pinentry_ask(program: &str, description: &str, prompt: &str) -> Result<Option
         } else if reply.starts_with("OK") {
             break;
         } else if reply.starts_with("ERR") {
-            // Cancelled (ERR 83886179) or any other failure: no PIN.
-            pin = None;
-            break;
+            let _ = writeln!(stdin, "BYE");
+            drop(stdin);
+            let _ = child.wait();
+            return match assuan_error(&reply) {
+                // The user cancelled: no PIN, and no failure.
+                Some((ASSUAN_CANCELLED, _)) => Ok(None),
+                // Anything else (no terminal, no display, a timeout) is the pinentry failing.
+                Some((code, text)) => Err(fail(format!("ERR {code} {text}"))),
+                None => Err(fail(format!("unexpected answer {:?}", reply.trim()))),
+            };
         }
     }
     let _ = writeln!(stdin, "BYE");
     drop(stdin);
     let _ = child.wait();
     Ok(pin)
+}
+
+/// Check that `program` runs and speaks the pinentry protocol for `place`, without showing
+/// anything: greeting, the terminal options, `GETINFO version`. Returns its version.
+pub fn pinentry_check(program: &Path, place: &PinPlace) -> Result<String, PromptError> {
+    let name = program.display().to_string();
+    let fail = |e: String| PromptError::Program(name.clone(), e);
+    let mut child = Command::new(program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let mut commands = Vec::new();
+    if let PinPlace::Terminal(terminal) = place {
+        commands.push(format!("OPTION ttyname={}", assuan_escape(&terminal.path.to_string_lossy())));
+    }
+    commands.push("GETINFO version".to_string());
+    let mut version = String::new();
+    let result = (|| {
+        // The greeting first, then one answer per command.
+        for command in std::iter::once(None).chain(commands.iter().map(Some)) {
+            if let Some(command) = command {
+                writeln!(stdin, "{command}").map_err(|e| fail(e.to_string()))?;
+            }
+            loop {
+                let mut line = String::new();
+                if stdout.read_line(&mut line).map_err(|e| fail(e.to_string()))? == 0 {
+                    return Err(fail("exited without answering".into()));
+                }
+                if let Some(data) = line.strip_prefix("D ") {
+                    version = assuan_unescape(data.trim_end()).to_string();
+                } else if line.starts_with("OK") {
+                    break;
+                } else if let Some((code, text)) = assuan_error(&line) {
+                    return Err(fail(format!("ERR {code} {text}")));
+                } else if !line.starts_with('#') && !line.starts_with("S ") {
+                    return Err(fail(format!("unexpected answer {:?}", line.trim())));
+                }
+            }
+        }
+        Ok(())
+    })();
+    let _ = writeln!(stdin, "BYE");
+    drop(stdin);
+    let _ = child.wait();
+    result.map(|()| version)
 }
 
 /// Ask yes/no through an SSH_ASKPASS program (exit status 0 = yes).
@@ -286,6 +433,79 @@ mod tests {
         assert!(err.contains("chmod 600"), "{err}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(read_pin_file(&path).unwrap().as_str(), "123456");
+    }
+
+    #[test]
+    fn assuan_errors_are_parsed() {
+        assert_eq!(assuan_error("ERR 83886179 Operation cancelled <Pinentry>\n"), Some((ASSUAN_CANCELLED, "Operation cancelled <Pinentry>".into())));
+        assert_eq!(assuan_error("ERR 83918950 Inappropriate ioctl for device"), Some((83918950, "Inappropriate ioctl for device".into())));
+        assert_eq!(assuan_error("ERR 5"), Some((5, String::new())));
+        assert_eq!(assuan_error("OK"), None);
+        assert_eq!(assuan_error("ERR x"), None);
+    }
+
+    #[test]
+    fn the_prompt_goes_to_the_desktop_else_the_requesters_terminal_else_ours() {
+        let tty = |n: u32| Terminal { path: PathBuf::from(format!("/dev/pts/{n}")), term: None };
+        assert_eq!(pin_place(true, Some(&tty(1)), Some(&tty(2))), Some(PinPlace::Desktop));
+        assert_eq!(pin_place(false, Some(&tty(1)), Some(&tty(2))), Some(PinPlace::Terminal(tty(1))));
+        assert_eq!(pin_place(false, None, Some(&tty(2))), Some(PinPlace::Terminal(tty(2))));
+        assert_eq!(pin_place(false, None, None), None);
+        assert!(PromptError::NoPinPlace.to_string().contains("--foreground"));
+    }
+
+    /// A fake pinentry: a shell script speaking just enough Assuan; GETPIN answers `reply`.
+    /// It logs the commands it gets to `dir/log`.
+    fn fake_pinentry(dir: &Path, reply: &[&str]) -> PathBuf {
+        let path = dir.join("pinentry-fake");
+        let replies = dir.join("reply");
+        std::fs::write(&replies, reply.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+        let script = format!(
+            "#!/bin/sh\necho 'OK hello'\nwhile read -r line; do\n  echo \"$line\" >> '{log}'\n  case $line in\n    GETPIN) cat '{replies}';;\n    BYE) echo OK; exit 0;;\n    *) echo OK;;\n  esac\ndone\n",
+            log = dir.join("log").display(),
+            replies = replies.display()
+        );
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[test]
+    fn pinentry_is_told_the_terminal_and_its_answers_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let place = PinPlace::Terminal(Terminal { path: "/dev/pts/77".into(), term: Some("screen".into()) });
+        let ok = fake_pinentry(dir.path(), &["D 12%2534", "OK"]);
+        let pin = pinentry_ask(ok.to_str().unwrap(), &place, "desc", "PIN:").unwrap();
+        assert_eq!(pin.as_deref().map(String::as_str), Some("12%34"));
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert!(log.starts_with("OPTION ttyname=/dev/pts/77\nOPTION ttytype=screen\n"), "{log}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let cancelled = fake_pinentry(dir.path(), &["ERR 83886179 Operation cancelled <Pinentry>"]);
+        assert_eq!(pinentry_ask(cancelled.to_str().unwrap(), &place, "d", "PIN:").unwrap(), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let broken = fake_pinentry(dir.path(), &["ERR 83918950 Inappropriate ioctl for device <Pinentry>"]);
+        let err = pinentry_ask(broken.to_str().unwrap(), &place, "d", "PIN:").unwrap_err().to_string();
+        assert!(err.contains("ERR 83918950 Inappropriate ioctl for device"), "{err}");
+
+        let err = pinentry_ask("/bin/false", &place, "d", "PIN:").unwrap_err().to_string();
+        assert!(err.contains("/bin/false failed: exited without answering"), "{err}");
+    }
+
+    #[test]
+    fn a_pinentry_is_checked_without_asking_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let place = PinPlace::Terminal(Terminal { path: "/dev/pts/9".into(), term: None });
+        let fake = fake_pinentry(dir.path(), &["ERR 1 must not be asked"]);
+        // The fake answers GETINFO with OK only: an empty version.
+        assert_eq!(pinentry_check(&fake, &place).unwrap(), "");
+        let log = std::fs::read_to_string(dir.path().join("log")).unwrap();
+        assert_eq!(log, "OPTION ttyname=/dev/pts/9\nGETINFO version\nBYE\n");
+        let err = pinentry_check(Path::new("/bin/false"), &PinPlace::Desktop).unwrap_err().to_string();
+        assert!(err.contains("exited without answering"), "{err}");
+        let err = pinentry_check(&dir.path().join("missing"), &PinPlace::Desktop).unwrap_err().to_string();
+        assert!(err.contains("missing failed"), "{err}");
     }
 
     #[test]

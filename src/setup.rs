@@ -95,7 +95,8 @@ pub fn run(args: SetupArgs) -> Result<(), AppError> {
     let prompter: Arc<dyn Prompter> = Arc::new(SystemPrompter::new(args.pin_file.clone(), args.pinentry.clone(), None));
     let mut owner = Owner::new(token, prompter);
     let info = owner.token.info()?;
-    let context = SignContext { requester: "keytap setup".into(), purpose: format!("create a key in slot {}", args.slot) };
+    // No requester terminal: the prompter uses this command's own.
+    let context = SignContext { requester: "keytap setup".into(), purpose: format!("create a key in slot {}", args.slot), terminal: None };
     let request = GenerateRequest { slot: args.slot, algorithm: args.alg, pin_policy: args.pin_policy, touch_policy: args.touch };
     // The certificate written next to the key is signed by it, which needs the PIN: ask first
     // (on every kind of token, so setup behaves the same on the mock).

@@ -36,10 +36,8 @@ pub fn list(args: ListArgs) -> Result<(), AppError> {
 }
 
 pub fn status(args: StatusArgs) -> Result<(), AppError> {
-    let path = std::env::var_os("SSH_AUTH_SOCK")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(socket::default_socket_path);
+    let from_env = std::env::var_os("SSH_AUTH_SOCK").filter(|p| !p.is_empty()).map(PathBuf::from);
+    let path = from_env.clone().unwrap_or_else(socket::default_socket_path);
     let report: Result<StatusReport, client::ClientError> =
         client::AgentClient::connect(&path).and_then(|mut c| c.status());
     let report = match report {
@@ -50,6 +48,9 @@ pub fn status(args: StatusArgs) -> Result<(), AppError> {
                 path.display()
             )))
         }
+        Err(e @ client::ClientError::Connect(..)) => {
+            return Err(AppError::Message(format!("{e} (`keytap doctor` checks the whole set-up)")))
+        }
         Err(e) => return Err(e.into()),
     };
     if args.json {
@@ -57,20 +58,24 @@ pub fn status(args: StatusArgs) -> Result<(), AppError> {
         return Ok(());
     }
     println!("agent: running (keytap {}, pid {}) at {}", report.version, report.pid, path.display());
+    if from_env.is_none() {
+        println!("SSH_AUTH_SOCK: not set, so ssh and git do not use keytap; `export SSH_AUTH_SOCK={}`", path.display());
+    }
     println!("locked: {}", if report.locked { "yes (unlock with `ssh-add -X`)" } else { "no" });
     if report.tokens.is_empty() {
-        println!("tokens: none");
+        println!("tokens: none; plug in your YubiKey (the agent picks it up)");
     }
     for t in &report.tokens {
         match (t.present, t.serial) {
             (true, Some(serial)) => println!(
-                "token {}: serial {serial}, {}, firmware {}, {} keys",
+                "token {}: serial {serial}, {}, firmware {}, {} keys{}",
                 t.label,
                 t.model.as_deref().unwrap_or("?"),
                 t.firmware.as_deref().unwrap_or("?"),
-                t.keys.len()
+                t.keys.len(),
+                if t.keys.is_empty() && !report.locked { "; create one with `keytap setup --slot 9a`" } else { "" }
             ),
-            _ => println!("token {}: not present", t.label),
+            _ => println!("token {}: not present; plug it in", t.label),
         }
     }
     Ok(())

@@ -64,7 +64,7 @@ fn no_agent_running() {
         1,
         "",
         &format!(
-            "keytap: cannot reach the agent at {}: {NO_SUCH_FILE}; start it with `keytap agent` or check SSH_AUTH_SOCK\n",
+            "keytap: cannot reach the agent at {}: {NO_SUCH_FILE}; start it with `keytap agent` or check SSH_AUTH_SOCK (`keytap doctor` checks the whole set-up)\n",
             default_socket.display()
         ),
     );
@@ -74,7 +74,8 @@ fn no_agent_running() {
         "keytap: cannot reach the agent at {}: {NO_SUCH_FILE}; start it with `keytap agent` or check SSH_AUTH_SOCK\n",
         stale.display()
     );
-    assert_output(home.keytap().arg("status").env("SSH_AUTH_SOCK", &stale), 1, "", &reach);
+    let hinted = reach.replace("SSH_AUTH_SOCK\n", "SSH_AUTH_SOCK (`keytap doctor` checks the whole set-up)\n");
+    assert_output(home.keytap().arg("status").env("SSH_AUTH_SOCK", &stale), 1, "", &hinted);
     assert_output(home.keytap().args(["cot", "pubkey"]).env("SSH_AUTH_SOCK", &stale), 1, "", &reach);
 
     // Commands that only work through the agent say so, and what else to do.

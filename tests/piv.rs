@@ -76,9 +76,15 @@ struct VCard {
 
 impl VCard {
     fn start(readers: u16, state: &Path, serial: u32) -> VCard {
+        VCard::start_with(readers, state, serial, &[])
+    }
+
+    /// With extra vcard flags (`--refuse-metadata`).
+    fn start_with(readers: u16, state: &Path, serial: u32, extra: &[&str]) -> VCard {
         let child = Command::new(vcard_binary())
             .args(["--readers", &readers.to_string(), "--serial", &serial.to_string(), "--state"])
             .arg(state)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -543,4 +549,142 @@ fn setup_changes_pin_and_puk_on_the_card() {
     let out = keytap(&["setup", "--token", "piv", "--serial", &serial_arg, "--no-key", "--pin-file", new_pin.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}
+
+/// The reader name of the first virtual card, as pcscd lists it.
+fn reader_name() -> String {
+    let ctx = pcsc::Context::establish(pcsc::Scope::User).unwrap();
+    let names = ctx.list_readers_owned().unwrap();
+    names.into_iter().map(|n| n.to_string_lossy().into_owned()).find(|n| n.starts_with("Virtual PCD 00 00")).expect("vpcd reader 0")
+}
+
+/// Provision `slot` as a PIV tool does, without keytap: `yubico-piv-tool` generates a P-256 key
+/// on the card and imports a certificate for it, issued by a throwaway CA (python3-cryptography).
+/// Returns the key's public line, converted by `ssh-keygen` from the card's own answer.
+fn provision_with_yubico_piv_tool(dir: &Path, slot: &str) -> String {
+    let tool = |args: &[&str]| {
+        let out = Command::new("yubico-piv-tool").arg("-r").arg(reader_name()).args(args).output();
+        let out = out.unwrap_or_else(|e| panic!("yubico-piv-tool: {e}; install it (scripts/install-deps.sh)"));
+        assert!(out.status.success(), "yubico-piv-tool {args:?}: {}", text(&out));
+    };
+    let public = dir.join(format!("pub-{slot}.pem"));
+    let cert = dir.join(format!("cert-{slot}.pem"));
+    tool(&["-a", "generate", "-s", slot, "-A", "ECCP256", "-o", public.to_str().unwrap()]);
+    let script = r#"
+import sys, datetime
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+public = serialization.load_pem_public_key(open(sys.argv[1], "rb").read())
+ca = ec.generate_private_key(ec.SECP256R1())
+start = datetime.datetime(2026, 1, 1)
+name = lambda cn: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+cert = (x509.CertificateBuilder().subject_name(name("piv slot")).issuer_name(name("provisioning CA"))
+        .public_key(public).serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
+        .sign(ca, hashes.SHA256()))
+open(sys.argv[2], "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(&public).arg(&cert).output().unwrap();
+    assert!(out.status.success(), "making the certificate: {}", text(&out));
+    tool(&["-a", "import-certificate", "-s", slot, "-i", cert.to_str().unwrap()]);
+    let out = Command::new("ssh-keygen").args(["-i", "-m", "PKCS8", "-f"]).arg(&public).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// "type base64" of a public line.
+fn blob(line: &str) -> String {
+    line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn keys_provisioned_with_certificates_are_listed_whether_metadata_is_partial_or_refused() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    // Default: GET METADATA reaches piv-authenticator, which answers without the public key
+    // (the policies alone for 9e, nothing for 9a), as a Nitrokey 3 does. Then: refused (6D00).
+    for (serial, refuse) in [(7_900_001u32, false), (7_900_101, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let extra: &[&str] = if refuse { &["--refuse-metadata"] } else { &[] };
+        let _card = VCard::start_with(1, &dir.path().join("card"), serial, extra);
+        let auth = provision_with_yubico_piv_tool(dir.path(), "9a");
+        let card_auth = provision_with_yubico_piv_tool(dir.path(), "9e");
+
+        let out = keytap(&["list", "--token", "piv", "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let listed: Vec<(String, String, String)> = keys
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let s = |f: &str| k[f].as_str().unwrap().to_string();
+                (s("slot"), blob(&s("authorized_key")), s("pin_policy"))
+            })
+            .collect();
+        // 9e: the card's metadata says "PIN never" when it answers; the certificate says nothing.
+        let card_auth_pin = if refuse { "once" } else { "never" };
+        assert_eq!(
+            listed,
+            vec![("9a".into(), blob(&auth), "once".into()), ("9e".into(), blob(&card_auth), card_auth_pin.into())],
+            "refuse_metadata={refuse}"
+        );
+
+        // And the agent serves both and signs with them.
+        let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+        let agent = Agent::start(dir.path(), &pin);
+        agent.wait_listed(&[&auth, &card_auth]);
+        for line in [&auth, &card_auth] {
+            agent.sign_and_verify(dir.path(), line).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
+        }
+    }
+}
+
+#[test]
+fn the_first_request_under_socket_activation_lists_the_cards_keys() {
+    if !stack_ready() {
+        return;
+    }
+    let _guard = lock();
+    let dir = tempfile::tempdir().unwrap();
+    let serial = 7_950_001;
+    let pin = pin_file(dir.path(), "pin", GOOD_PIN);
+    let _card = VCard::start(1, &dir.path().join("card"), serial);
+    let line = setup(serial, "p256", &pin, &[]).unwrap();
+
+    // As systemd/keytap.socket does: the first client's connection starts the agent, which
+    // then takes over a second to read the card.
+    let socket = dir.path().join("activated.sock");
+    let log = dir.path().join("agent.log");
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .args([KEYTAP, "agent", "--foreground", "--token", "piv", "--pinentry", "/bin/false", "--pin-file"])
+        .arg(&pin)
+        .env("KEYTAP_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "systemd-socket-activate never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The very first request, nothing before it.
+    let first = Command::new("ssh-add").arg("-L").env("SSH_AUTH_SOCK", &socket).output().unwrap();
+    let signed = support::sshsig_sign_and_verify(&socket, dir.path(), &line, b"first signature after boot\n");
+    let _ = activator.kill();
+    let _ = activator.wait();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(first.status.success(), "{}\nagent log:\n{log}", text(&first));
+    let listed: Vec<String> = String::from_utf8_lossy(&first.stdout).lines().map(blob).collect();
+    assert_eq!(listed, vec![blob(&line)], "agent log:\n{log}");
+    signed.unwrap_or_else(|e| panic!("{e}\nagent log:\n{log}"));
+    assert!(log.contains("listening on a socket from systemd"), "{log}");
+    assert!(!log.contains("answering without"), "{log}");
 }

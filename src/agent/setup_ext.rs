@@ -117,7 +117,7 @@ pub fn audit_details(details: &[u8], answer: &SetupAnswer) -> serde_json::Map<St
 
 /// Run a setup request against the agent's tokens. `remote`: ssh or a forwarded peer is on
 /// the other end of the connection (some session-bind was tried on it).
-pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String, remote: bool, locked: bool) -> SetupAnswer {
+pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: &crate::peer::PeerInfo, remote: bool, locked: bool) -> SetupAnswer {
     if remote {
         return SetupAnswer::Refused("keytap setup is refused over a forwarded agent; run it on the machine the token is plugged into".into());
     }
@@ -157,7 +157,12 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: String,
         pin_policy: request.pin_policy,
         touch_policy: request.touch_policy,
     };
-    let context = SignContext { requester, purpose: format!("create a key in slot {}", request.slot) };
+    // PIN prompts go to the terminal `keytap setup` runs in.
+    let context = SignContext {
+        requester: requester.to_string(),
+        purpose: format!("create a key in slot {}", request.slot),
+        terminal: requester.terminal.clone(),
+    };
     let force = request.force;
     let protect = request.protect_management_key;
     let (change_pin, change_puk, no_key) = (request.change_pin, request.change_puk, request.no_key);

@@ -5,10 +5,10 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::{KeyInfo, Pin, Secret, SignScheme, Slot, Token, TokenError, TokenInfo, TokenResult, TouchPolicy};
-use crate::prompt::{PinRequest, Prompter};
+use crate::prompt::{PinRequest, Prompter, Terminal};
 use crate::text::ensure_safe;
 
 /// How long a touch may be pending before the user is told about it.
@@ -22,6 +22,8 @@ pub struct SignContext {
     pub requester: String,
     /// "sign a commit (sshsig:git)".
     pub purpose: String,
+    /// The requester's terminal, where a PIN prompt is drawn when there is no desktop.
+    pub terminal: Option<Terminal>,
 }
 
 /// The token and everything needed to use it, owned by one thread (or, for one-shot CLI
@@ -62,6 +64,7 @@ impl Owner {
                 retries,
                 reason: format!("{} wants to {}", ensure_safe(&context.requester), ensure_safe(&context.purpose)),
                 error: error.take(),
+                terminal: context.terminal.clone(),
             };
             let pin = self
                 .prompter
@@ -222,6 +225,8 @@ struct Shared {
     keys: RwLock<Arc<Vec<KeyInfo>>>,
     info: RwLock<Option<TokenInfo>>,
     label: String,
+    /// Set once the owner's first key read has ended (with keys, or with the token absent).
+    read_once: watch::Sender<bool>,
 }
 
 /// Owner thread settings.
@@ -242,7 +247,12 @@ impl Default for OwnerOptions {
 impl TokenHandle {
     /// Start the owner thread for a token.
     pub fn spawn(label: String, token: Box<dyn Token>, prompter: Arc<dyn Prompter>, options: OwnerOptions) -> TokenHandle {
-        let shared = Arc::new(Shared { keys: RwLock::new(Arc::new(Vec::new())), info: RwLock::new(None), label });
+        let shared = Arc::new(Shared {
+            keys: RwLock::new(Arc::new(Vec::new())),
+            info: RwLock::new(None),
+            label,
+            read_once: watch::Sender::new(false),
+        });
         let (tx, rx) = mpsc::channel::<Message>();
         let thread_shared = shared.clone();
         std::thread::Builder::new()
@@ -256,6 +266,19 @@ impl TokenHandle {
 
     pub fn label(&self) -> &str {
         &self.shared.label
+    }
+
+    /// Whether the owner's first key read has ended: until then `keys()` is empty only because
+    /// nothing was read yet.
+    pub fn is_ready(&self) -> bool {
+        *self.shared.read_once.borrow()
+    }
+
+    /// Resolves once the owner's first key read has ended.
+    pub async fn ready(&self) {
+        let mut seen = self.shared.read_once.subscribe();
+        // The sender lives in `shared`, which this handle holds: it cannot be dropped meanwhile.
+        let _ = seen.wait_for(|read| *read).await;
     }
 
     /// Keys as last seen by the owner; never waits for the device.
@@ -375,6 +398,36 @@ fn refresh(owner: &mut Owner, shared: &Shared) {
         *shared.keys.write().expect("keys lock") = Arc::new(keys);
     }
     *shared.info.write().expect("info lock") = info;
+    shared.read_once.send_if_modified(|read| !std::mem::replace(read, true));
+}
+
+/// Wait until every token's first key read has ended, for at most `limit`. Tokens added
+/// meanwhile (a YubiKey plugged in while a request waits) are waited for too. Returns the
+/// labels of the tokens still unread when the time ran out.
+pub async fn wait_first_reads<F>(tokens: F, limit: Duration) -> Vec<String>
+where
+    F: Fn() -> Vec<TokenHandle>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let pending: Vec<TokenHandle> = tokens().into_iter().filter(|t| !t.is_ready()).collect();
+        if pending.is_empty() {
+            return Vec::new();
+        }
+        let all = all_ready(&pending);
+        // Re-check the list at least every 100 ms: a token may have been added since.
+        let step = (tokio::time::Instant::now() + Duration::from_millis(100)).min(deadline);
+        if tokio::time::timeout_at(step, all).await.is_err() && tokio::time::Instant::now() >= deadline {
+            return tokens().into_iter().filter(|t| !t.is_ready()).map(|t| t.label().to_string()).collect();
+        }
+    }
+}
+
+/// Resolves when every one of these handles is ready.
+async fn all_ready(handles: &[TokenHandle]) {
+    for handle in handles {
+        handle.ready().await;
+    }
 }
 
 #[cfg(test)]
@@ -423,7 +476,7 @@ mod tests {
     }
 
     fn context() -> SignContext {
-        SignContext { requester: "git (pid 1)".into(), purpose: "sign a git commit or tag".into() }
+        SignContext { requester: "git (pid 1)".into(), purpose: "sign a git commit or tag".into(), terminal: None }
     }
 
     #[test]
@@ -483,5 +536,83 @@ mod tests {
         assert!(handle.refresh().await.is_empty(), "an unplugged token lists nothing");
         let err = handle.sign(key, SignScheme::EcdsaSha256, b"x".to_vec(), context()).await.unwrap_err();
         assert!(matches!(err, TokenError::NotPresent(_)), "{err}");
+    }
+
+    /// A mock token whose first key read waits until the test opens the gate (a slow card).
+    struct Gated {
+        inner: MockToken,
+        gate: Option<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Token for Gated {
+        fn info(&mut self) -> TokenResult<TokenInfo> {
+            self.inner.info()
+        }
+        fn keys(&mut self) -> TokenResult<Vec<KeyInfo>> {
+            if let Some(gate) = self.gate.take() {
+                let _ = gate.recv();
+            }
+            self.inner.keys()
+        }
+        fn pin_retries(&mut self) -> TokenResult<u8> {
+            self.inner.pin_retries()
+        }
+        fn verify_pin(&mut self, pin: &Pin) -> TokenResult<()> {
+            self.inner.verify_pin(pin)
+        }
+        fn sign(&mut self, slot: Slot, scheme: SignScheme, message: &[u8]) -> TokenResult<Vec<u8>> {
+            self.inner.sign(slot, scheme, message)
+        }
+        fn attest(&mut self, slot: Slot) -> TokenResult<crate::token::Attestation> {
+            self.inner.attest(slot)
+        }
+        fn generate(&mut self, request: crate::token::GenerateRequest, force: bool) -> TokenResult<KeyInfo> {
+            self.inner.generate(request, force)
+        }
+    }
+
+    fn gated(dir: &std::path::Path) -> (TokenHandle, std::sync::mpsc::Sender<()>) {
+        MockToken::init(dir, &InitOptions { force: false, serial: Some(4243) }).unwrap();
+        let (open, gate) = std::sync::mpsc::channel();
+        let token = Gated { inner: MockToken::open(dir).unwrap(), gate: Some(gate) };
+        let handle = TokenHandle::spawn("slow".into(), Box::new(token), Scripted::new(&[]), OwnerOptions::default());
+        (handle, open)
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_the_first_key_read_of_every_token_even_one_added_meanwhile() {
+        let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (first, open_first) = gated(first_dir.path());
+        let tokens = Arc::new(std::sync::Mutex::new(vec![first.clone()]));
+        assert!(!first.is_ready() && first.keys().is_empty(), "nothing read yet");
+        let listed = tokens.clone();
+        let waiting = tokio::spawn(async move {
+            let unread = wait_first_reads(|| listed.lock().unwrap().clone(), Duration::from_secs(60)).await;
+            let keys: usize = listed.lock().unwrap().iter().map(|t| t.keys().len()).sum();
+            (unread, keys)
+        });
+        // A second token shows up while the request waits; then both cards answer.
+        let (second, open_second) = gated(second_dir.path());
+        tokens.lock().unwrap().push(second.clone());
+        open_first.send(()).unwrap();
+        first.ready().await;
+        assert!(!second.is_ready());
+        open_second.send(()).unwrap();
+        let (unread, keys) = waiting.await.unwrap();
+        assert!(unread.is_empty(), "{unread:?}");
+        assert_eq!(keys, 8, "the waiting request sees both tokens' keys");
+    }
+
+    #[tokio::test]
+    async fn the_wait_is_bounded_and_names_the_tokens_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slow, open) = gated(dir.path());
+        let unread = wait_first_reads(|| vec![slow.clone()], Duration::from_millis(300)).await;
+        assert_eq!(unread, vec!["slow".to_string()]);
+        assert!(slow.keys().is_empty());
+        open.send(()).unwrap();
+        slow.ready().await;
+        assert_eq!(slow.keys().len(), 4);
+        assert!(wait_first_reads(|| vec![slow.clone()], Duration::ZERO).await.is_empty());
     }
 }

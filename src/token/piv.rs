@@ -154,10 +154,11 @@ impl PivToken {
         }
     }
 
-    /// Whether the card answers GET METADATA (YubiKey 5.2.3+; not the virtual test card).
-    fn metadata_available(&mut self) -> bool {
+    /// Whether the card's metadata for this slot names its public key (YubiKey 5.2.3+), so the
+    /// key is listed without a certificate. piv-authenticator answers metadata without it.
+    fn metadata_names_key(&mut self, slot: SlotId) -> bool {
         let Ok(yk) = self.connect() else { return false };
-        !matches!(piv::metadata(yk, SlotId::Authentication), Err(yubikey::Error::NotSupported))
+        matches!(piv::metadata(yk, slot), Ok(meta) if meta.public.is_some())
     }
 
     fn read_keys(&mut self) -> TokenResult<Vec<KeyInfo>> {
@@ -168,15 +169,15 @@ impl PivToken {
         for &raw in KEY_SLOTS.iter() {
             let slot_id = SlotId::try_from(raw).map_err(|e| other("slot", e))?;
             let slot = Slot(raw);
+            // The card's own word on the policies, when its metadata names them.
+            let mut card_policy = None;
             if metadata_works {
                 match piv::metadata(yk, slot_id) {
                     Ok(meta) => {
+                        card_policy = meta.policy.map(|(p, t)| (pin_policy_from(p), touch_policy_from(t)));
                         if let (SlotAlgorithmId::Asymmetric(alg), Some(public)) = (&meta.algorithm, &meta.public) {
                             let spki = der08::Encode::to_der(public).map_err(|e| other("public key", e))?;
-                            let (pin_policy, touch_policy) = meta
-                                .policy
-                                .map(|(p, t)| (pin_policy_from(p), touch_policy_from(t)))
-                                .unwrap_or((PinPolicy::Once, TouchPolicy::Never));
+                            let (pin_policy, touch_policy) = card_policy.unwrap_or((PinPolicy::Once, TouchPolicy::Never));
                             match cert::key_from_spki(&spki) {
                                 Ok((algorithm, public_key)) => keys.push(KeyInfo {
                                     serial,
@@ -188,8 +189,11 @@ impl PivToken {
                                 }),
                                 Err(e) => tracing::info!(serial, %slot, ?alg, "skipping a key keytap cannot use: {e}"),
                             }
+                            continue;
                         }
-                        continue;
+                        // Metadata without the public key (piv-authenticator, as on a Nitrokey 3,
+                        // answers the policy alone or nothing): the certificate names the key.
+                        tracing::debug!(serial, %slot, "metadata without a public key; reading the certificate");
                     }
                     Err(yubikey::Error::NotFound) => continue,
                     Err(yubikey::Error::NotSupported) => metadata_works = false,
@@ -199,13 +203,14 @@ impl PivToken {
                     }
                 }
             }
-            // Before firmware 5.2.3 (or on cards without metadata) the certificate names the key.
+            // Before firmware 5.2.3 (or on cards without full metadata) the certificate names the key.
             match Certificate::read(yk, slot_id) {
                 Ok(c) => {
                     let der = der08::Encode::to_der(&c.cert).map_err(|e| other("certificate", e))?;
                     match cert::key_from_certificate(&der) {
                         Ok((algorithm, public_key, policy)) => {
-                            let (pin_policy, touch_policy) = policy.unwrap_or((PinPolicy::Once, TouchPolicy::Never));
+                            let (pin_policy, touch_policy) =
+                                card_policy.or(policy).unwrap_or((PinPolicy::Once, TouchPolicy::Never));
                             keys.push(KeyInfo { serial, slot, algorithm, pin_policy, touch_policy, public_key });
                         }
                         Err(e) => tracing::info!(serial, %slot, "skipping a certificate keytap cannot use: {e}"),
@@ -242,7 +247,7 @@ impl PivToken {
             Err(_) => {}
         }
         let yk = self.connect()?;
-        match MgmKey::get_protected(yk) {
+        match protected_management_key(yk) {
             Ok(key) => yk.authenticate(&key).map_err(|e| other("authenticating with the protected management key", e)),
             Err(yubikey::Error::AuthenticationError) => {
                 let retries = self.pin_retries()?;
@@ -259,6 +264,46 @@ impl Drop for PivToken {
     fn drop(&mut self) {
         self.drop_connection();
     }
+}
+
+/// PIV object holding PIN-protected data (`88 { 89 management key }`), as ykman writes it.
+const PRINTED_OBJECT: u32 = 0x005f_c109;
+
+/// The PIN-protected management key. The yubikey crate learns the key's algorithm from GET
+/// METADATA for slot 9B and fails on cards that answer it without the algorithm
+/// (piv-authenticator, on a Nitrokey 3, answers nothing): then read the object ourselves and
+/// take the algorithm from the key's length (24 bytes: this firmware's default algorithm).
+fn protected_management_key(yk: &mut YubiKey) -> yubikey::Result<MgmKey> {
+    match MgmKey::get_protected(yk) {
+        Err(yubikey::Error::ParseError) => {}
+        other => return other,
+    }
+    let object = yk.fetch_object(PRINTED_OBJECT)?;
+    let key = tlv_value(&object, 0x88).and_then(|inner| tlv_value(inner, 0x89)).ok_or(yubikey::Error::ParseError)?;
+    let algorithm = match key.len() {
+        16 => yubikey::MgmAlgorithmId::Aes128,
+        32 => yubikey::MgmAlgorithmId::Aes256,
+        _ => MgmKey::get_default(yk)?.algorithm_id(),
+    };
+    MgmKey::from_bytes(key, Some(algorithm))
+}
+
+/// The value of the first BER-TLV with this one-byte tag in `data` (a sequence of TLVs).
+fn tlv_value(mut data: &[u8], tag: u8) -> Option<&[u8]> {
+    while data.len() >= 2 {
+        let (len, header) = match data[1] {
+            n if n < 0x80 => (n as usize, 2),
+            0x81 => (*data.get(2)? as usize, 3),
+            0x82 => (u16::from_be_bytes([*data.get(2)?, *data.get(3)?]) as usize, 4),
+            _ => return None,
+        };
+        let value = data.get(header..header + len)?;
+        if data[0] == tag {
+            return Some(value);
+        }
+        data = &data[header + len..];
+    }
+    None
 }
 
 fn pin_policy_from(p: yubikey::PinPolicy) -> PinPolicy {
@@ -475,7 +520,7 @@ impl Token for PivToken {
             // PIN policy "always" wants VERIFY right before the signature, which cannot happen
             // here (management key and generation came in between). With slot metadata
             // (firmware 5.2.3+) the key is listed without a certificate.
-            Err(TokenError::PinRequired { .. }) if version >= (5, 2, 3) && self.metadata_available() => {
+            Err(TokenError::PinRequired { .. }) if version >= (5, 2, 3) && self.metadata_names_key(slot_id) => {
                 tracing::warn!(serial = self.serial, %slot, "key generated; no certificate written (the slot wants the PIN before every use)");
             }
             Err(TokenError::PinRequired { retries }) => {
@@ -510,7 +555,7 @@ impl Token for PivToken {
         let yk = self.connect()?;
         key.set_protected(yk).map_err(|e| other("storing the protected management key", e))?;
         // Prove it: read it back with the PIN and authenticate with it.
-        let stored = MgmKey::get_protected(yk).map_err(|e| other("reading the protected management key back", e))?;
+        let stored = protected_management_key(yk).map_err(|e| other("reading the protected management key back", e))?;
         yk.authenticate(&stored).map_err(|e| other("authenticating with the new management key", e))?;
         tracing::info!(serial = self.serial, "management key replaced by a random PIN-protected one");
         Ok(true)
@@ -625,6 +670,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tlv_values_are_found_by_tag() {
+        let key = [7u8; 24];
+        let mut inner = vec![0x89, 24];
+        inner.extend_from_slice(&key);
+        let mut object = vec![0x80, 1, 0, 0x88, inner.len() as u8];
+        object.extend_from_slice(&inner);
+        let found = tlv_value(&object, 0x88).and_then(|i| tlv_value(i, 0x89));
+        assert_eq!(found, Some(&key[..]));
+        assert_eq!(tlv_value(&object, 0x99), None);
+        assert_eq!(tlv_value(&[0x88, 5, 1, 2], 0x88), None, "a length past the end");
+        let mut long = vec![0x88, 0x81, 200];
+        long.extend_from_slice(&[1; 200]);
+        assert_eq!(tlv_value(&long, 0x88).map(<[u8]>::len), Some(200));
+    }
 
     #[test]
     fn pkcs1_block_verifies_with_rsa() {

@@ -66,8 +66,11 @@ impl Agent {
     pub fn start_on(dir: tempfile::TempDir, state_dir: PathBuf, options: AgentOptions) -> Agent {
         let socket = dir.path().join("sock").join("agent.sock");
         let log = dir.path().join("agent.log");
-        let mut cmd = Command::new(KEYTAP);
-        cmd.args(["agent", "--foreground", "--token", "mock", "--state-dir"])
+        // In a session of its own, without a terminal: a test run from a terminal must never get
+        // a PIN prompt drawn on it (the agent prompts on its own terminal as a last resort).
+        // setsid execs in place (the child is no group leader), so the pid stays the agent's.
+        let mut cmd = Command::new("setsid");
+        cmd.arg(KEYTAP).args(["agent", "--foreground", "--token", "mock", "--state-dir"])
             .arg(&state_dir)
             .arg("--socket")
             .arg(&socket);
