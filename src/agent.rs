@@ -904,7 +904,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP, remembered::EXT_APPROVALS] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))

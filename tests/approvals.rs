@@ -93,13 +93,21 @@ fn one_yes_is_remembered_per_program_key_purpose_and_destination_until_cleared_o
     login("9d");
     assert_eq!(prompts(&seen).len(), 6);
 
+    // SIGUSR1 forgets them (OpenSSH 10's signal for forgetting).
+    assert!(std::process::Command::new("kill").args(["-USR1", &agent.pid().to_string()]).status().unwrap().success());
+    agent.wait_log("SIGUSR1: forgot 1 remembered approvals");
+    login("9d");
+    assert_eq!(prompts(&seen).len(), 7);
+    login("9d");
+    assert_eq!(prompts(&seen).len(), 7);
+
     // A lock ends them.
     let mut s = UnixStream::connect(&agent.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     assert_eq!(exchange(&mut s, &frame(&[[22].as_slice(), &string(b"pw")].concat())).unwrap(), [6]);
     assert_eq!(exchange(&mut s, &frame(&[[23].as_slice(), &string(b"pw")].concat())).unwrap(), [6]);
     login("9d");
-    assert_eq!(prompts(&seen).len(), 7);
+    assert_eq!(prompts(&seen).len(), 8);
 
     // Forwarded uses are asked every time.
     let remote = format!("ssh-keygen -Y sign -U -n file -f {} {}", agent.key_file("9e").display(), dir.path().join("remote-msg").display());
@@ -111,4 +119,35 @@ fn one_yes_is_remembered_per_program_key_purpose_and_destination_until_cleared_o
     }
     let forwarded = prompts(&seen).iter().filter(|p| p.starts_with("FORWARDED agent:")).count();
     assert_eq!(forwarded, 2, "{:?}", prompts(&seen));
+}
+
+/// Issue 17 item 4: the `query` extension lists what keytap answers (RFC 9987: an extension
+/// response named "query" followed by the names), and a locked agent still takes session-bind.
+#[test]
+fn query_lists_the_extensions_and_session_bind_is_accepted_while_locked() {
+    let agent = Agent::start();
+    let sshd = Sshd::start(&[agent.key_line("9a")], &[]);
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reply = exchange(&mut s, &frame(&[[27].as_slice(), &string(b"query")].concat())).unwrap();
+    assert_eq!(reply[0], 29, "SSH_AGENT_EXTENSION_RESPONSE");
+    let mut rest = &reply[1..];
+    let mut strings = Vec::new();
+    while rest.len() >= 4 {
+        let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        strings.push(String::from_utf8(rest[4..4 + n].to_vec()).unwrap());
+        rest = &rest[4 + n..];
+    }
+    assert!(rest.is_empty());
+    assert_eq!(strings[0], "query", "the reply names the extension first: {strings:?}");
+    for name in ["query", "session-bind@openssh.com", "keytap-approvals@keytap.dev"] {
+        assert!(strings[1..].iter().any(|s| s == name), "{name} missing from {strings:?}");
+    }
+
+    // Locked, then ssh connects: its session-bind is accepted (OpenSSH 10.5), no key is offered.
+    assert_eq!(exchange(&mut s, &frame(&[[22].as_slice(), &string(b"pw")].concat())).unwrap(), [6]);
+    let out = sshd.ssh(&agent).arg("true").output().unwrap();
+    assert!(!out.status.success(), "logged in while locked: {}", text(&out));
+    let log = agent.wait_log("session bound");
+    assert!(!log.contains("session-bind refused"), "{log}");
 }
