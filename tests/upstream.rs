@@ -354,3 +354,23 @@ fn a_session_bound_list_holds_only_keys_that_could_log_in_there() {
     assert!(!login.status.success(), "{}", text(&login));
     assert!(text(&login).contains("Too many authentication failures"), "{}", text(&login));
 }
+
+/// keytap passes session-bind on, so a key the upstream holds with a destination constraint
+/// (`ssh-add -h`) logs in only where that constraint allows.
+#[test]
+fn an_upstream_keys_own_destination_constraint_still_holds_through_keytap() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = OpensshAgent::start(&dir.path().join("upstream.sock"));
+    let line = file_key(dir.path(), "constrained");
+    let allowed = Sshd::start(std::slice::from_ref(&line), &[]);
+    let other = Sshd::start(std::slice::from_ref(&line), &[]);
+    let known_hosts = dir.path().join("constraint_known_hosts");
+    std::fs::write(&known_hosts, format!("allowed.example {}\n", allowed.host_key_pub)).unwrap();
+    let out = upstream.ssh_add().arg("-H").arg(&known_hosts).args(["-h", "allowed.example"]).arg(dir.path().join("constrained")).output().unwrap();
+    assert!(out.status.success(), "ssh-add -h: {}", text(&out));
+    let (agent, _) = keytap_with(&[&upstream.socket], "");
+    let to_allowed = allowed.ssh(&agent).arg("true").output().unwrap();
+    assert!(to_allowed.status.success(), "{}\n{}", text(&to_allowed), agent.log_text());
+    let to_other = other.ssh(&agent).arg("true").output().unwrap();
+    assert!(!to_other.status.success(), "the upstream's constraint was bypassed: {}", text(&to_other));
+}
