@@ -20,7 +20,7 @@ cargo build --locked --all-targets
 log=$(mktemp)
 status=0
 # Examples (the virtual card, the benchmark) are built above but hold no tests.
-cargo test --locked --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
+cargo test --locked --no-fail-fast --lib --bins --tests "$@" 2>&1 | tee "$log" || status=$?
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, g }' "$log"

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Modules that hold one command family's code, besides every `*/command.rs`.
 const FAMILIES: &[&str] =
-    &["setup.rs", "mock.rs", "status.rs", "log.rs", "daemon.rs", "completions.rs", "git_signing.rs"];
+    &["setup.rs", "mock.rs", "status.rs", "log.rs", "daemon.rs", "completions.rs", "git_signing.rs", "doctor.rs"];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
