@@ -169,9 +169,16 @@ impl Upstreams {
     /// Every upstream's keys, in upstream order: asked now, or the last good answer of an
     /// upstream that fails (for `cache_for`).
     pub async fn identities(&self, link: &mut Link) -> Vec<UpstreamKey> {
+        // All at once: a silent upstream costs one timeout, not one per upstream.
+        if link.streams.len() < self.agents.len() {
+            link.streams.resize_with(self.agents.len(), || None);
+        }
+        let binds = &link.binds;
+        let asks = link.streams.iter_mut().enumerate().map(|(i, slot)| self.call_on(slot, binds, i, &[SSH_AGENTC_REQUEST_IDENTITIES], self.timeouts.list)).collect();
+        let answers = join_all(asks).await;
         let mut keys = Vec::new();
-        for (i, agent) in self.agents.iter().enumerate() {
-            let answer = self.call(link, i, &[SSH_AGENTC_REQUEST_IDENTITIES], self.timeouts.list).await.and_then(|body| parse_identities(&agent.path, &body));
+        for ((i, agent), answer) in self.agents.iter().enumerate().zip(answers) {
+            let answer = answer.and_then(|body| parse_identities(&agent.path, &body));
             let identities = match answer {
                 Ok(identities) => {
                     agent.health.lock().expect("health lock").last_good = Some((Instant::now(), identities.clone()));
@@ -310,6 +317,14 @@ impl Upstreams {
     /// replaying the link's session-binds) first if needed. Any failure drops the connection
     /// and rests the upstream for `retry_after`.
     async fn call(&self, link: &mut Link, upstream: usize, request: &[u8], timeout: Duration) -> Result<Vec<u8>, UpstreamError> {
+        if link.streams.len() < self.agents.len() {
+            link.streams.resize_with(self.agents.len(), || None);
+        }
+        self.call_on(&mut link.streams[upstream], &link.binds, upstream, request, timeout).await
+    }
+
+    /// [`call`](Self::call) on one of a link's streams, so several upstreams can be asked at once.
+    async fn call_on(&self, slot: &mut Option<UnixStream>, binds: &[Vec<u8>], upstream: usize, request: &[u8], timeout: Duration) -> Result<Vec<u8>, UpstreamError> {
         let agent = &self.agents[upstream];
         let name = self.name(upstream);
         if let Some(until) = agent.health.lock().expect("health lock").resting_until {
@@ -317,19 +332,16 @@ impl Upstreams {
                 return Err(UpstreamError::Resting(name));
             }
         }
-        if link.streams.len() < self.agents.len() {
-            link.streams.resize_with(self.agents.len(), || None);
-        }
         let outcome = tokio::time::timeout(timeout, async {
-            if link.streams[upstream].is_none() {
+            if slot.is_none() {
                 let mut stream = UnixStream::connect(&agent.path).await.map_err(|e| UpstreamError::Io(name.clone(), e))?;
-                for bind in &link.binds {
+                for bind in binds {
                     // The answer does not matter (see `session_bind`); the exchange must complete.
                     exchange(&mut stream, &name, bind).await?;
                 }
-                link.streams[upstream] = Some(stream);
+                *slot = Some(stream);
             }
-            let stream = link.streams[upstream].as_mut().expect("connected above");
+            let stream = slot.as_mut().expect("connected above");
             exchange(stream, &name, request).await
         })
         .await
@@ -340,11 +352,35 @@ impl Upstreams {
             Err(e) => {
                 tracing::warn!("{e}; keytap serves its own keys meanwhile and retries in {} ms", self.timeouts.retry_after.as_millis());
                 health.resting_until = Some(Instant::now() + self.timeouts.retry_after);
-                link.streams[upstream] = None;
+                *slot = None;
             }
         }
         outcome
     }
+}
+
+/// Drive every future to its end, concurrently, on the current task; results in order.
+async fn join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future finished")).collect()
 }
 
 /// Write one frame and read one back, capped at [`MAX_FRAME`] before anything is allocated.
@@ -528,6 +564,17 @@ mod tests {
         assert!(matches!(upstreams.call(&mut link, 0, &[SSH_AGENTC_REQUEST_IDENTITIES], Duration::from_secs(60)).await, Err(UpstreamError::Resting(_))));
         // No upstream takes `ssh-add` when none is configured.
         assert!(matches!(Upstreams::new(Vec::new(), timeouts()).add(&mut link, &[SSH_AGENTC_ADD_IDENTITY]).await, Err(UpstreamError::None)));
+    }
+
+    #[tokio::test]
+    async fn silent_upstreams_are_waited_for_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let silent: Vec<PathBuf> = (0..4).map(|i| fake(dir.path(), &format!("s{i}.sock"), None)).collect();
+        let upstreams = Upstreams::new(silent, Timeouts { list: Duration::from_secs(3), ..timeouts() });
+        let mut link = Link::default();
+        // Four silent upstreams, asked one after another, would take 12 s; together, one timeout.
+        let listed = tokio::time::timeout(Duration::from_secs(9), upstreams.identities(&mut link)).await;
+        assert!(listed.is_ok_and(|keys| keys.is_empty()));
     }
 
     #[tokio::test]
