@@ -671,6 +671,12 @@ impl Agent {
             None => match self.upstreams.find_or_ask(&mut conn.upstream, &key_data).await {
                 Some(key) => {
                     record.details.insert("upstream".into(), self.upstreams.path(key.upstream).display().to_string().into());
+                    // SHA-1 `ssh-rsa` is refused whoever holds the key.
+                    let sha2 = signature::SSH_AGENT_RSA_SHA2_256 | signature::SSH_AGENT_RSA_SHA2_512;
+                    if matches!(key.key_data().algorithm(), ssh_key::Algorithm::Rsa { .. }) && req.flags & sha2 == 0 {
+                        record.key = Some(Signer::Upstream(key).key_record());
+                        return Err(Refusal::Denied(signature::SchemeError::RsaSha1.to_string()));
+                    }
                     Signer::Upstream(key)
                 }
                 None => {

@@ -374,3 +374,22 @@ fn an_upstream_keys_own_destination_constraint_still_holds_through_keytap() {
     let to_other = other.ssh(&agent).arg("true").output().unwrap();
     assert!(!to_other.status.success(), "the upstream's constraint was bypassed: {}", text(&to_other));
 }
+
+#[test]
+fn sha1_rsa_signatures_are_refused_for_upstream_keys_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = OpensshAgent::start(&dir.path().join("upstream.sock"));
+    let path = dir.path().join("rsakey");
+    let out = Command::new("ssh-keygen").args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let line = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    upstream.add(&path);
+    let (agent, audit) = keytap_with(&[&upstream.socket], "");
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(exchange(&mut s, &frame(&sign_request(&key_blob(&line), b"data", 0))).unwrap(), [5], "SHA-1 refused");
+    assert_eq!(exchange(&mut s, &frame(&sign_request(&key_blob(&line), b"data", 2))).unwrap()[0], 14, "rsa-sha2-256 signed");
+    let signs = records(&audit, "sign");
+    assert_eq!(signs[0]["decision"], "deny");
+    assert!(signs[0]["reason"].as_str().unwrap().starts_with("refusing SHA-1 `ssh-rsa` signature"), "{}", signs[0]);
+}
