@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{exchange, frame, key_blob, sign_request, string, text, Agent, Sshd, KEYTAP, MOCK_SERIAL};
+use support::{exchange, frame, key_blob, sign_request, string, text, Agent, Sshd, MOCK_SERIAL};
 
 const SLOTS: [&str; 4] = ["9a", "9c", "9d", "9e"];
 
@@ -38,10 +38,9 @@ fn ssh_add_lists_the_four_mock_keys_matching_keytap_list() {
     }
 
     // The same list without the agent, straight from the token.
-    let direct = Command::new(KEYTAP)
+    let direct = support::keytap_in(agent.dir.path())
         .args(["list", "--json", "--token", "mock", "--state-dir"])
         .arg(&agent.state_dir)
-        .env_remove("SSH_AUTH_SOCK")
         .output()
         .unwrap();
     assert!(direct.status.success(), "{}", text(&direct));
@@ -85,7 +84,7 @@ fn status_reports_agent_token_and_lock() {
     // No agent: a clear error, exit status 1.
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nothing.sock");
-    let out = Command::new(KEYTAP).arg("status").env("SSH_AUTH_SOCK", &missing).output().unwrap();
+    let out = support::keytap_in(dir.path()).arg("status").env("SSH_AUTH_SOCK", &missing).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with(&format!("keytap: cannot reach the agent at {}", missing.display())), "{stderr}");

@@ -230,7 +230,7 @@ fn a_bad_config_is_refused_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[[key]]\nmatch = \"slot:9c\"\nallow = [\"sshsig\"]\n").unwrap();
-    let out = Command::new(support::KEYTAP)
+    let out = support::keytap_in(dir.path())
         .args(["agent", "--foreground", "--token", "mock", "--state-dir"])
         .arg(dir.path().join("m"))
         .arg("--socket")

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 mod support;
 
-use support::{text, KEYTAP};
+use support::text;
 
-fn run(args: &[&str], sock: Option<&Path>) -> Output {
-    let mut c = Command::new(KEYTAP);
-    c.args(args).env_remove("SSH_AUTH_SOCK");
+/// keytap isolated in `root`, through the agent at `sock` when given.
+fn run(root: &Path, args: &[&str], sock: Option<&Path>) -> Output {
+    let mut c = support::keytap_in(root);
+    c.args(args);
     if let Some(s) = sock {
         c.env("SSH_AUTH_SOCK", s);
     }
@@ -40,11 +41,11 @@ fn mock_setup_creates_refuses_replacement_and_forces() {
     let state = dir.path().join("mock");
     let state = state.to_str().unwrap();
     let pin = secret_file(dir.path(), "pin", "123456");
-    assert!(run(&["mock", "init", "--state-dir", state, "--serial", "4242"], None).status.success());
+    assert!(run(dir.path(), &["mock", "init", "--state-dir", state, "--serial", "4242"], None).status.success());
     let setup = |extra: &[&str]| {
         let mut a = vec!["setup", "--token", "mock", "--state-dir", state, "--slot", "82", "--alg", "ed25519", "--touch", "never", "--pin-file", &pin];
         a.extend_from_slice(extra);
-        run(&a, None)
+        run(dir.path(), &a, None)
     };
     let out = setup(&[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -63,7 +64,7 @@ fn mock_setup_creates_refuses_replacement_and_forces() {
     assert!(out.status.success(), "{}", text(&out));
     let replaced = key_line(&String::from_utf8_lossy(&out.stdout));
     assert_ne!(replaced, line);
-    let listed = run(&["list", "--token", "mock", "--state-dir", state], None);
+    let listed = run(dir.path(), &["list", "--token", "mock", "--state-dir", state], None);
     assert!(String::from_utf8_lossy(&listed.stdout).contains(replaced.split_whitespace().nth(1).unwrap()));
 }
 
@@ -76,15 +77,14 @@ fn mock_setup_through_the_agent() {
     std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let socket = sock_dir.join("agent.sock");
     let pin = std::path::PathBuf::from(secret_file(dir.path(), "pin", "123456"));
-    assert!(run(&["mock", "init", "--state-dir", state.to_str().unwrap(), "--serial", "4343"], None).status.success());
-    let mut agent = Command::new(KEYTAP)
+    assert!(run(dir.path(), &["mock", "init", "--state-dir", state.to_str().unwrap(), "--serial", "4343"], None).status.success());
+    let mut agent = support::keytap_in(dir.path())
         .args(["agent", "--foreground", "--token", "mock", "--state-dir"])
         .arg(&state)
         .arg("--socket")
         .arg(&socket)
         .arg("--pin-file")
         .arg(&pin)
-        .env_remove("SSH_AUTH_SOCK")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -95,15 +95,15 @@ fn mock_setup_through_the_agent() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let out = run(&["setup", "--slot", "83", "--alg", "p256", "--touch", "never"], Some(&socket));
+    let out = run(dir.path(), &["setup", "--slot", "83", "--alg", "p256", "--touch", "never"], Some(&socket));
     let ok = out.status.success();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let listed = Command::new("ssh-add").arg("-L").env("SSH_AUTH_SOCK", &socket).output().unwrap();
-    let refused = run(&["setup", "--slot", "83", "--alg", "p256", "--touch", "never"], Some(&socket));
+    let refused = run(dir.path(), &["setup", "--slot", "83", "--alg", "p256", "--touch", "never"], Some(&socket));
     // Changing the PIN through the agent: the command reads the secrets, the agent's owner
     // thread changes them on the token.
     let new_pin = secret_file(dir.path(), "new-pin", "24681357");
-    let changed = run(&["setup", "--no-key", "--change-pin", "--pin-file", pin.to_str().unwrap(), "--new-pin-file", &new_pin], Some(&socket));
+    let changed = run(dir.path(), &["setup", "--no-key", "--change-pin", "--pin-file", pin.to_str().unwrap(), "--new-pin-file", &new_pin], Some(&socket));
     let _ = nix_kill(agent.id());
     let _ = agent.wait();
     assert!(ok, "{}", text(&out));
@@ -123,7 +123,7 @@ fn mock_setup_changes_pin_and_puk_and_counts_wrong_puks() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("mock");
     let state = state.to_str().unwrap();
-    assert!(run(&["mock", "init", "--state-dir", state], None).status.success());
+    assert!(run(dir.path(), &["mock", "init", "--state-dir", state], None).status.success());
     let pin = secret_file(dir.path(), "pin", "123456");
     let puk = secret_file(dir.path(), "puk", "12345678");
     let new_pin = secret_file(dir.path(), "new-pin", "86427531");
@@ -132,7 +132,7 @@ fn mock_setup_changes_pin_and_puk_and_counts_wrong_puks() {
     let with = |extra: &[&str]| {
         let mut a = base.to_vec();
         a.extend_from_slice(extra);
-        run(&a, None)
+        run(dir.path(), &a, None)
     };
     // A new PIN that is too short is refused before the token is touched.
     let short = secret_file(dir.path(), "short", "1234");
