@@ -8,6 +8,7 @@ pub mod attest_ext;
 pub mod cert_ext;
 pub mod frame;
 pub mod lock;
+pub mod reload;
 pub mod setup_ext;
 pub mod socket;
 
@@ -37,6 +38,9 @@ use lock::AgentLock;
 pub const EXT_QUERY: &str = "query";
 pub const EXT_SESSION_BIND: &str = "session-bind@openssh.com";
 pub const EXT_STATUS: &str = "keytap-status@keytap.dev";
+
+/// SSH_AGENTC_REMOVE_ALL_RSA_IDENTITIES (SSH1), still sent by `ssh-add -D`.
+const SSH1_REMOVE_ALL_RSA_IDENTITIES: u8 = 9;
 
 /// OpenSSH keeps at most this many session bindings per connection.
 const MAX_BINDINGS: usize = 16;
@@ -72,7 +76,10 @@ pub struct Agent {
     options: AgentOptions,
     uid: u32,
     certs: cert_ext::AgentCerts,
-    policy: Arc<Policy>,
+    /// Replaced whole on reload; a request keeps the policy it started with.
+    policy: std::sync::RwLock<Arc<Policy>>,
+    /// Where a reload reads the policy again (None: set by the caller, nothing to re-read).
+    policy_source: Option<reload::PolicySource>,
     audit: Option<AuditLog>,
     prompter: Option<Arc<dyn Prompter>>,
 }
@@ -202,7 +209,8 @@ impl Agent {
             lock: AgentLock::default(),
             options,
             uid: nix::unistd::geteuid().as_raw(),
-            policy: Arc::new(Policy::default()),
+            policy: std::sync::RwLock::new(Arc::new(Policy::default())),
+            policy_source: None,
             audit: None,
             prompter: None,
             certs: cert_ext::AgentCerts::new(certs_options.cert_dir, certs_options.certs_only),
@@ -211,7 +219,13 @@ impl Agent {
 
     /// Decide every signature against this policy (default: everything, forwarded never silent).
     pub fn with_policy(mut self, policy: Policy) -> Agent {
-        self.policy = Arc::new(policy);
+        self.policy = std::sync::RwLock::new(Arc::new(policy));
+        self
+    }
+
+    /// Read the policy again from here on reload (SIGHUP, `keytap reload`).
+    pub fn with_policy_source(mut self, source: reload::PolicySource) -> Agent {
+        self.policy_source = Some(source);
         self
     }
 
@@ -323,7 +337,13 @@ impl Agent {
         let request = match parse_request(body) {
             Ok(request) => request,
             Err(e) => {
-                tracing::warn!(peer = %conn.peer, message = body.first().copied().unwrap_or(0), "{e}; refused");
+                // `ssh-add -D` follows its request with SSH1's REMOVE_ALL_RSA_IDENTITIES (9), to
+                // any agent: ordinary, answered FAILURE as OpenSSH's agent does, not a warning.
+                if body == [SSH1_REMOVE_ALL_RSA_IDENTITIES] {
+                    tracing::debug!(peer = %conn.peer, "SSH1 remove-all (from ssh-add -D): no SSH1 keys here");
+                } else {
+                    tracing::warn!(peer = %conn.peer, message = body.first().copied().unwrap_or(0), "{e}; refused");
+                }
                 return failure();
             }
         };
@@ -446,7 +466,8 @@ impl Agent {
             Purpose::SshAuth { host_key: Some(h), .. } => Some(h.clone()),
             _ => conn.bindings.last().map(|b| b.host_key.clone()),
         };
-        let key_policy = self.policy.for_key(&key);
+        let policy = self.policy.read().expect("policy lock").clone();
+        let key_policy = policy.for_key(&key);
         let host_names = match (&purpose, &host_key) {
             (Purpose::SshAuth { .. }, Some(host_key)) => {
                 let candidates: Vec<String> = key_policy
@@ -457,7 +478,7 @@ impl Agent {
                         _ => None,
                     })
                     .collect();
-                let files = self.policy.known_hosts.clone();
+                let files = policy.known_hosts.clone();
                 let host_key = host_key.clone();
                 tokio::task::spawn_blocking(move || {
                     let candidates: Vec<&str> = candidates.iter().map(String::as_str).collect();
@@ -509,7 +530,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP, reload::EXT_RELOAD] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -536,6 +557,7 @@ impl Agent {
                 encode(Response::ExtensionResponse(Extension { name: setup_ext::EXT_SETUP.into(), details: setup_ext::encode_json(&answer).into() }))
             }
             attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
+            reload::EXT_RELOAD => self.reload_extension(conn).await,
             cert_ext::EXT_CERT => {
                 let reply = if self.lock.is_locked() {
                     cert_ext::CertReply { error: Some("the agent is locked; unlock it with `ssh-add -X`".into()), ..Default::default() }

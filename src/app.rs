@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::agent::{self, socket, Agent, AgentOptions, KeyReport, StatusReport};
 use crate::audit::{self, AuditLog};
 use crate::cli::{AgentArgs, Cli, Command, ListArgs, LogArgs, MockCommand, SetupArgs, StatusArgs, TokenArgs};
-use crate::policy::{Policy, PolicyError};
+use crate::policy::PolicyError;
 use crate::client;
 use crate::paths;
 use crate::prompt::{Prompter, SystemPrompter};
@@ -58,6 +58,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Log(args) => log(args),
         Command::Attest(args) => crate::attest::command::run(*args),
         Command::Cot(cmd) => Ok(crate::cot::run(cmd)?),
+        Command::Reload => agent::reload::command().map_err(AppError::Message),
     }
 }
 
@@ -368,7 +369,11 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
         let _ = nix::unistd::setsid();
     }
     init_agent_logging(&args)?;
-    let policy = load_policy(args.config.as_deref())?;
+    let policy_source = agent::reload::PolicySource::new(args.config.clone());
+    let (policy, policy_path) = policy_source.load()?;
+    if let Some(path) = policy_path {
+        tracing::info!(config = %path.display(), "policy loaded");
+    }
     let audit_path = args.audit_log.clone().unwrap_or_else(default_audit_path);
     let audit_log = AuditLog::open(&audit_path, args.audit_max_bytes.max(4096), 5)?;
     tracing::info!(audit = %audit_path.display(), "audit log");
@@ -445,7 +450,7 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
         ..AgentOptions::default()
     };
     let known: Vec<u32> = handles.iter().filter_map(|h| h.label().strip_prefix("piv-")?.parse().ok()).collect();
-    let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_audit(audit_log).with_prompter(prompter.clone()));
+    let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_policy_source(policy_source).with_audit(audit_log).with_prompter(prompter.clone()));
     if args.token.token == TokenKind::Piv {
         let watch_agent = agent.clone();
         let prompter = prompter.clone();
@@ -455,16 +460,7 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
     }
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
-        let hup_agent = agent.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: releasing tokens for other programs");
-                for t in hup_agent.tokens() {
-                    t.release();
-                }
-            }
-        });
+        tokio::spawn(agent::reload::on_hangup(agent.clone()));
         agent.serve(listener, shutdown_signal()).await;
         Ok::<(), std::io::Error>(())
     });
@@ -563,23 +559,6 @@ fn start_in_background(args: &AgentArgs) -> Result<(), AppError> {
 
 fn default_audit_path() -> PathBuf {
     paths::state_home().join("audit.jsonl")
-}
-
-/// The policy from `--config`, else the default file when it exists, else the built-in one.
-fn load_policy(explicit: Option<&Path>) -> Result<Policy, AppError> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let default = paths::config_home().join("config.toml");
-            if !default.exists() {
-                return Ok(Policy::default());
-            }
-            default
-        }
-    };
-    let policy = Policy::load(&path)?;
-    tracing::info!(config = %path.display(), "policy loaded");
-    Ok(policy)
 }
 
 /// Parse `--since`: RFC 3339 or an age like `10m`.

@@ -21,6 +21,9 @@ pub enum Command {
     List(ListArgs),
     /// Is the agent reachable, which tokens does it see, is it locked?
     Status(StatusArgs),
+    /// Make the running agent read its policy config, PIN file and certificates again
+    /// (as SIGHUP does); a config that does not parse keeps the old policy, and this fails.
+    Reload,
     /// Manage the mock (TEST) token.
     #[command(subcommand)]
     Mock(MockCommand),

@@ -44,6 +44,9 @@ pub trait Prompter: Send + Sync {
     fn confirm(&self, message: &str) -> bool;
     /// Tell the user something (e.g. "touch your YubiKey"); best effort.
     fn notify(&self, message: &str);
+    /// Forget earlier failures, e.g. a PIN file that gave a wrong PIN (reload: the operator
+    /// fixed it).
+    fn reset(&self) {}
 }
 
 /// The prompter used by the real agent.
@@ -81,7 +84,7 @@ impl Prompter for SystemPrompter {
             }
             // The file's PIN was wrong: never replay it; fall through to an interactive source.
             self.file_pin_rejected.store(true, Ordering::SeqCst);
-            tracing::error!(file = %path.display(), "the PIN from this file was wrong; fix the file and send SIGHUP to keytap");
+            tracing::error!(file = %path.display(), "the PIN from this file was wrong; fix the file, then run `keytap reload` (or send the agent SIGHUP)");
         }
         let program = self.pinentry.clone().unwrap_or_else(|| "pinentry".into());
         if self.pinentry.is_none() && which(&program).is_none() {
@@ -105,6 +108,10 @@ impl Prompter for SystemPrompter {
         askpass_confirm(&program, message)
     }
 
+    fn reset(&self) {
+        self.file_pin_rejected.store(false, Ordering::SeqCst);
+    }
+
     fn notify(&self, message: &str) {
         tracing::warn!("{message}");
         if which("notify-send").is_some()
@@ -117,13 +124,6 @@ impl Prompter for SystemPrompter {
                 .stderr(Stdio::null())
                 .spawn();
         }
-    }
-}
-
-impl SystemPrompter {
-    /// Forget that the PIN file was wrong (SIGHUP: the operator fixed it).
-    pub fn reset(&self) {
-        self.file_pin_rejected.store(false, Ordering::SeqCst);
     }
 }
 

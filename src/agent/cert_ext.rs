@@ -166,6 +166,21 @@ impl AgentCerts {
         }
     }
 
+    /// Read the certificate directory now (reload), reporting bad files again; the directory
+    /// and how many certificates it holds, or `None` without a directory.
+    pub fn reload(&self, keys: &[&KeyInfo]) -> Option<(PathBuf, usize)> {
+        let dir = self.dir.as_ref()?;
+        let path = {
+            let mut watch = dir.lock().expect("cert dir lock");
+            watch.forget();
+            watch.path.clone()
+        };
+        self.warned.lock().expect("warned lock").clear();
+        self.refresh(cert::unix_now(), keys);
+        let count = self.store.lock().expect("cert store lock").all().filter(|e| matches!(e.source, Source::Dir(_))).count();
+        Some((path, count))
+    }
+
     /// The identities to list at this moment: certificates first, then plain keys.
     pub fn identities(&self, keys: &[&KeyInfo]) -> Vec<Identity> {
         let now = cert::unix_now();
