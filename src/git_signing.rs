@@ -8,22 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::agent::KeyReport;
-use crate::app::{self, AppError};
-use crate::cli::{AuthorizedKeyArgs, GitSetupArgs, TokenArgs};
-use crate::client;
+use crate::cli::{AuthorizedKeyArgs, GitSetupArgs};
+use crate::command::{key_reports, AppError};
 use crate::token::{KeySelector, Slot};
-
-/// The token keys, through the running keytap agent when SSH_AUTH_SOCK is keytap's, else from
-/// the tokens themselves.
-fn keys(token: &TokenArgs) -> Result<Vec<KeyReport>, AppError> {
-    match client::keytap_agent() {
-        Some((_, status)) if status.locked => {
-            Err(AppError::Message("the agent is locked; unlock it with `ssh-add -X`".into()))
-        }
-        Some((_, status)) => Ok(status.tokens.into_iter().flat_map(|t| t.keys).collect()),
-        None => app::reports_from_tokens(app::open_tokens(token)?),
-    }
-}
 
 /// Pick the key `wanted` names (see [`KeySelector`]), or the first of `defaults` present (then
 /// any key when `any_fallback`).
@@ -76,7 +63,7 @@ pub fn already_allowed(text: &str, email: &str, key: &str) -> bool {
 }
 
 pub fn authorized_key(args: AuthorizedKeyArgs) -> Result<(), AppError> {
-    let keys = keys(&args.token)?;
+    let keys = key_reports(&args.token)?;
     let key = choose(&keys, args.key.as_deref(), &[Slot::AUTHENTICATION], true).map_err(AppError::Message)?;
     println!("{}", key.authorized_key);
     Ok(())
@@ -126,7 +113,7 @@ pub fn setup(args: GitSetupArgs) -> Result<(), AppError> {
             "git has no user.email, which the allowed-signers file needs; set it with `git config --global user.email you@example.com` and run this again".into(),
         )
     })?;
-    let keys = keys(&args.token)?;
+    let keys = key_reports(&args.token)?;
     let key = choose(&keys, args.key.as_deref(), &[Slot::SIGNATURE, Slot::AUTHENTICATION], false).map_err(AppError::Message)?;
     let literal = key_literal(&key.authorized_key);
 

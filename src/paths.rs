@@ -27,3 +27,8 @@ pub fn config_home() -> PathBuf {
 pub fn default_mock_dir() -> PathBuf {
     state_home().join("mock")
 }
+
+/// The audit log's default file, which the agent writes and `keytap log` reads.
+pub fn default_audit_path() -> PathBuf {
+    state_home().join("audit.jsonl")
+}

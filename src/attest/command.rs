@@ -9,9 +9,9 @@ use x509_cert::Certificate;
 
 use super::prove::{prove_with_agent, prove_with_owner, ProveError, ProveRequest};
 use super::{verify_proof, VerifyOptions, WorkerIdentity, MAX_PROOF_BYTES};
-use crate::app::{open_tokens, AppError};
 use crate::cli::{AttestArgs, AttestCommand, AttestVerifyArgs};
 use crate::client;
+use crate::command::{open_tokens, AppError};
 use crate::prompt::SystemPrompter;
 use crate::token::owner::Owner;
 use crate::token::TokenError;

@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use crate::agent::cert_ext::{decode_reply, CertOp, CertReply, CertReport, EXT_CERT};
-use crate::app::AppError;
 use crate::cert::{self, Selector};
 use crate::cli::CertCommand;
 use crate::client::{self, AgentClient};
+use crate::command::AppError;
 
 pub fn run(cmd: CertCommand) -> Result<(), AppError> {
     match cmd {
