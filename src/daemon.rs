@@ -76,6 +76,19 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
     // or a loop per core answered no faster and woke threads across cores for every request,
     // which stretched the latency tail (docs/performance.md).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Know every token's keys before saying the agent is ready: a script that starts the agent
+    // and asks for a key at once (docs/chain-of-trust.md) must find it. Each owner thread lists
+    // its keys first thing; a job queued behind that waits for it. Bounded, for a slow card.
+    runtime.block_on(async {
+        let first_lists = async {
+            for handle in &handles {
+                let _ = handle.run(|_| ()).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), first_lists).await.is_err() {
+            tracing::warn!("a token is slow to list its keys; serving before it finished");
+        }
+    });
     raise_fd_limit();
     let (std_listener, socket_path) = match socket::from_systemd()? {
         Some(listener) => (listener, None),
