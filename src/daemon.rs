@@ -27,6 +27,7 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
     if args.daemon_child {
         let _ = nix::unistd::setsid();
     }
+    crate::command::check_token_args(&args.token)?;
     init_agent_logging(&args)?;
     let policy_source = agent::reload::PolicySource::new(args.config.clone());
     let (policy, policy_path) = policy_source.load()?;
@@ -43,7 +44,7 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
         ..OwnerOptions::default()
     };
     let piv_claimed = piv::Claimed::default();
-    let tokens: Vec<(String, Box<dyn Token>)> = match args.token.token {
+    let tokens: Vec<(String, Box<dyn Token>)> = match args.token.kind() {
         TokenKind::Mock => {
             let dir = mock_dir(args.token.state_dir.clone());
             if !dir.join(crate::token::mock::STATE_FILE).exists() {
@@ -62,7 +63,7 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
             }
         },
     };
-    if args.token.token == TokenKind::Piv && tokens.is_empty() {
+    if args.token.kind() == TokenKind::Piv && tokens.is_empty() {
         tracing::warn!("no YubiKey connected yet; keytap will pick it up when plugged in");
     }
     let handles: Vec<TokenHandle> = tokens
@@ -123,7 +124,7 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
     };
     let known: Vec<u32> = handles.iter().filter_map(|h| h.label().strip_prefix("piv-")?.parse().ok()).collect();
     let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_policy_source(policy_source).with_audit(audit_log).with_prompter(prompter.clone()));
-    if args.token.token == TokenKind::Piv {
+    if args.token.kind() == TokenKind::Piv {
         let watch_agent = agent.clone();
         let prompter = prompter.clone();
         piv::spawn_watcher(piv_claimed, known, Duration::from_secs(2), move |serial, token| {

@@ -78,6 +78,7 @@ impl SystemPrompter {
 
 impl Prompter for SystemPrompter {
     fn pin(&self, request: &PinRequest) -> Result<Option<Pin>, PromptError> {
+        let mut rejected_file = None;
         if let Some(path) = self.pin_file_path() {
             if request.error.is_none() && !self.file_pin_rejected.load(Ordering::SeqCst) {
                 return read_pin_file(&path).map(Some);
@@ -85,10 +86,14 @@ impl Prompter for SystemPrompter {
             // The file's PIN was wrong: never replay it; fall through to an interactive source.
             self.file_pin_rejected.store(true, Ordering::SeqCst);
             tracing::error!(file = %path.display(), "the PIN from this file was wrong; fix the file, then run `keytap reload` (or send the agent SIGHUP)");
+            rejected_file = Some(path);
         }
         let program = self.pinentry.clone().unwrap_or_else(|| "pinentry".into());
         if self.pinentry.is_none() && which(&program).is_none() {
-            return Err(PromptError::NoPinSource);
+            return Err(match rejected_file {
+                Some(path) => PromptError::PinFile(path, "its PIN is wrong; fix the file (for a running agent, then `keytap reload`)".into()),
+                None => PromptError::NoPinSource,
+            });
         }
         let mut desc = format!(
             "Enter the PIN of YubiKey {} ({} tries left).\n{}",
