@@ -201,6 +201,15 @@ fn init_agent_logging(args: &AgentArgs) -> Result<(), AppError> {
 
 /// Start a detached copy of this agent and print its environment once its socket is ready.
 fn start_in_background(args: &AgentArgs) -> Result<(), AppError> {
+    let started = spawn_detached(args);
+    if started.is_err() {
+        // `eval "$(keytap agent)"` runs what is printed; an empty string would "succeed".
+        println!("false;");
+    }
+    started
+}
+
+fn spawn_detached(args: &AgentArgs) -> Result<(), AppError> {
     let exe = std::env::current_exe()?;
     let mut child = Process::new(exe)
         .args(std::env::args_os().skip(1))
@@ -225,7 +234,9 @@ fn start_in_background(args: &AgentArgs) -> Result<(), AppError> {
                 let _ = BufReader::new(stderr).read_line(&mut err);
             }
             let _ = child.wait();
-            Err(AppError::Message(format!("the agent did not start: {}", err.trim())))
+            // The child's message already starts with "keytap: ", as ours will.
+            let err = err.trim();
+            Err(AppError::Message(format!("the agent did not start: {}", err.strip_prefix("keytap: ").unwrap_or(err))))
         }
     }
 }

@@ -400,3 +400,19 @@ fn peers_of_another_uid_are_refused() {
 fn nix_is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
+
+/// Issue 19: `ssh-add -D` is an ordinary request (keys stay on the tokens, which are released);
+/// it logs no warning, though ssh-add follows it with SSH1's remove-all.
+#[test]
+fn ssh_add_d_succeeds_without_a_warning() {
+    let agent = Agent::start();
+    let warnings = |log: &str| log.lines().filter(|l| l.contains(" WARN ")).count();
+    let before = warnings(&agent.log_text());
+    let out = agent.cmd("ssh-add").arg("-D").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let log = agent.wait_log("ssh-add -D: keys live on tokens");
+    // The SSH1 request comes after the answer to the first; wait for it to be handled.
+    let log = if log.contains("SSH1 remove-all") { log } else { agent.wait_log("SSH1 remove-all") };
+    assert_eq!(warnings(&log), before, "{log}");
+    assert_eq!(agent.public_keys().len(), 4);
+}

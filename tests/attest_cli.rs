@@ -181,6 +181,7 @@ fn attest_through_the_agent_then_verify() {
         .get_output()
         .clone();
     assert!(String::from_utf8_lossy(&out.stderr).contains("using the keytap agent"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("note: --token, --state-dir and --pin-file are not used"));
     let ok = verify_cmd(&s, &proof).args(["--worker-id", "w-9", "--allow-serial", SERIAL]).assert().success().get_output().clone();
     assert_eq!(claims(&ok.stdout)["serial"], 44444444);
     let log = agent.log();

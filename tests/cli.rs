@@ -99,6 +99,21 @@ fn a_second_agent_on_the_same_socket_is_refused() {
     assert_eq!(second.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains(&format!("keytap: {}: another agent is already listening there; stop it or choose another --socket", socket.display())), "{stderr}");
+    // In the background, as `eval "$(keytap agent)"` runs it: one "keytap:" prefix, and the
+    // shell sees the failure.
+    let mut eval = Command::new("sh");
+    eval.arg("-c")
+        .arg(r#"eval "$("$0" agent --token mock --state-dir "$1" --socket "$2")""#)
+        .arg(KEYTAP)
+        .arg(&state)
+        .arg(&socket);
+    support::isolate(&mut eval, dir.path());
+    let eval = eval.output().unwrap();
+    assert_eq!(eval.status.code(), Some(1), "{}", text(&eval));
+    assert_eq!(
+        String::from_utf8_lossy(&eval.stderr),
+        format!("keytap: the agent did not start: {}: another agent is already listening there; stop it or choose another --socket\n", socket.display())
+    );
     let stdout = String::from_utf8(first.stdout).unwrap();
     let pid = stdout.lines().last().unwrap().trim_start_matches("echo Agent pid ").trim_end_matches(';').to_string();
     Command::new("kill").arg(&pid).status().unwrap();
