@@ -18,5 +18,6 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Attest(args) => crate::attest::command::run(*args),
         Command::Cot(cmd) => Ok(crate::cot::command::run(cmd)?),
         Command::Reload => crate::agent::reload::command().map_err(AppError::Message),
+        Command::Completions(args) => crate::completions::completions(args),
     }
 }

@@ -44,6 +44,22 @@ pub enum Command {
     /// Chain of trust for CI workers (Taskcluster-compatible): sign a task run, verify one.
     #[command(subcommand)]
     Cot(CotCommand),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: CompletionShell,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@ pub mod cert;
 pub mod cli;
 pub mod client;
 pub mod command;
+pub mod completions;
 pub mod cot;
 pub mod daemon;
 pub mod git_signing;
