@@ -137,8 +137,9 @@ pub struct LogArgs {
 /// Which token a command uses; the same defaults as the agent.
 #[derive(Args, Debug, Clone)]
 pub struct TokenArgs {
-    /// Token kind: `piv` for YubiKeys, `mock` for the software TEST token [default: piv].
-    /// Naming a token (or --state-dir) opens it directly, even when a keytap agent runs.
+    /// Token kind: `piv` for YubiKeys, `mock` for the software TEST token [default: piv, or mock
+    /// with --state-dir]. Commands that can go through a running agent open a named token
+    /// directly.
     #[arg(long, value_enum)]
     pub token: Option<TokenKind>,
     /// Mock token state directory [default: $XDG_STATE_HOME/keytap/mock].
