@@ -306,6 +306,7 @@ fn reload_reads_the_policy_again_and_a_broken_one_keeps_the_old() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with(&format!("policy: read {}\n", config.display())), "{stdout}");
     assert!(stdout.contains("PIN sources: a PIN file that gave a wrong PIN is read again"), "{stdout}");
+    assert!(stdout.contains(&format!("certificates: read {}", agent.dir.path().join("config/keytap/certs").display())), "{stdout}");
     assert!(!sshsig(&agent, "9d", "file").status.success(), "the new restriction is not enforced");
     assert!(sshsig(&agent, "9d", "git").status.success());
 
@@ -353,4 +354,16 @@ fn a_fixed_pin_file_is_read_again_after_a_reload() {
     agent.wait_log("reload: PIN sources");
     let out = sshsig(&agent, "9a", "file");
     assert!(out.status.success(), "{}\n{}", text(&out), agent.log_text());
+}
+
+/// Issue 19: `keytap reload` is for the agent's own machine: refused through a forwarded agent.
+#[test]
+fn reload_is_refused_through_a_forwarded_agent() {
+    let agent = Agent::start();
+    let sshd = Sshd::start(&[agent.key_line("9e")], &[]);
+    let remote = format!("case \"$SSH_AUTH_SOCK\" in *agent.*) ;; *) echo not-forwarded; exit 9;; esac; {} reload", support::KEYTAP);
+    let out = sshd.ssh(&agent).args(["-A", "-o", "IdentitiesOnly=yes", "-i"]).arg(agent.key_file("9e")).arg(remote).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", text(&out), agent.log_text());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keytap: refused through a forwarded agent; run `keytap reload` on the agent's machine"), "{}", text(&out));
+    agent.wait_log("reload refused: the connection is a forwarded agent");
 }
