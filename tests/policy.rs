@@ -306,7 +306,7 @@ fn reload_reads_the_policy_again_and_a_broken_one_keeps_the_old() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with(&format!("policy: read {}\n", config.display())), "{stdout}");
     assert!(stdout.contains("PIN sources: a PIN file that gave a wrong PIN is read again"), "{stdout}");
-    assert!(stdout.contains(&format!("certificates: read {}", agent.dir.path().join("config/keytap/certs").display())), "{stdout}");
+    assert!(stdout.contains(&format!("certificates: {} is read again", agent.dir.path().join("config/keytap/certs").display())), "{stdout}");
     assert!(!sshsig(&agent, "9d", "file").status.success(), "the new restriction is not enforced");
     assert!(sshsig(&agent, "9d", "git").status.success());
 

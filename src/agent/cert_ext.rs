@@ -166,19 +166,15 @@ impl AgentCerts {
         }
     }
 
-    /// Read the certificate directory now (reload), reporting bad files again; the directory
-    /// and how many certificates it holds, or `None` without a directory.
-    pub fn reload(&self, keys: &[&KeyInfo]) -> Option<(PathBuf, usize)> {
+    /// Read the certificate directory again at the next use, whatever its modification time,
+    /// and report bad files again (reload); the directory, or `None` without one. No file is
+    /// read here: the caller may be on the event loop.
+    pub fn rescan(&self) -> Option<PathBuf> {
         let dir = self.dir.as_ref()?;
-        let path = {
-            let mut watch = dir.lock().expect("cert dir lock");
-            watch.forget();
-            watch.path.clone()
-        };
+        let mut watch = dir.lock().expect("cert dir lock");
+        watch.forget();
         self.warned.lock().expect("warned lock").clear();
-        self.refresh(cert::unix_now(), keys);
-        let count = self.store.lock().expect("cert store lock").all().filter(|e| matches!(e.source, Source::Dir(_))).count();
-        Some((path, count))
+        Some(watch.path.clone())
     }
 
     /// The identities to list at this moment: certificates first, then plain keys.

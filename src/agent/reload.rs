@@ -83,10 +83,8 @@ impl Agent {
             prompter.reset();
             report.reloaded.push("PIN sources: a PIN file that gave a wrong PIN is read again at the next use".into());
         }
-        let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
-        let keys: Vec<&crate::token::KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
-        if let Some((dir, count)) = self.certs.reload(&keys) {
-            report.reloaded.push(format!("certificates: read {} ({count} certificate files)", dir.display()));
+        if let Some(dir) = self.certs.rescan() {
+            report.reloaded.push(format!("certificates: {} is read again at the next listing", dir.display()));
         }
         let tokens = self.tokens();
         for token in &tokens {
