@@ -11,6 +11,7 @@ pub mod cert_ext;
 pub mod confirm;
 pub mod frame;
 pub mod lock;
+pub mod reload;
 pub mod setup_ext;
 pub mod socket;
 
@@ -47,6 +48,9 @@ pub const EXT_STATUS: &str = "keytap-status@keytap.dev";
 /// How long a request waits for tokens whose first key read has not ended (a card just found).
 const FIRST_READ_WAIT: Duration = Duration::from_secs(5);
 
+/// SSH_AGENTC_REMOVE_ALL_RSA_IDENTITIES (SSH1), still sent by `ssh-add -D`.
+const SSH1_REMOVE_ALL_RSA_IDENTITIES: u8 = 9;
+
 /// Connection limits.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
@@ -79,9 +83,14 @@ pub struct Agent {
     options: AgentOptions,
     uid: u32,
     certs: cert_ext::AgentCerts,
-    policy: Arc<Policy>,
+    /// Replaced whole on reload; a request keeps the policy it started with.
+    policy: std::sync::RwLock<Arc<Policy>>,
+    /// Where a reload reads the policy again (None: set by the caller, nothing to re-read).
+    policy_source: Option<reload::PolicySource>,
     audit: Option<AuditLog>,
     confirmer: Option<Confirmer>,
+    /// For PIN-source resets on reload; confirmations go through `confirmer`.
+    prompter: Option<Arc<dyn Prompter>>,
     connections: Registry,
 }
 
@@ -279,9 +288,11 @@ impl Agent {
             lock: AgentLock::default(),
             options,
             uid: nix::unistd::geteuid().as_raw(),
-            policy: Arc::new(Policy::default()),
+            policy: std::sync::RwLock::new(Arc::new(Policy::default())),
+            policy_source: None,
             audit: None,
             confirmer: None,
+            prompter: None,
             connections: Registry::default(),
             certs: cert_ext::AgentCerts::new(certs_options.cert_dir, certs_options.certs_only),
         }
@@ -289,7 +300,13 @@ impl Agent {
 
     /// Decide every signature against this policy (default: everything, forwarded never silent).
     pub fn with_policy(mut self, policy: Policy) -> Agent {
-        self.policy = Arc::new(policy);
+        self.policy = std::sync::RwLock::new(Arc::new(policy));
+        self
+    }
+
+    /// Read the policy again from here on reload (SIGHUP, `keytap reload`).
+    pub fn with_policy_source(mut self, source: reload::PolicySource) -> Agent {
+        self.policy_source = Some(source);
         self
     }
 
@@ -302,7 +319,8 @@ impl Agent {
     /// Ask for confirmations through this prompter (none: confirmations are refused), on a
     /// thread of their own.
     pub fn with_prompter(mut self, prompter: Arc<dyn Prompter>) -> Agent {
-        self.confirmer = Some(Confirmer::spawn(prompter));
+        self.confirmer = Some(Confirmer::spawn(prompter.clone()));
+        self.prompter = Some(prompter);
         self
     }
 
@@ -410,7 +428,13 @@ impl Agent {
         let request = match parse_request(body) {
             Ok(request) => request,
             Err(e) => {
-                tracing::warn!(peer = %conn.peer, message = body.first().copied().unwrap_or(0), "{e}; refused");
+                // `ssh-add -D` follows its request with SSH1's REMOVE_ALL_RSA_IDENTITIES (9), to
+                // any agent: ordinary, answered FAILURE as OpenSSH's agent does, not a warning.
+                if body == [SSH1_REMOVE_ALL_RSA_IDENTITIES] {
+                    tracing::debug!(peer = %conn.peer, "SSH1 remove-all (from ssh-add -D): no SSH1 keys here");
+                } else {
+                    tracing::warn!(peer = %conn.peer, message = body.first().copied().unwrap_or(0), "{e}; refused");
+                }
                 return failure();
             }
         };
@@ -553,7 +577,8 @@ impl Agent {
         // The destination of a login: the bound session's verified host key (or, on an unbound
         // local connection, the one a hostbound request names).
         let host_key = conn.bindings.destination(&purpose).map_err(Refusal::Denied)?;
-        let key_policy = self.policy.for_key(&key);
+        let policy = self.policy.read().expect("policy lock").clone();
+        let key_policy = policy.for_key(&key);
         let host_names = match (&purpose, &host_key) {
             (Purpose::SshAuth { .. }, Some(host_key)) => {
                 let candidates: Vec<String> = key_policy
@@ -564,7 +589,7 @@ impl Agent {
                         _ => None,
                     })
                     .collect();
-                let files = self.policy.known_hosts.clone();
+                let files = policy.known_hosts.clone();
                 let host_key = host_key.clone();
                 tokio::task::spawn_blocking(move || host_names(&host_key, &candidates, &files, crate::cert::unix_now()))
                     .await
@@ -626,7 +651,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP, reload::EXT_RELOAD] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -675,6 +700,7 @@ impl Agent {
                 encode(Response::ExtensionResponse(Extension { name: setup_ext::EXT_SETUP.into(), details: setup_ext::encode_json(&answer).into() }))
             }
             attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
+            reload::EXT_RELOAD => self.reload_extension(conn).await,
             cert_ext::EXT_CERT => {
                 let listing = matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List));
                 let reply = if self.lock.is_locked() {
