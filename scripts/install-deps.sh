@@ -11,6 +11,7 @@ PACKAGES=(
   python3 python3-cryptography        # an independent Ed25519 / X.509 implementation in tests
   python3-paramiko                    # a non-OpenSSH client relaying through a forwarded agent
   systemd udev                        # systemd-socket-activate, systemd-analyze, udevadm in tests
+  jq                                  # docs/static-worker.md's register-worker (tests/doc_snippets.rs)
   man-db                              # `man -l docs/man/keytap.1` in tests/cli_docs.rs
   tmux pinentry-curses                # the PIN prompt drawn on a terminal, typed into in tests
   yubico-piv-tool                     # provisions PIV slots as other tools do, in the PIV tests

@@ -11,6 +11,7 @@ pub mod cert_ext;
 pub mod confirm;
 pub mod frame;
 pub mod lock;
+pub mod reload;
 pub mod setup_ext;
 pub mod socket;
 
@@ -49,6 +50,9 @@ pub const EXT_STATUS: &str = "keytap-status@keytap.dev";
 /// How long a request waits for tokens whose first key read has not ended (a card just found).
 const FIRST_READ_WAIT: Duration = Duration::from_secs(5);
 
+/// SSH_AGENTC_REMOVE_ALL_RSA_IDENTITIES (SSH1), still sent by `ssh-add -D`.
+const SSH1_REMOVE_ALL_RSA_IDENTITIES: u8 = 9;
+
 /// Connection limits.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
@@ -81,9 +85,14 @@ pub struct Agent {
     options: AgentOptions,
     uid: u32,
     certs: cert_ext::AgentCerts,
-    policy: Arc<Policy>,
+    /// Replaced whole on reload; a request keeps the policy it started with.
+    policy: std::sync::RwLock<Arc<Policy>>,
+    /// Where a reload reads the policy again (None: set by the caller, nothing to re-read).
+    policy_source: Option<reload::PolicySource>,
     audit: Option<AuditLog>,
     confirmer: Option<Confirmer>,
+    /// For PIN-source resets on reload; confirmations go through `confirmer`.
+    prompter: Option<Arc<dyn Prompter>>,
     connections: Registry,
     upstreams: Upstreams,
     approvals: Approvals,
@@ -264,6 +273,30 @@ impl Signer {
     }
 }
 
+/// On a session-bound connection, only the keys whose policy could allow a login to the
+/// bound destination, certificates first: ssh offers them in this order, and a server's
+/// MaxAuthTries counts every key offered.
+async fn for_destination(policy: &Policy, conn: &Connection, mut ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], destination: HostKey) -> Vec<ssh_agent_lib::proto::Identity> {
+    let candidates = policy.ssh_auth_hosts();
+    let host_names = if candidates.is_empty() {
+        Vec::new()
+    } else {
+        let files = policy.known_hosts.clone();
+        tokio::task::spawn_blocking(move || host_names(&destination, &candidates, &files, crate::cert::unix_now())).await.unwrap_or_default()
+    };
+    let forwarded = conn.forwarded();
+    ids.retain(|id| {
+        let key = upstream::credential_key(&id.credential);
+        let key_policy = match keys.iter().find(|k| &k.public_key == key) {
+            Some(k) => policy.for_key(k),
+            None => policy.for_upstream(&key.fingerprint(ssh_key::HashAlg::Sha256).to_string()),
+        };
+        policy::could_log_in(&key_policy, forwarded, &host_names)
+    });
+    ids.sort_by_key(|id| !matches!(id.credential, PublicCredential::Cert(_)));
+    ids
+}
+
 /// Upstream keys after keytap's own, without keys keytap already lists, within the frame cap.
 fn append_upstream(ids: &mut Vec<ssh_agent_lib::proto::Identity>, upstream_keys: Vec<UpstreamKey>) {
     let mut room = frame::MAX_FRAME.saturating_sub(5 + ids.iter().map(upstream::encoded_len).sum::<usize>());
@@ -345,9 +378,11 @@ impl Agent {
             lock: AgentLock::default(),
             options,
             uid: nix::unistd::geteuid().as_raw(),
-            policy: Arc::new(Policy::default()),
+            policy: std::sync::RwLock::new(Arc::new(Policy::default())),
+            policy_source: None,
             audit: None,
             confirmer: None,
+            prompter: None,
             connections: Registry::default(),
             upstreams: Upstreams::new(Vec::new(), upstream::Timeouts::default()),
             approvals: Approvals::default(),
@@ -357,7 +392,13 @@ impl Agent {
 
     /// Decide every signature against this policy (default: everything, forwarded never silent).
     pub fn with_policy(mut self, policy: Policy) -> Agent {
-        self.policy = Arc::new(policy);
+        self.policy = std::sync::RwLock::new(Arc::new(policy));
+        self
+    }
+
+    /// Read the policy again from here on reload (SIGHUP, `keytap reload`).
+    pub fn with_policy_source(mut self, source: reload::PolicySource) -> Agent {
+        self.policy_source = Some(source);
         self
     }
 
@@ -376,7 +417,8 @@ impl Agent {
     /// Ask for confirmations through this prompter (none: confirmations are refused), on a
     /// thread of their own.
     pub fn with_prompter(mut self, prompter: Arc<dyn Prompter>) -> Agent {
-        self.confirmer = Some(Confirmer::spawn(prompter));
+        self.confirmer = Some(Confirmer::spawn(prompter.clone()));
+        self.prompter = Some(prompter);
         self
     }
 
@@ -488,7 +530,13 @@ impl Agent {
         let request = match parse_request(body) {
             Ok(request) => request,
             Err(e) => {
-                tracing::warn!(peer = %conn.peer, message = body.first().copied().unwrap_or(0), "{e}; refused");
+                // `ssh-add -D` follows its request with SSH1's REMOVE_ALL_RSA_IDENTITIES (9), to
+                // any agent: ordinary, answered FAILURE as OpenSSH's agent does, not a warning.
+                if body == [SSH1_REMOVE_ALL_RSA_IDENTITIES] {
+                    tracing::debug!(peer = %conn.peer, "SSH1 remove-all (from ssh-add -D): no SSH1 keys here");
+                } else {
+                    tracing::warn!(peer = %conn.peer, message = body.first().copied().unwrap_or(0), "{e}; refused");
+                }
                 return failure();
             }
         };
@@ -572,35 +620,12 @@ impl Agent {
         }
         // Only ssh about to log in binds without is_forwarding; a forwarded socket's other
         // clients (git, ssh-keygen on the remote host) see every key.
-        let login = conn.bindings.last().filter(|b| !b.forwarded && self.policy.list_by_destination());
+        let policy = self.policy.read().expect("policy lock").clone();
+        let login = conn.bindings.last().filter(|b| !b.forwarded && policy.list_by_destination());
         if let Some(destination) = login.map(|b| b.host_key.clone()) {
-            ids = self.for_destination(conn, ids, &keys, destination).await;
+            ids = for_destination(&policy, conn, ids, &keys, destination).await;
         }
         encode(Response::IdentitiesAnswer(ids))
-    }
-
-    /// On a session-bound connection, only the keys whose policy could allow a login to the
-    /// bound destination, certificates first: ssh offers them in this order, and a server's
-    /// MaxAuthTries counts every key offered.
-    async fn for_destination(&self, conn: &Connection, mut ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], destination: HostKey) -> Vec<ssh_agent_lib::proto::Identity> {
-        let candidates = self.policy.ssh_auth_hosts();
-        let host_names = if candidates.is_empty() {
-            Vec::new()
-        } else {
-            let files = self.policy.known_hosts.clone();
-            tokio::task::spawn_blocking(move || host_names(&destination, &candidates, &files, crate::cert::unix_now())).await.unwrap_or_default()
-        };
-        let forwarded = conn.forwarded();
-        ids.retain(|id| {
-            let key = upstream::credential_key(&id.credential);
-            let key_policy = match keys.iter().find(|k| &k.public_key == key) {
-                Some(k) => self.policy.for_key(k),
-                None => self.policy.for_upstream(&key.fingerprint(ssh_key::HashAlg::Sha256).to_string()),
-            };
-            policy::could_log_in(&key_policy, forwarded, &host_names)
-        });
-        ids.sort_by_key(|id| !matches!(id.credential, PublicCredential::Cert(_)));
-        ids
     }
 
     async fn sign(&self, conn: &mut Connection, req: SignRequest) -> Vec<u8> {
@@ -691,7 +716,8 @@ impl Agent {
         // The destination of a login: the bound session's verified host key (or, on an unbound
         // local connection, the one a hostbound request names).
         let host_key = conn.bindings.destination(&purpose).map_err(Refusal::Denied)?;
-        let key_policy = signer.policy(&self.policy);
+        let policy = self.policy.read().expect("policy lock").clone();
+        let key_policy = signer.policy(&policy);
         let host_names = match (&purpose, &host_key) {
             (Purpose::SshAuth { .. }, Some(host_key)) => {
                 let candidates: Vec<String> = key_policy
@@ -702,7 +728,7 @@ impl Agent {
                         _ => None,
                     })
                     .collect();
-                let files = self.policy.known_hosts.clone();
+                let files = policy.known_hosts.clone();
                 let host_key = host_key.clone();
                 tokio::task::spawn_blocking(move || host_names(&host_key, &candidates, &files, crate::cert::unix_now()))
                     .await
@@ -910,7 +936,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP, remembered::EXT_APPROVALS] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP, reload::EXT_RELOAD, remembered::EXT_APPROVALS] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -961,6 +987,7 @@ impl Agent {
             }
             attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
             remembered::EXT_APPROVALS => self.approvals_extension(conn, &ext).await,
+            reload::EXT_RELOAD => self.reload_extension(conn).await,
             cert_ext::EXT_CERT => {
                 let listing = matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List));
                 let reply = if self.lock.is_locked() {

@@ -18,6 +18,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Log(args) => crate::log::run(args),
         Command::Attest(args) => crate::attest::command::run(*args),
         Command::Cot(cmd) => Ok(crate::cot::command::run(cmd)?),
+        Command::Reload => crate::agent::reload::command().map_err(AppError::Message),
         Command::Completions(args) => crate::completions::completions(args),
         Command::Approvals(args) => crate::remembered::command::run(args),
     }

@@ -24,6 +24,9 @@ pub enum Command {
     /// Check everything keytap needs (agent, SSH_AUTH_SOCK, pcscd, PIN prompt, tokens, config)
     /// and say what to do about each problem; exits 1 when something is wrong.
     Doctor(DoctorArgs),
+    /// Make the running agent read its policy config, PIN file and certificates again
+    /// (as SIGHUP does); a config that does not parse keeps the old policy, and this fails.
+    Reload,
     /// Manage the mock (TEST) token.
     #[command(subcommand)]
     Mock(MockCommand),
@@ -154,12 +157,32 @@ pub struct LogArgs {
 /// Which token a command uses; the same defaults as the agent.
 #[derive(Args, Debug, Clone)]
 pub struct TokenArgs {
-    /// Token kind: `piv` for YubiKeys, `mock` for the software TEST token.
-    #[arg(long, value_enum, default_value = "piv")]
-    pub token: TokenKind,
+    /// Token kind: `piv` for YubiKeys, `mock` for the software TEST token [default: piv, or mock
+    /// with --state-dir]. Commands that can go through a running agent open a named token
+    /// directly.
+    #[arg(long, value_enum)]
+    pub token: Option<TokenKind>,
     /// Mock token state directory [default: $XDG_STATE_HOME/keytap/mock].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    /// The token kind, `piv` unless named.
+    pub fn kind(&self) -> TokenKind {
+        match (self.token, &self.state_dir) {
+            (Some(kind), _) => kind,
+            // --state-dir only makes sense for the mock.
+            (None, Some(_)) => TokenKind::Mock,
+            (None, None) => TokenKind::Piv,
+        }
+    }
+
+    /// Did the user name a token (`--token` or `--state-dir`)? Then commands open it directly
+    /// instead of going through a running agent.
+    pub fn explicit(&self) -> bool {
+        self.token.is_some() || self.state_dir.is_some()
+    }
 }
 
 #[derive(Args, Debug)]

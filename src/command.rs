@@ -10,4 +10,4 @@ mod error;
 mod tokens;
 
 pub use error::AppError;
-pub use tokens::{key_reports, mock_dir, open_tokens, reports_from_tokens};
+pub use tokens::{agent_for, check_token_args, key_reports, mock_dir, open_tokens, reports_from_tokens};

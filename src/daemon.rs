@@ -1,7 +1,7 @@
 //! `keytap agent`: the agent process around `agent::Agent`: starting in the background like
 //! ssh-agent (a detached child that reports READY), logging, the policy and audit log, the
-//! tokens to serve, the socket (or systemd's), and the signals (SIGHUP releases the tokens,
-//! SIGTERM and SIGINT stop it).
+//! tokens to serve, the socket (or systemd's), and the signals (SIGHUP reloads, see
+//! `agent::reload`; SIGTERM and SIGINT stop it).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -14,7 +14,6 @@ use crate::audit::AuditLog;
 use crate::cli::AgentArgs;
 use crate::command::{mock_dir, AppError};
 use crate::paths::{self, default_audit_path};
-use crate::policy::Policy;
 use crate::prompt::{Prompter, SystemPrompter};
 use crate::token::mock::{InitOptions, MockToken};
 use crate::token::owner::{OwnerOptions, TokenHandle};
@@ -28,8 +27,13 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
     if args.daemon_child {
         let _ = nix::unistd::setsid();
     }
+    crate::command::check_token_args(&args.token)?;
     init_agent_logging(&args)?;
-    let policy = load_policy(args.config.as_deref())?;
+    let policy_source = agent::reload::PolicySource::new(args.config.clone());
+    let (policy, policy_path) = policy_source.load()?;
+    if let Some(path) = policy_path {
+        tracing::info!(config = %path.display(), "policy loaded");
+    }
     let audit_path = args.audit_log.clone().unwrap_or_else(default_audit_path);
     let retention = crate::audit::Retention { min_age: Duration::from_secs(args.audit_retain_days.saturating_mul(86400)), ..Default::default() };
     let audit_log = AuditLog::open_with(&audit_path, args.audit_max_bytes.max(4096), 5, retention)?;
@@ -41,7 +45,7 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
         ..OwnerOptions::default()
     };
     let piv_claimed = piv::Claimed::default();
-    let tokens: Vec<(String, Box<dyn Token>)> = match args.token.token {
+    let tokens: Vec<(String, Box<dyn Token>)> = match args.token.kind() {
         TokenKind::Mock => {
             let dir = mock_dir(args.token.state_dir.clone());
             if !dir.join(crate::token::mock::STATE_FILE).exists() {
@@ -60,7 +64,7 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
             }
         },
     };
-    if args.token.token == TokenKind::Piv && tokens.is_empty() {
+    if args.token.kind() == TokenKind::Piv && tokens.is_empty() {
         tracing::warn!("no YubiKey connected yet; keytap will pick it up when plugged in");
     }
     let handles: Vec<TokenHandle> = tokens
@@ -74,6 +78,19 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
     // or a loop per core answered no faster and woke threads across cores for every request,
     // which stretched the latency tail (docs/performance.md).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // Know every token's keys before saying the agent is ready: a script that starts the agent
+    // and asks for a key at once (docs/chain-of-trust.md) must find it. Each owner thread lists
+    // its keys first thing; a job queued behind that waits for it. Bounded, for a slow card.
+    runtime.block_on(async {
+        let first_lists = async {
+            for handle in &handles {
+                let _ = handle.run(|_| ()).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), first_lists).await.is_err() {
+            tracing::warn!("a token is slow to list its keys; serving before it finished");
+        }
+    });
     raise_fd_limit();
     let (std_listener, socket_path) = match socket::from_systemd()? {
         Some(listener) => (listener, None),
@@ -108,8 +125,8 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
     };
     let known: Vec<u32> = handles.iter().filter_map(|h| h.label().strip_prefix("piv-")?.parse().ok()).collect();
     let upstreams = crate::upstream::configured(&args.upstream, &policy.upstream, socket_path.as_deref()).map_err(|e| AppError::Message(e.to_string()))?;
-    let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_audit(audit_log).with_prompter(prompter.clone()).with_upstreams(upstreams));
-    if args.token.token == TokenKind::Piv {
+    let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_policy_source(policy_source).with_audit(audit_log).with_prompter(prompter.clone()).with_upstreams(upstreams));
+    if args.token.kind() == TokenKind::Piv {
         let watch_agent = agent.clone();
         let prompter = prompter.clone();
         piv::spawn_watcher(piv_claimed, known, Duration::from_secs(2), move |serial, token| {
@@ -118,16 +135,7 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
     }
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
-        let hup_agent = agent.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: releasing tokens for other programs");
-                for t in hup_agent.tokens() {
-                    t.release();
-                }
-            }
-        });
+        tokio::spawn(agent::reload::on_hangup(agent.clone()));
         // SIGUSR1, as in OpenSSH 10: forget remembered approvals and release the tokens.
         let usr1_agent = agent.clone();
         tokio::spawn(async move {
@@ -207,6 +215,15 @@ fn init_agent_logging(args: &AgentArgs) -> Result<(), AppError> {
 
 /// Start a detached copy of this agent and print its environment once its socket is ready.
 fn start_in_background(args: &AgentArgs) -> Result<(), AppError> {
+    let started = spawn_detached(args);
+    if started.is_err() {
+        // `eval "$(keytap agent)"` runs what is printed; an empty string would "succeed".
+        println!("false;");
+    }
+    started
+}
+
+fn spawn_detached(args: &AgentArgs) -> Result<(), AppError> {
     let exe = std::env::current_exe()?;
     let mut child = Process::new(exe)
         .args(std::env::args_os().skip(1))
@@ -231,24 +248,9 @@ fn start_in_background(args: &AgentArgs) -> Result<(), AppError> {
                 let _ = BufReader::new(stderr).read_line(&mut err);
             }
             let _ = child.wait();
-            Err(AppError::Message(format!("the agent did not start: {}", err.trim())))
+            // The child's message already starts with "keytap: ", as ours will.
+            let err = err.trim();
+            Err(AppError::Message(format!("the agent did not start: {}", err.strip_prefix("keytap: ").unwrap_or(err))))
         }
     }
-}
-
-/// The policy from `--config`, else the default file when it exists, else the built-in one.
-fn load_policy(explicit: Option<&Path>) -> Result<Policy, AppError> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let default = paths::config_home().join("config.toml");
-            if !default.exists() {
-                return Ok(Policy::default());
-            }
-            default
-        }
-    };
-    let policy = Policy::load(&path)?;
-    tracing::info!(config = %path.display(), "policy loaded");
-    Ok(policy)
 }

@@ -89,7 +89,7 @@ fn checks(args: &DoctorArgs) -> Vec<Check> {
     let (agent_check, agent) = agent();
     checks.push(agent_check);
     checks.extend(socket_permissions(agent.as_ref().map(|(path, _)| path.as_path())));
-    checks.push(pcscd(args.token.token));
+    checks.push(pcscd(args.token.kind()));
     checks.push(pin_entry(args.pinentry.as_deref()));
     checks.extend(tokens(args, agent.as_ref().map(|(_, report)| report)));
     checks.push(fido());
@@ -259,7 +259,7 @@ fn tokens(args: &DoctorArgs, agent: Option<&StatusReport>) -> Vec<Check> {
 }
 
 fn direct_tokens(args: &DoctorArgs, no_keys: &str) -> Vec<Check> {
-    let opened: Result<Vec<Box<dyn Token>>, crate::token::TokenError> = match args.token.token {
+    let opened: Result<Vec<Box<dyn Token>>, crate::token::TokenError> = match args.token.kind() {
         TokenKind::Mock => {
             let dir = args.token.state_dir.clone().unwrap_or_else(paths::default_mock_dir);
             MockToken::open(&dir).map(|t| vec![Box::new(t) as Box<dyn Token>])

@@ -108,6 +108,9 @@ pub trait Prompter: Send + Sync {
     fn confirm(&self, message: &str) -> bool;
     /// Tell the user something (e.g. "touch your YubiKey"); best effort.
     fn notify(&self, message: &str);
+    /// Forget earlier failures, e.g. a PIN file that gave a wrong PIN (reload: the operator
+    /// fixed it).
+    fn reset(&self) {}
 }
 
 /// The prompter used by the real agent.
@@ -141,17 +144,26 @@ impl SystemPrompter {
 
 impl Prompter for SystemPrompter {
     fn pin(&self, request: &PinRequest) -> Result<Option<Pin>, PromptError> {
+        let mut rejected_file = None;
         if let Some(path) = self.pin_file_path() {
             if request.error.is_none() && !self.file_pin_rejected.load(Ordering::SeqCst) {
                 return read_pin_file(&path).map(Some);
             }
             // The file's PIN was wrong: never replay it; fall through to an interactive source.
             self.file_pin_rejected.store(true, Ordering::SeqCst);
-            tracing::error!(file = %path.display(), "the PIN from this file was wrong; fix the file and send SIGHUP to keytap");
+            tracing::error!(file = %path.display(), "the PIN from this file was wrong; fix the file, then run `keytap reload` (or send the agent SIGHUP)");
+            rejected_file = Some(path);
         }
-        let place = pin_place(desktop_session(), request.terminal.as_ref(), self.own_terminal.as_ref())
-            .ok_or(PromptError::NoPinPlace)?;
-        let program = pinentry_program(self.pinentry.as_deref(), &place).ok_or(PromptError::NoPinSource)?;
+        let no_source = |rejected_file: Option<PathBuf>, otherwise: PromptError| match rejected_file {
+            Some(path) => PromptError::PinFile(path, "its PIN is wrong; fix the file (for a running agent, then `keytap reload`)".into()),
+            None => otherwise,
+        };
+        let Some(place) = pin_place(desktop_session(), request.terminal.as_ref(), self.own_terminal.as_ref()) else {
+            return Err(no_source(rejected_file, PromptError::NoPinPlace));
+        };
+        let Some(program) = pinentry_program(self.pinentry.as_deref(), &place) else {
+            return Err(no_source(rejected_file, PromptError::NoPinSource));
+        };
         // The reason names a peer; its text is escaped so it cannot add lines or hide ours.
         let mut desc = format!(
             "Enter the PIN of YubiKey {} ({} tries left).\n{}",
@@ -174,6 +186,10 @@ impl Prompter for SystemPrompter {
         askpass_confirm(&program, &ensure_safe(message))
     }
 
+    fn reset(&self) {
+        self.file_pin_rejected.store(false, Ordering::SeqCst);
+    }
+
     fn notify(&self, message: &str) {
         let message: &str = &ensure_safe(message);
         tracing::warn!("{message}");
@@ -187,13 +203,6 @@ impl Prompter for SystemPrompter {
                 .stderr(Stdio::null())
                 .spawn();
         }
-    }
-}
-
-impl SystemPrompter {
-    /// Forget that the PIN file was wrong (SIGHUP: the operator fixed it).
-    pub fn reset(&self) {
-        self.file_pin_rejected.store(false, Ordering::SeqCst);
     }
 }
 

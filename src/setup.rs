@@ -6,10 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::cli::SetupArgs;
-use crate::client;
 use crate::command::{open_tokens, AppError};
 use crate::prompt::{Prompter, SystemPrompter};
-use crate::token::TokenError;
 
 fn report_protected(changed: bool) {
     if changed {
@@ -35,8 +33,16 @@ pub fn run(args: SetupArgs) -> Result<(), AppError> {
     } else {
         None
     };
-    // The running agent owns the tokens: go through it when SSH_AUTH_SOCK is keytap's.
-    if let Some((mut client, _)) = client::keytap_agent() {
+    // The running agent owns the tokens: go through it when SSH_AUTH_SOCK is keytap's (unless
+    // --token or --state-dir names a token to open directly).
+    if let Some((mut client, _)) = crate::command::agent_for(&args.token) {
+        // The agent asks for the PIN with its own sources; say so instead of ignoring the flags.
+        if args.pin_file.is_some() && !args.change_pin {
+            eprintln!("keytap: note: --pin-file is not used: the running agent asks for the PIN from its own source (its --pin-file, the keytap-pin credential or pinentry); add --token to open the token directly");
+        }
+        if args.pinentry.is_some() && !(args.change_pin || args.change_puk) {
+            eprintln!("keytap: note: --pinentry is not used: the running agent asks for the PIN with its own pinentry; add --token to open the token directly");
+        }
         use crate::agent::setup_ext::{decode_json, encode_json, SetupAnswer, SetupRequest, EXT_SETUP};
         let request = SetupRequest {
             change_pin,
@@ -95,45 +101,33 @@ pub fn run(args: SetupArgs) -> Result<(), AppError> {
     let prompter: Arc<dyn Prompter> = Arc::new(SystemPrompter::new(args.pin_file.clone(), args.pinentry.clone(), None));
     let mut owner = Owner::new(token, prompter);
     let info = owner.token.info()?;
-    // No requester terminal: the prompter uses this command's own.
-    let context = SignContext { requester: "keytap setup".into(), purpose: format!("create a key in slot {}", args.slot), terminal: None };
-    let request = GenerateRequest { slot: args.slot, algorithm: args.alg, pin_policy: args.pin_policy, touch_policy: args.touch };
-    // The certificate written next to the key is signed by it, which needs the PIN: ask first
-    // (on every kind of token, so setup behaves the same on the mock).
-    // 0: the card reports the PIN as verified already (a blocked PIN is an error).
-    match owner.token.pin_retries()? {
-        0 => {}
-        retries => owner.ensure_pin(retries, &context)?,
-    }
-    if args.no_key {
-        if args.protect_management_key {
-            report_protected(owner.token.protect_management_key()?);
-        }
-        for note in crate::agent::setup_ext::finish(&mut owner, change_pin, change_puk)? {
-            println!("{note}");
-        }
-        return Ok(());
-    }
-    let occupied = owner.token.keys()?.iter().any(|k| k.slot == args.slot);
-    let key = match owner.token.generate(request, args.force) {
-        // PIN policy "always": the new key wants the PIN again for its certificate. Forcing
-        // the second attempt is safe: the slot was free before, or --force was given.
-        Err(TokenError::PinRequired { retries }) if !occupied || args.force => {
-            owner.ensure_pin(retries, &context)?;
-            owner.token.generate(request, true)?
-        }
-        other => other?,
+    let key_slot = (!args.no_key).then_some(args.slot);
+    let context = SignContext {
+        requester: "keytap setup".into(),
+        purpose: crate::agent::setup_ext::purpose(key_slot, args.protect_management_key, change_pin.is_some(), change_puk.is_some()),
+        // No requester terminal: the prompter uses this command's own.
+        terminal: None,
     };
-    if args.protect_management_key {
-        report_protected(owner.token.protect_management_key()?);
+    let plan = crate::agent::setup_ext::Plan {
+        generate: key_slot.map(|slot| GenerateRequest { slot, algorithm: args.alg, pin_policy: args.pin_policy, touch_policy: args.touch }),
+        force: args.force,
+        protect_management_key: args.protect_management_key,
+        change_pin,
+        change_puk,
+    };
+    let done = crate::agent::setup_ext::perform(&mut owner, plan, &context).map_err(AppError::Message)?;
+    if let Some(protected) = done.protected {
+        report_protected(protected);
     }
-    println!(
-        "Created a {} key in slot {} of token {} (pin={}, touch={}), generated on the token.",
-        key.algorithm, key.slot, info.serial, key.pin_policy, key.touch_policy
-    );
-    println!("Add this line to ~/.ssh/authorized_keys on the servers you log in to:");
-    println!("{}", key.authorized_key());
-    for note in crate::agent::setup_ext::finish(&mut owner, change_pin, change_puk)? {
+    if let Some(key) = &done.key {
+        println!(
+            "Created a {} key in slot {} of token {} (pin={}, touch={}), generated on the token.",
+            key.algorithm, key.slot, info.serial, key.pin_policy, key.touch_policy
+        );
+        println!("Add this line to ~/.ssh/authorized_keys on the servers you log in to:");
+        println!("{}", key.authorized_key());
+    }
+    for note in done.notes {
         println!("{note}");
     }
     Ok(())

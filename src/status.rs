@@ -9,7 +9,7 @@ use crate::client;
 use crate::command::{open_tokens, reports_from_tokens, AppError};
 
 pub fn list(args: ListArgs) -> Result<(), AppError> {
-    let keys = match client::keytap_agent() {
+    let keys = match crate::command::agent_for(&args.token) {
         Some((_, status)) => {
             if status.locked {
                 return Err(AppError::Message("the agent is locked; unlock it with `ssh-add -X`".into()));

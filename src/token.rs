@@ -290,6 +290,8 @@ pub enum TokenError {
     PinRequired { retries: u8 },
     #[error("wrong PIN, {retries} tries left; check the PIN before trying again")]
     WrongPin { retries: u8 },
+    #[error("wrong PIN ({retries} tries left; one was spent), and no other PIN was given ({then}); check the PIN (or fix the PIN file) before trying again")]
+    WrongPinNoOther { retries: u8, then: String },
     #[error("PIN is blocked; unblock it with the PUK (`ykman piv access unblock-pin`)")]
     PinBlocked,
     #[error("wrong PUK, {retries} tries left; check the PUK before trying again (a blocked PUK cannot be unblocked)")]
@@ -356,6 +358,11 @@ pub trait Token: Send {
     /// verified. `Ok(false)`: the management key was not the default, nothing changed.
     fn protect_management_key(&mut self) -> TokenResult<bool> {
         Err(TokenError::Unsupported("this token has no management key".into()))
+    }
+    /// Whether [`Token::protect_management_key`] can apply (checked before setup changes
+    /// anything).
+    fn has_management_key(&self) -> bool {
+        false
     }
 }
 

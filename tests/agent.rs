@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{exchange, frame, key_blob, sign_request, string, text, Agent, Sshd, KEYTAP, MOCK_SERIAL};
+use support::{exchange, frame, key_blob, sign_request, string, text, Agent, Sshd, MOCK_SERIAL};
 
 const SLOTS: [&str; 4] = ["9a", "9c", "9d", "9e"];
 
@@ -38,10 +38,9 @@ fn ssh_add_lists_the_four_mock_keys_matching_keytap_list() {
     }
 
     // The same list without the agent, straight from the token.
-    let direct = Command::new(KEYTAP)
+    let direct = support::keytap_in(agent.dir.path())
         .args(["list", "--json", "--token", "mock", "--state-dir"])
         .arg(&agent.state_dir)
-        .env_remove("SSH_AUTH_SOCK")
         .output()
         .unwrap();
     assert!(direct.status.success(), "{}", text(&direct));
@@ -85,7 +84,7 @@ fn status_reports_agent_token_and_lock() {
     // No agent: a clear error, exit status 1.
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nothing.sock");
-    let out = Command::new(KEYTAP).arg("status").env("SSH_AUTH_SOCK", &missing).output().unwrap();
+    let out = support::keytap_in(dir.path()).arg("status").env("SSH_AUTH_SOCK", &missing).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.starts_with(&format!("keytap: cannot reach the agent at {}", missing.display())), "{stderr}");
@@ -400,4 +399,20 @@ fn peers_of_another_uid_are_refused() {
 
 fn nix_is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
+}
+
+/// Issue 19: `ssh-add -D` is an ordinary request (keys stay on the tokens, which are released);
+/// it logs no warning, though ssh-add follows it with SSH1's remove-all.
+#[test]
+fn ssh_add_d_succeeds_without_a_warning() {
+    let agent = Agent::start();
+    let warnings = |log: &str| log.lines().filter(|l| l.contains(" WARN ")).count();
+    let before = warnings(&agent.log_text());
+    let out = agent.cmd("ssh-add").arg("-D").output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let log = agent.wait_log("ssh-add -D: keys live on tokens");
+    // The SSH1 request comes after the answer to the first; wait for it to be handled.
+    let log = if log.contains("SSH1 remove-all") { log } else { agent.wait_log("SSH1 remove-all") };
+    assert_eq!(warnings(&log), before, "{log}");
+    assert_eq!(agent.public_keys().len(), 4);
 }

@@ -3,12 +3,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command as Cmd;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keytap");
+mod support;
+
 const SERIAL: &str = "44444444";
 
 struct Setup {
@@ -33,11 +34,9 @@ impl Setup {
     fn pin(&self) -> PathBuf {
         self.path("pin")
     }
-    /// `keytap` with its state and config kept inside the test's directory.
+    /// `keytap` with its config, state and runtime directories inside the test's directory.
     fn keytap(&self) -> Cmd {
-        let mut cmd = Cmd::new(BIN);
-        cmd.env("XDG_STATE_HOME", self.path("state")).env("XDG_CONFIG_HOME", self.path("config"));
-        cmd
+        Cmd::from_std(support::keytap_in(self.dir.path()))
     }
     fn root(&self) -> PathBuf {
         self.mock().join("attestation-root.pem")
@@ -56,16 +55,13 @@ impl AgentProcess {
         // The agent makes (and insists on) a private directory for its socket.
         let socket = s.path("run").join("agent.sock");
         let log = s.path("agent.log");
-        let mut child = Command::new(BIN)
+        let mut child = support::keytap_in(s.dir.path())
             .args(["agent", "-D", "--token", "mock", "--state-dir"])
             .arg(s.mock())
             .arg("--socket")
             .arg(&socket)
             .arg("--pin-file")
             .arg(s.pin())
-            .env_remove("SSH_AUTH_SOCK")
-            .env("XDG_STATE_HOME", s.path("state"))
-            .env("XDG_CONFIG_HOME", s.path("config"))
             .env("KEYTAP_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -211,6 +207,7 @@ fn attest_through_the_agent_then_verify() {
         .get_output()
         .clone();
     assert!(String::from_utf8_lossy(&out.stderr).contains("using the keytap agent"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("note: --token, --state-dir and --pin-file are not used"));
     let ok = verify_cmd(&s, &proof).args(["--worker-id", "w-9", "--allow-serial", SERIAL]).assert().success().get_output().clone();
     assert_eq!(claims(&ok.stdout)["serial"], 44444444);
     let log = agent.log();

@@ -269,9 +269,9 @@ fn certificates_in_the_directory_are_offered_without_a_command() {
 
 #[test]
 fn cert_commands_need_the_keytap_agent() {
-    let out = Command::new(support::KEYTAP)
+    let dir = tempfile::tempdir().unwrap();
+    let out = support::keytap_in(dir.path())
         .args(["cert", "list"])
-        .env_remove("SSH_AUTH_SOCK")
         .env("XDG_CONFIG_HOME", "/nonexistent-config")
         .output()
         .unwrap();
@@ -370,10 +370,9 @@ fn authorized_key_prints_the_slot_line_through_agent_or_token() {
     let signing = keytap_ok(&agent, &["authorized-key", "--key", "9c"]);
     assert_eq!(signing.trim(), agent.key_line("9c"));
     // Without the agent: straight from the mock token.
-    let out = Command::new(support::KEYTAP)
+    let out = support::keytap_in(agent.dir.path())
         .args(["authorized-key", "--key", "9e", "--token", "mock", "--state-dir"])
         .arg(&agent.state_dir)
-        .env_remove("SSH_AUTH_SOCK")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));

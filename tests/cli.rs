@@ -5,12 +5,12 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{text, KEYTAP};
+use support::{keytap_in, text, KEYTAP};
 
 fn mock_dir() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("mock");
-    let out = Command::new(KEYTAP).args(["mock", "init", "--state-dir"]).arg(&state).output().unwrap();
+    let out = keytap_in(dir.path()).args(["mock", "init", "--state-dir"]).arg(&state).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     (dir, state)
 }
@@ -33,7 +33,7 @@ fn background_start_prints_sh_and_csh_commands_like_ssh_agent() {
     for csh in [false, true] {
         let (dir, state) = mock_dir();
         let socket = dir.path().join("s").join("agent.sock");
-        let mut cmd = Command::new(KEYTAP);
+        let mut cmd = keytap_in(dir.path());
         cmd.args(["agent", "--token", "mock", "--state-dir"]).arg(&state).arg("--socket").arg(&socket);
         cmd.arg("--log-file").arg(dir.path().join("agent.log"));
         if csh {
@@ -79,7 +79,7 @@ fn background_start_prints_sh_and_csh_commands_like_ssh_agent() {
 fn a_second_agent_on_the_same_socket_is_refused() {
     let (dir, state) = mock_dir();
     let socket = dir.path().join("s").join("agent.sock");
-    let first = Command::new(KEYTAP)
+    let first = keytap_in(dir.path())
         .args(["agent", "--token", "mock", "--state-dir"])
         .arg(&state)
         .arg("--socket")
@@ -89,7 +89,7 @@ fn a_second_agent_on_the_same_socket_is_refused() {
         .output()
         .unwrap();
     assert!(first.status.success(), "{}", text(&first));
-    let second = Command::new(KEYTAP)
+    let second = keytap_in(dir.path())
         .args(["agent", "--foreground", "--token", "mock", "--state-dir"])
         .arg(&state)
         .arg("--socket")
@@ -99,6 +99,21 @@ fn a_second_agent_on_the_same_socket_is_refused() {
     assert_eq!(second.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains(&format!("keytap: {}: another agent is already listening there; stop it or choose another --socket", socket.display())), "{stderr}");
+    // In the background, as `eval "$(keytap agent)"` runs it: one "keytap:" prefix, and the
+    // shell sees the failure.
+    let mut eval = Command::new("sh");
+    eval.arg("-c")
+        .arg(r#"eval "$("$0" agent --token mock --state-dir "$1" --socket "$2")""#)
+        .arg(KEYTAP)
+        .arg(&state)
+        .arg(&socket);
+    support::isolate(&mut eval, dir.path());
+    let eval = eval.output().unwrap();
+    assert_eq!(eval.status.code(), Some(1), "{}", text(&eval));
+    assert_eq!(
+        String::from_utf8_lossy(&eval.stderr),
+        format!("keytap: the agent did not start: {}: another agent is already listening there; stop it or choose another --socket\n", socket.display())
+    );
     let stdout = String::from_utf8(first.stdout).unwrap();
     let pid = stdout.lines().last().unwrap().trim_start_matches("echo Agent pid ").trim_end_matches(';').to_string();
     Command::new("kill").arg(&pid).status().unwrap();
@@ -112,7 +127,9 @@ fn systemd_socket_activation() {
     };
     let (dir, state) = mock_dir();
     let socket = dir.path().join("activated.sock");
-    let mut child = Command::new(activate)
+    let mut child = Command::new(activate);
+    support::isolate(&mut child, dir.path());
+    let mut child = child
         .arg("-l")
         .arg(&socket)
         .args([KEYTAP, "agent", "--foreground", "--token", "mock", "--state-dir"])
@@ -141,4 +158,28 @@ fn which(program: &str) -> Result<std::path::PathBuf, ()> {
     std::env::var_os("PATH")
         .and_then(|p| std::env::split_paths(&p).map(|d| d.join(program)).find(|p| p.is_file()))
         .ok_or(())
+}
+
+/// Every test starts keytap through `support::keytap_in` / `support::isolate`, which give it
+/// its own config, state and runtime directories: no test may read the user's config.toml or
+/// write into the user's audit log (issue 19).
+#[test]
+fn tests_start_keytap_only_isolated() {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let mut offenders = Vec::new();
+    for entry in std::fs::read_dir(&tests).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in source.lines().enumerate() {
+            // Split so that this list does not match itself.
+            let direct = [("Command::new(", "KEYTAP"), ("Command::new(", "support::KEYTAP"), ("Command::new(", "BIN"), ("Cmd::new(", "BIN"), ("&str = env!(\"", "CARGO_BIN_EXE_keytap")];
+            if direct.iter().any(|(a, b)| line.contains(&format!("{a}{b}"))) {
+                offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "start keytap with support::keytap_in(dir) instead:\n{}", offenders.join("\n"));
 }

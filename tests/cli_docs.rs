@@ -13,9 +13,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use clap::CommandFactory;
-use support::{text, KEYTAP};
+use support::text;
 
 const BLESS: &str = "KEYTAP_BLESS";
+
+/// keytap isolated in a scratch directory under cargo's target/tmp (the commands here read
+/// and write nothing there).
+fn keytap() -> Command {
+    support::keytap_in(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli_docs-home"))
+}
 
 fn blessing() -> bool {
     std::env::var_os(BLESS).is_some_and(|v| v == "1")
@@ -65,7 +71,7 @@ fn help_of_every_command_matches_its_snapshot() {
         let name = std::iter::once("keytap").chain(path.iter().map(String::as_str)).collect::<Vec<_>>().join("-");
         let file = dir.join(format!("{name}.txt"));
         expected_files.push(file.clone());
-        let out = Command::new(KEYTAP).args(path).arg("--help").env_remove("SSH_AUTH_SOCK").output().unwrap();
+        let out = keytap().args(path).arg("--help").output().unwrap();
         assert_eq!(out.status.code(), Some(0), "keytap {} --help: {}", path.join(" "), text(&out));
         assert!(out.stderr.is_empty(), "keytap {} --help wrote to stderr: {}", path.join(" "), text(&out));
         let actual = String::from_utf8(out.stdout).unwrap();
@@ -197,7 +203,7 @@ printf '%s\n' "${COMPREPLY[@]}"
 fn bash_completion_completes_commands_flags_and_values() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("keytap.bash");
-    let out = Command::new(KEYTAP).args(["completions", "bash"]).output().unwrap();
+    let out = keytap().args(["completions", "bash"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     std::fs::write(&script, &out.stdout).unwrap();
 
@@ -214,7 +220,7 @@ fn bash_completion_completes_commands_flags_and_values() {
 #[test]
 fn zsh_and_fish_completions_name_every_command() {
     for shell in ["zsh", "fish"] {
-        let out = Command::new(KEYTAP).args(["completions", shell]).output().unwrap();
+        let out = keytap().args(["completions", shell]).output().unwrap();
         assert!(out.status.success(), "{}", text(&out));
         let script = String::from_utf8(out.stdout).unwrap();
         for path in command_paths().iter().filter(|p| !p.is_empty()) {
@@ -230,6 +236,6 @@ fn zsh_and_fish_completions_name_every_command() {
             assert!(status.success(), "{shell} -n rejects keytap's completion script");
         }
     }
-    let out = Command::new(KEYTAP).args(["completions", "powershell"]).output().unwrap();
+    let out = keytap().args(["completions", "powershell"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }

@@ -7,7 +7,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use support::{text, Agent, KEYTAP, MOCK_SERIAL};
+use support::{text, Agent, MOCK_SERIAL};
 
 /// A scratch home: XDG directories inside it, no agent in the environment.
 struct Home {
@@ -24,13 +24,8 @@ impl Home {
     }
 
     fn keytap(&self) -> Command {
-        let mut cmd = Command::new(KEYTAP);
-        cmd.env_remove("SSH_AUTH_SOCK")
-            .env("HOME", self.dir.path())
-            .env("XDG_RUNTIME_DIR", self.path("run"))
-            .env("XDG_STATE_HOME", self.path("state"))
-            .env("XDG_CONFIG_HOME", self.path("config"))
-            .stdin(Stdio::null());
+        let mut cmd = support::keytap_in(self.dir.path());
+        cmd.stdin(Stdio::null());
         cmd
     }
 

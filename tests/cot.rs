@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
-use support::KEYTAP;
 
 const SERIAL: u32 = support::MOCK_SERIAL;
 
@@ -88,7 +87,8 @@ fn pubkey(agent: &MockAgent) -> String {
 }
 
 fn verify(cot: &Path, args: &[&str]) -> Output {
-    Command::new(KEYTAP).args(["cot", "verify", "--cot"]).arg(cot).args(args).output().unwrap()
+    let home = tempfile::tempdir().unwrap();
+    support::keytap_in(home.path()).args(["cot", "verify", "--cot"]).arg(cot).args(args).output().unwrap()
 }
 
 /// Verify a raw Ed25519 signature with Python's `cryptography` (an independent implementation).
@@ -496,7 +496,7 @@ fn refusals_write_nothing_and_say_what_to_do() {
     let agent = MockAgent::start();
     let run = Run::new();
     // The token refuses the touch: the agent refuses, nothing is written.
-    let touch = Command::new(KEYTAP).args(["mock", "touch", "deny", "--state-dir"]).arg(&agent.state_dir).output().unwrap();
+    let touch = agent.keytap().args(["mock", "touch", "deny", "--state-dir"]).arg(&agent.state_dir).output().unwrap();
     ok(&touch);
     let out = run.sign(&agent, &[]);
     assert_eq!(out.status.code(), Some(1));
@@ -513,13 +513,12 @@ fn refusals_write_nothing_and_say_what_to_do() {
     assert!(text(&out.stderr).contains("is not an Ed25519 key"), "{}", text(&out.stderr));
 
     // Without an agent there is nothing to sign with.
-    let out = Command::new(KEYTAP)
+    let out = support::keytap_in(run.dir.path())
         .args(["cot", "sign", "--artifacts"])
         .arg(run.artifacts())
         .arg("--task")
         .arg(run.dir.path().join("task.json"))
         .args(["--task-id", TASK_ID, "--run-id", "0", "--worker-group", "g", "--worker-id", "w"])
-        .env_remove("SSH_AUTH_SOCK")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -527,7 +526,7 @@ fn refusals_write_nothing_and_say_what_to_do() {
 
     // A task definition without what verifiers require is not signed.
     std::fs::write(run.dir.path().join("task.json"), br#"{"payload": {}}"#).unwrap();
-    let touch = Command::new(KEYTAP).args(["mock", "touch", "approve", "--state-dir"]).arg(&agent.state_dir).output().unwrap();
+    let touch = agent.keytap().args(["mock", "touch", "approve", "--state-dir"]).arg(&agent.state_dir).output().unwrap();
     ok(&touch);
     let out = run.sign(&agent, &[]);
     assert_eq!(out.status.code(), Some(1));

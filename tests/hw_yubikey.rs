@@ -6,10 +6,8 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
-
-const KEYTAP: &str = env!("CARGO_BIN_EXE_keytap");
 
 fn serial() -> Option<String> {
     let s = std::env::var("KEYTAP_TEST_YUBIKEY_SERIAL").ok().filter(|s| !s.is_empty());
@@ -33,8 +31,9 @@ fn pin_file(dir: &Path) -> PathBuf {
     p
 }
 
-fn keytap(args: &[&str]) -> Output {
-    Command::new(KEYTAP).args(args).env_remove("SSH_AUTH_SOCK").output().unwrap()
+/// keytap with its config, state and runtime directories under the test's `dir`.
+fn keytap(dir: &Path, args: &[&str]) -> Output {
+    support::keytap_in(dir).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -45,7 +44,8 @@ fn text(o: &Output) -> String {
 #[ignore = "needs a real YubiKey: KEYTAP_TEST_YUBIKEY_SERIAL=NNN cargo test --test hw_yubikey -- --ignored --test-threads 1"]
 fn device_is_found_by_serial_and_lists_keys_with_metadata_policies() {
     let serial = serial().expect("set KEYTAP_TEST_YUBIKEY_SERIAL to the serial of the YubiKey to test");
-    let out = keytap(&["list", "--token", "piv", "--json"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = keytap(dir.path(), &["list", "--token", "piv", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for k in keys.as_array().unwrap() {
@@ -75,12 +75,11 @@ fn start_agent(dir: &Path, pin: &Path) -> Agent {
     std::fs::create_dir_all(&sock_dir).unwrap();
     std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let socket = sock_dir.join("agent.sock");
-    let child = Command::new(KEYTAP)
+    let child = support::keytap_in(dir)
         .args(["agent", "--foreground", "--token", "piv", "--socket"])
         .arg(&socket)
         .arg("--pin-file")
         .arg(pin)
-        .env_remove("SSH_AUTH_SOCK")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -108,12 +107,12 @@ fn destructive_setup_in_slot_95_and_touch_sign_through_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let pin = pin_file(dir.path());
     let mut algs = vec!["p256"];
-    let out = keytap(&["list", "--token", "piv", "--json"]);
+    let out = keytap(dir.path(), &["list", "--token", "piv", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     // Ed25519 needs firmware 5.7; setup says so otherwise, which is checked too.
     algs.push("ed25519");
     for alg in algs {
-        let out = keytap(&[
+        let out = keytap(dir.path(), &[
             "setup", "--token", "piv", "--serial", &serial, "--slot", "95", "--alg", alg, "--touch", "always", "--pin-policy",
             "once", "--force", "--pin-file", pin.to_str().unwrap(),
         ]);

@@ -2,10 +2,10 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::{text, Agent, AgentOptions, KEYTAP};
+use support::{text, Agent, AgentOptions};
 
 fn sshsig(agent: &Agent, slot: &str) -> Output {
     // Reuse the key file written while the token was listed (it may be unplugged now).
@@ -121,7 +121,7 @@ fn pin_from_a_systemd_credential() {
 fn mock_init_output_files_and_refusal_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("m");
-    let out = Command::new(KEYTAP).args(["mock", "init", "--serial", "7654321", "--state-dir"]).arg(&state).output().unwrap();
+    let out = support::keytap_in(dir.path()).args(["mock", "init", "--serial", "7654321", "--state-dir"]).arg(&state).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
@@ -142,23 +142,23 @@ fn mock_init_output_files_and_refusal_to_overwrite() {
     assert!(json.contains("\"WARNING\": \"TEST TOKEN"), "{json}");
     assert!(std::fs::read_to_string(state.join("THIS-IS-A-TEST-TOKEN.txt")).unwrap().starts_with("TEST TOKEN"));
 
-    let again = Command::new(KEYTAP).args(["mock", "init", "--state-dir"]).arg(&state).output().unwrap();
+    let again = support::keytap_in(dir.path()).args(["mock", "init", "--state-dir"]).arg(&state).output().unwrap();
     assert_eq!(again.status.code(), Some(1));
     assert_eq!(
         String::from_utf8(again.stderr).unwrap(),
         format!("keytap: token error: a mock token already exists in {}; pass --force to replace it (its keys are lost)\n", state.display())
     );
-    let forced = Command::new(KEYTAP).args(["mock", "init", "--force", "--state-dir"]).arg(&state).output().unwrap();
+    let forced = support::keytap_in(dir.path()).args(["mock", "init", "--force", "--state-dir"]).arg(&state).output().unwrap();
     assert!(forced.status.success());
     assert_ne!(std::fs::read_to_string(state.join("mock-token.json")).unwrap(), json);
 
-    let bad = Command::new(KEYTAP).args(["mock", "touch", "sometimes", "--state-dir"]).arg(&state).output().unwrap();
+    let bad = support::keytap_in(dir.path()).args(["mock", "touch", "sometimes", "--state-dir"]).arg(&state).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
     assert_eq!(
         String::from_utf8(bad.stderr).unwrap(),
         "keytap: unknown touch mode \"sometimes\": use approve, deny, timeout or delay:MS\n"
     );
-    let missing = Command::new(KEYTAP).args(["list", "--token", "mock", "--state-dir"]).arg(dir.path().join("none")).env_remove("SSH_AUTH_SOCK").output().unwrap();
+    let missing = support::keytap_in(dir.path()).args(["list", "--token", "mock", "--state-dir"]).arg(dir.path().join("none")).output().unwrap();
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("create one with `keytap mock init --state-dir"), "{}", text(&missing));
 }

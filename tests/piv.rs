@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// All tests share vpcd's readers: one at a time.
 static CARD_LOCK: Mutex<()> = Mutex::new(());
 
-use support::{secret_file as pin_file, text, KEYTAP};
+use support::{secret_file as pin_file, text};
 const GOOD_PIN: &str = "123456";
 
 fn vpcd_listening() -> bool {
@@ -141,12 +141,13 @@ fn wait_for_card(reader: u16, present: bool) {
     }
 }
 
-fn keytap(args: &[&str]) -> Output {
-    Command::new(KEYTAP).args(args).env_remove("SSH_AUTH_SOCK").env("KEYTAP_LOG", "warn").output().unwrap()
+/// keytap with its config, state and runtime directories under the test's `dir`.
+fn keytap(dir: &Path, args: &[&str]) -> Output {
+    support::keytap_in(dir).args(args).env("KEYTAP_LOG", "warn").output().unwrap()
 }
 
 /// `keytap setup` on the virtual card; returns the authorized_keys line.
-fn setup(serial: u32, alg: &str, pin: &Path, extra: &[&str]) -> Result<String, String> {
+fn setup(dir: &Path, serial: u32, alg: &str, pin: &Path, extra: &[&str]) -> Result<String, String> {
     let serial = serial.to_string();
     let mut args = vec![
         "setup", "--token", "piv", "--serial", &serial, "--slot", "9a", "--alg", alg, "--touch", "never", "--pin-policy",
@@ -155,7 +156,7 @@ fn setup(serial: u32, alg: &str, pin: &Path, extra: &[&str]) -> Result<String, S
     let pin = pin.to_str().unwrap();
     args.push(pin);
     args.extend_from_slice(extra);
-    let out = keytap(&args);
+    let out = keytap(dir, &args);
     if !out.status.success() {
         return Err(text(&out));
     }
@@ -182,13 +183,12 @@ impl Agent {
         std::fs::set_permissions(&sock_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         let socket = sock_dir.join("agent.sock");
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let child = Command::new(KEYTAP)
+        let child = support::keytap_in(dir)
             .args(["agent", "--foreground", "--token", "piv", "--socket"])
             .arg(&socket)
             .arg("--pin-file")
             .arg(pin)
             .args(["--pinentry", "/bin/false"])
-            .env_remove("SSH_AUTH_SOCK")
             .env("KEYTAP_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -259,16 +259,16 @@ fn list_setup_refuses_replacement_and_lists_by_serial() {
     let _card = VCard::start(1, &dir.path().join("card"), serial);
     let pin = pin_file(dir.path(), "pin", GOOD_PIN);
 
-    let out = keytap(&["list", "--token", "piv"]);
+    let out = keytap(dir.path(), &["list", "--token", "piv"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no keys"), "{}", text(&out));
 
-    let line = setup(serial, "p256", &pin, &[]).unwrap();
+    let line = setup(dir.path(), serial, "p256", &pin, &[]).unwrap();
     // Replacing needs --force.
-    let err = setup(serial, "p256", &pin, &[]).unwrap_err();
+    let err = setup(dir.path(), serial, "p256", &pin, &[]).unwrap_err();
     assert!(err.contains("already holds a key") && err.contains("--force"), "{err}");
 
-    let out = keytap(&["list", "--token", "piv", "--json"]);
+    let out = keytap(dir.path(), &["list", "--token", "piv", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let keys = keys.as_array().unwrap();
@@ -283,11 +283,11 @@ fn list_setup_refuses_replacement_and_lists_by_serial() {
     assert_eq!(listed.split_whitespace().nth(1), line.split_whitespace().nth(1));
 
     // --force replaces the key with a different one.
-    let replaced = setup(serial, "p256", &pin, &["--force"]).unwrap();
+    let replaced = setup(dir.path(), serial, "p256", &pin, &["--force"]).unwrap();
     assert_ne!(replaced.split_whitespace().nth(1), line.split_whitespace().nth(1));
 
     // An unknown serial is a clear error.
-    let out = keytap(&["setup", "--token", "piv", "--serial", "1", "--pin-file", pin.to_str().unwrap()]);
+    let out = keytap(dir.path(), &["setup", "--token", "piv", "--serial", "1", "--pin-file", pin.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no token with serial 1"), "{}", text(&out));
 }
@@ -305,15 +305,15 @@ fn wrong_pin_counts_down_and_the_last_retry_is_never_spent() {
     let good = pin_file(dir.path(), "good", GOOD_PIN);
 
     // 3 -> 2: the file's PIN is wrong, and no other PIN source exists.
-    let first = setup(serial, "p256", &wrong, &[]).unwrap_err();
+    let first = setup(dir.path(), serial, "p256", &wrong, &[]).unwrap_err();
     assert!(!first.contains("only one PIN try is left"), "{first}");
     // 2 -> 1, and then keytap stops before spending the last try.
-    let second = setup(serial, "p256", &wrong, &[]).unwrap_err();
+    let second = setup(dir.path(), serial, "p256", &wrong, &[]).unwrap_err();
     assert!(second.contains("only one PIN try is left"), "{second}");
     // Even the right PIN is not tried at one retry left: the user must unblock deliberately.
-    let third = setup(serial, "p256", &good, &[]).unwrap_err();
+    let third = setup(dir.path(), serial, "p256", &good, &[]).unwrap_err();
     assert!(third.contains("only one PIN try is left"), "{third}");
-    let out = keytap(&["list", "--token", "piv"]);
+    let out = keytap(dir.path(), &["list", "--token", "piv"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("no keys"), "{}", text(&out));
 }
 
@@ -328,7 +328,7 @@ fn agent_signs_survives_unplug_and_picks_up_the_card_again() {
     let serial = 7_300_001;
     let pin = pin_file(dir.path(), "pin", GOOD_PIN);
     let card = VCard::start(1, &state, serial);
-    let line = setup(serial, "p256", &pin, &[]).unwrap();
+    let line = setup(dir.path(), serial, "p256", &pin, &[]).unwrap();
 
     let agent = Agent::start(dir.path(), &pin);
     agent.wait_listed(&[&line]);
@@ -364,18 +364,18 @@ fn agent_started_without_a_card_picks_it_up_later() {
     let serial = 7_400_001;
     let pin = pin_file(dir.path(), "pin", GOOD_PIN);
     let card = VCard::start(1, &state, serial);
-    let line = setup(serial, "p256", &pin, &[]).unwrap();
+    let line = setup(dir.path(), serial, "p256", &pin, &[]).unwrap();
     card.unplug();
 
     // Without a card, direct commands fail with what to do next.
-    let out = keytap(&["list", "--token", "piv"]);
+    let out = keytap(dir.path(), &["list", "--token", "piv"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no YubiKey found; plug it in"), "{}", text(&out));
 
     let agent = Agent::start(dir.path(), &pin);
     std::thread::sleep(Duration::from_millis(500));
     assert!(agent.listed().is_empty());
-    let status = Command::new(KEYTAP).arg("status").env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
+    let status = support::keytap_in(dir.path()).arg("status").env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
     assert!(status.status.success(), "{}", text(&status));
 
     let _card = VCard::start(1, &state, serial);
@@ -394,12 +394,12 @@ fn two_cards_are_two_tokens_and_each_signs() {
     let pin = pin_file(dir.path(), "pin", GOOD_PIN);
     let _cards = VCard::start(2, &dir.path().join("cards"), serial);
     // Both virtual cards seed their RNG alike: different algorithms keep the keys distinct.
-    let first = setup(serial, "p256", &pin, &[]).unwrap();
-    let second = setup(serial + 1, "p384", &pin, &[]).unwrap();
+    let first = setup(dir.path(), serial, "p256", &pin, &[]).unwrap();
+    let second = setup(dir.path(), serial + 1, "p384", &pin, &[]).unwrap();
     assert!(second.starts_with("ecdsa-sha2-nistp384"));
 
     // Without --serial, setup refuses to guess.
-    let out = keytap(&["setup", "--token", "piv", "--pin-file", pin.to_str().unwrap(), "--force"]);
+    let out = keytap(dir.path(), &["setup", "--token", "piv", "--pin-file", pin.to_str().unwrap(), "--force"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--serial"), "{}", text(&out));
 
@@ -407,7 +407,7 @@ fn two_cards_are_two_tokens_and_each_signs() {
     agent.wait_listed(&[&first, &second]);
     agent.sign_and_verify(dir.path(), &first).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
     agent.sign_and_verify(dir.path(), &second).unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log(dir.path())));
-    let status = Command::new(KEYTAP).args(["status", "--json"]).env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
+    let status = support::keytap_in(dir.path()).args(["status", "--json"]).env("SSH_AUTH_SOCK", &agent.socket).output().unwrap();
     let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let mut serials: Vec<u64> =
         report["tokens"].as_array().unwrap().iter().filter_map(|t| t["serial"].as_u64()).collect();
@@ -431,7 +431,7 @@ fn setup_goes_through_the_running_agent() {
         let mut args = vec!["setup", "--slot", "9a", "--alg", "p256", "--touch", "never", "--pin-policy", "once"];
         args.extend_from_slice(extra);
         // No --pin-file: the agent asks for the PIN with its own prompter (its --pin-file).
-        Command::new(KEYTAP).args(&args).env("SSH_AUTH_SOCK", &agent.socket).output().unwrap()
+        support::keytap_in(dir.path()).args(&args).env("SSH_AUTH_SOCK", &agent.socket).output().unwrap()
     };
     let out = via_agent(&[]);
     assert!(out.status.success(), "{}\nagent log:\n{}", text(&out), agent.log(dir.path()));
@@ -458,14 +458,14 @@ fn management_key_is_replaced_by_a_pin_protected_one() {
     let serial = 7_700_001;
     let pin = pin_file(dir.path(), "pin", GOOD_PIN);
     let _card = VCard::start(1, &dir.path().join("card"), serial);
-    let first = keytap(&[
+    let first = keytap(dir.path(), &[
         "setup", "--token", "piv", "--serial", "7700001", "--touch", "never", "--protect-management-key", "--pin-file",
         pin.to_str().unwrap(),
     ]);
     assert!(first.status.success(), "{}", text(&first));
     assert!(String::from_utf8_lossy(&first.stdout).contains("replaced by a random one"), "{}", text(&first));
     // Key management still works: with the PIN, keytap finds the protected key on the card.
-    let again = keytap(&[
+    let again = keytap(dir.path(), &[
         "setup", "--token", "piv", "--serial", "7700001", "--touch", "never", "--force", "--protect-management-key",
         "--pin-file", pin.to_str().unwrap(),
     ]);
@@ -486,7 +486,7 @@ fn ssh_login_through_the_piv_path() {
     let serial = 7_800_001;
     let pin = pin_file(dir.path(), "pin", GOOD_PIN);
     let _card = VCard::start(1, &dir.path().join("card"), serial);
-    let line = setup(serial, "p256", &pin, &[]).unwrap();
+    let line = setup(dir.path(), serial, "p256", &pin, &[]).unwrap();
     let agent = Agent::start(dir.path(), &pin);
     agent.wait_listed(&[&line]);
     let sshd = support::Sshd::start(std::slice::from_ref(&line), &[]);
@@ -529,10 +529,10 @@ fn setup_changes_pin_and_puk_on_the_card() {
     let new_puk = pin_file(dir.path(), "new-puk", "64297531");
     let serial_arg = serial.to_string();
     // First-time setup on the factory PIN ends with the offer to change it.
-    let out = keytap(&["setup", "--token", "piv", "--serial", &serial_arg, "--touch", "never", "--pin-file", good.to_str().unwrap()]);
+    let out = keytap(dir.path(), &["setup", "--token", "piv", "--serial", &serial_arg, "--touch", "never", "--pin-file", good.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).ends_with("keytap setup --no-key --change-pin --change-puk\n"), "{}", text(&out));
-    let out = keytap(&[
+    let out = keytap(dir.path(), &[
         "setup", "--token", "piv", "--serial", &serial_arg, "--no-key",
         "--pin-file", good.to_str().unwrap(), "--change-pin", "--new-pin-file", new_pin.to_str().unwrap(),
         "--change-puk", "--puk-file", puk.to_str().unwrap(), "--new-puk-file", new_puk.to_str().unwrap(),
@@ -543,10 +543,10 @@ fn setup_changes_pin_and_puk_on_the_card() {
     // refused, the new one is taken and no change is offered any more.
     card.unplug();
     let _card = VCard::start(1, &dir.path().join("card"), serial);
-    let old = keytap(&["setup", "--token", "piv", "--serial", &serial_arg, "--no-key", "--pin-file", good.to_str().unwrap()]);
+    let old = keytap(dir.path(), &["setup", "--token", "piv", "--serial", &serial_arg, "--no-key", "--pin-file", good.to_str().unwrap()]);
     assert_eq!(old.status.code(), Some(1), "{}", text(&old));
-    assert!(String::from_utf8_lossy(&old.stderr).contains("no PIN was given"), "{}", text(&old));
-    let out = keytap(&["setup", "--token", "piv", "--serial", &serial_arg, "--no-key", "--pin-file", new_pin.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&old.stderr).contains("wrong PIN (2 tries left; one was spent)"), "{}", text(&old));
+    let out = keytap(dir.path(), &["setup", "--token", "piv", "--serial", &serial_arg, "--no-key", "--pin-file", new_pin.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }
@@ -614,7 +614,7 @@ fn keys_provisioned_with_certificates_are_listed_whether_metadata_is_partial_or_
         let auth = provision_with_yubico_piv_tool(dir.path(), "9a");
         let card_auth = provision_with_yubico_piv_tool(dir.path(), "9e");
 
-        let out = keytap(&["list", "--token", "piv", "--json"]);
+        let out = keytap(dir.path(), &["list", "--token", "piv", "--json"]);
         assert!(out.status.success(), "{}", text(&out));
         let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let listed: Vec<(String, String, String)> = keys
@@ -654,16 +654,18 @@ fn the_first_request_under_socket_activation_lists_the_cards_keys() {
     let serial = 7_950_001;
     let pin = pin_file(dir.path(), "pin", GOOD_PIN);
     let _card = VCard::start(1, &dir.path().join("card"), serial);
-    let line = setup(serial, "p256", &pin, &[]).unwrap();
+    let line = setup(dir.path(), serial, "p256", &pin, &[]).unwrap();
 
     // As systemd/keytap.socket does: the first client's connection starts the agent, which
     // then takes over a second to read the card.
     let socket = dir.path().join("activated.sock");
     let log = dir.path().join("agent.log");
-    let mut activator = Command::new("systemd-socket-activate")
+    let mut activator = Command::new("systemd-socket-activate");
+    support::isolate(&mut activator, dir.path());
+    let mut activator = activator
         .arg("-l")
         .arg(&socket)
-        .args([KEYTAP, "agent", "--foreground", "--token", "piv", "--pinentry", "/bin/false", "--pin-file"])
+        .args([support::KEYTAP, "agent", "--foreground", "--token", "piv", "--pinentry", "/bin/false", "--pin-file"])
         .arg(&pin)
         .env("KEYTAP_LOG", "info")
         .stdout(Stdio::null())

@@ -231,7 +231,7 @@ fn a_bad_config_is_refused_with_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "[[key]]\nmatch = \"slot:9c\"\nallow = [\"sshsig\"]\n").unwrap();
-    let out = Command::new(support::KEYTAP)
+    let out = support::keytap_in(dir.path())
         .args(["agent", "--foreground", "--token", "mock", "--state-dir"])
         .arg(dir.path().join("m"))
         .arg("--socket")
@@ -285,4 +285,86 @@ fn a_thousand_idle_and_fifty_slowloris_connections_starve_nobody() {
     assert!(during < 64 * 1024, "RSS {during} KiB with 1,050 connections");
     drop(idle);
     drop(slow);
+}
+
+fn reload(agent: &Agent) -> Output {
+    agent.keytap().arg("reload").output().unwrap()
+}
+
+/// Issue 19: the policy is read again by `keytap reload` and on SIGHUP (the docs' order: start
+/// the agent, then write the restriction); a config that does not parse keeps the policy in
+/// force, and says why.
+#[test]
+fn reload_reads_the_policy_again_and_a_broken_one_keeps_the_old() {
+    let agent = Agent::start();
+    let config = agent.dir.path().join("config").join("keytap").join("config.toml");
+    assert!(sshsig(&agent, "9d", "file").status.success());
+
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(&config, "[[key]]\nmatch = \"slot:9d\"\nallow = [\"sshsig:git\"]\n").unwrap();
+    let out = reload(&agent);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with(&format!("policy: read {}\n", config.display())), "{stdout}");
+    assert!(stdout.contains("PIN sources: a PIN file that gave a wrong PIN is read again"), "{stdout}");
+    assert!(stdout.contains(&format!("certificates: {} is read again", agent.dir.path().join("config/keytap/certs").display())), "{stdout}");
+    assert!(!sshsig(&agent, "9d", "file").status.success(), "the new restriction is not enforced");
+    assert!(sshsig(&agent, "9d", "git").status.success());
+
+    std::fs::write(&config, "[[key]]\nmatch = \"slot:9d\"\nallow = [\"sshsig\"]\n").unwrap();
+    let out = reload(&agent);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} line 3: unknown purpose \"sshsig\"", config.display())) && stderr.contains("the policy loaded before stays in force"),
+        "{stderr}"
+    );
+    assert!(agent.log_text().contains("reload: "), "{}", agent.log_text());
+    assert!(!sshsig(&agent, "9d", "file").status.success(), "a broken config dropped the restriction");
+    assert!(sshsig(&agent, "9d", "git").status.success());
+
+    // SIGHUP does the same as `keytap reload`.
+    std::fs::write(&config, "[[key]]\nmatch = \"slot:9d\"\nallow = [\"sshsig:file\"]\n").unwrap();
+    let before = agent.log_text().matches("reload: policy: read").count();
+    Command::new("kill").args(["-HUP", &agent.pid().to_string()]).status().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while agent.log_text().matches("reload: policy: read").count() == before {
+        assert!(std::time::Instant::now() < deadline, "no reload after SIGHUP: {}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sshsig(&agent, "9d", "file").status.success());
+    assert!(!sshsig(&agent, "9d", "git").status.success());
+
+    // Each reload is in the audit log.
+    let audit = agent.dir.path().join("state").join("keytap").join("audit.jsonl");
+    let reloads: Vec<_> = records(&audit).into_iter().filter(|r| r["event"] == "reload").collect();
+    assert_eq!(reloads.len(), 2, "{reloads:?}");
+    assert!(reloads[1]["reason"].as_str().unwrap().contains("unknown purpose"), "{reloads:?}");
+}
+
+/// Issue 19: troubleshooting.md's fix for a wrong PIN file (fix it, then reload) works; without
+/// the reload the agent never replays a source that gave a wrong PIN.
+#[test]
+fn a_fixed_pin_file_is_read_again_after_a_reload() {
+    let agent = Agent::start_with(AgentOptions { pin: Some("999999".into()), args: vec!["--pinentry".into(), "/bin/false".into()], ..Default::default() });
+    assert!(!sshsig(&agent, "9a", "file").status.success());
+    agent.wait_log("the PIN from this file was wrong");
+    support::write_private(&agent.dir.path().join("pin"), "123456\n");
+    assert!(!sshsig(&agent, "9a", "file").status.success(), "a rejected PIN file was read again without a reload");
+    Command::new("kill").args(["-HUP", &agent.pid().to_string()]).status().unwrap();
+    agent.wait_log("reload: PIN sources");
+    let out = sshsig(&agent, "9a", "file");
+    assert!(out.status.success(), "{}\n{}", text(&out), agent.log_text());
+}
+
+/// Issue 19: `keytap reload` is for the agent's own machine: refused through a forwarded agent.
+#[test]
+fn reload_is_refused_through_a_forwarded_agent() {
+    let agent = Agent::start();
+    let sshd = Sshd::start(&[agent.key_line("9e")], &[]);
+    let remote = format!("case \"$SSH_AUTH_SOCK\" in *agent.*) ;; *) echo not-forwarded; exit 9;; esac; {} reload", support::KEYTAP);
+    let out = sshd.ssh(&agent).args(["-A", "-o", "IdentitiesOnly=yes", "-i"]).arg(agent.key_file("9e")).arg(remote).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", text(&out), agent.log_text());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keytap: refused through a forwarded agent; run `keytap reload` on the agent's machine"), "{}", text(&out));
+    agent.wait_log("reload refused: the connection is a forwarded agent");
 }

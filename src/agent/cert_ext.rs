@@ -201,6 +201,17 @@ impl AgentCerts {
         self.store.lock().expect("cert store lock").set_dir_entries(entries);
     }
 
+    /// Read the certificate directory again at the next use, whatever its modification time,
+    /// and report bad files again (reload); the directory, or `None` without one. No file is
+    /// read here: the caller may be on the event loop.
+    pub fn rescan(&self) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?;
+        let mut watch = dir.lock().expect("cert dir lock");
+        watch.forget();
+        self.warned.lock().expect("warned lock").clear();
+        Some(watch.path.clone())
+    }
+
     /// The identities to list at this moment: certificates first, then plain keys, within the
     /// frame limit (certificates that do not fit are left out and logged).
     pub async fn identities(&self, keys: &[&KeyInfo]) -> Vec<Identity> {

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use ssh_encoding::{Decode, Encode};
 
 use super::KeyReport;
-use crate::token::owner::{SignContext, TokenHandle};
-use crate::token::{GenerateRequest, KeyAlgorithm, PinPolicy, Slot, TokenError, TouchPolicy};
+use crate::token::owner::{Owner, SignContext, TokenHandle};
+use crate::token::{GenerateRequest, KeyAlgorithm, KeyInfo, PinPolicy, Slot, TokenError, TouchPolicy};
 
 pub const EXT_SETUP: &str = "keytap-setup@keytap.dev";
 
@@ -48,25 +48,121 @@ pub struct SecretChange {
 pub const DEFAULT_PIN_OFFER: &str = "This token still uses the factory default PIN (123456), so anyone holding it can use its keys. \
 Change the PIN and PUK now: keytap setup --no-key --change-pin --change-puk";
 
-/// After a key was created (or not): change the PIN and PUK as asked, and offer to when the
-/// PIN is still the factory default. Returns lines for the user. Runs on the token's owner.
-pub fn finish(owner: &mut crate::token::owner::Owner, change_pin: Option<SecretChange>, change_puk: Option<SecretChange>) -> Result<Vec<String>, TokenError> {
+/// Everything `keytap setup` was asked to do on one token.
+pub struct Plan {
+    /// The key to create; `None` with --no-key.
+    pub generate: Option<GenerateRequest>,
+    pub force: bool,
+    pub protect_management_key: bool,
+    pub change_pin: Option<SecretChange>,
+    pub change_puk: Option<SecretChange>,
+}
+
+/// What setup did: the new key, whether the management key was replaced (when asked), and
+/// lines for the user.
+#[derive(Default)]
+pub struct Done {
+    pub key: Option<KeyInfo>,
+    pub protected: Option<bool>,
+    pub notes: Vec<String>,
+}
+
+/// What the PIN prompt says setup wants to do.
+pub fn purpose(plan_key: Option<Slot>, protect: bool, change_pin: bool, change_puk: bool) -> String {
+    let mut parts = Vec::new();
+    if let Some(slot) = plan_key {
+        parts.push(format!("create a key in slot {slot}"));
+    }
+    if protect {
+        parts.push("protect the management key".to_string());
+    }
+    if change_puk {
+        parts.push("change the PUK".to_string());
+    }
+    if change_pin {
+        parts.push("change the PIN".to_string());
+    }
+    if parts.is_empty() {
+        parts.push("check the PIN".to_string());
+    }
+    parts.join(", ")
+}
+
+/// Run a setup plan on a token, in an order that destroys nothing before every precondition
+/// holds: the slot is free (or --force), the token has a management key to protect, the PIN
+/// is right (from the PIN change's current PIN when there is one: the same question is not
+/// asked twice). Then the PUK is changed (a wrong PUK stops here, nothing else changed), the
+/// key generated, the management key protected, the PIN changed. A step that fails after
+/// something changed says what the token holds now. Runs on the token's owner.
+pub fn perform(owner: &mut Owner, plan: Plan, context: &SignContext) -> Result<Done, String> {
     use crate::token::Secret;
-    let mut notes = Vec::new();
-    let asked_pin = change_pin.is_some();
-    if let Some(change) = change_puk {
-        owner.change_secret(Secret::Puk, &change.current, &change.new)?;
-        notes.push("PUK changed.".to_string());
+    let precondition = |e: TokenError| format!("{e}; nothing on the token was changed");
+    if let Some(generate) = &plan.generate {
+        if !plan.force && owner.token.keys().map_err(precondition)?.iter().any(|k| k.slot == generate.slot) {
+            return Err(precondition(TokenError::SlotOccupied(generate.slot)));
+        }
     }
-    if let Some(change) = change_pin {
-        owner.change_secret(Secret::Pin, &change.current, &change.new)?;
+    if plan.protect_management_key && !owner.token.has_management_key() {
+        return Err("this token has no management key, so --protect-management-key cannot apply; drop it. Nothing on the token was changed".into());
+    }
+    verify_pin_first(owner, plan.change_pin.as_ref().map(|c| &c.current), context).map_err(precondition)?;
+
+    let mut done = Done::default();
+    let mut changed: Vec<String> = Vec::new();
+    let failed = |step: &str, e: TokenError, changed: &[String]| {
+        if changed.is_empty() {
+            format!("{step}: {e}; nothing on the token was changed")
+        } else {
+            format!("{step}: {e}. Already done, and kept: {}; nothing else was changed", changed.join("; "))
+        }
+    };
+    if let Some(change) = &plan.change_puk {
+        owner.change_secret(Secret::Puk, &change.current, &change.new).map_err(|e| failed("changing the PUK", e, &changed))?;
+        done.notes.push("PUK changed.".to_string());
+        changed.push("the PUK was changed".into());
+    }
+    if let Some(generate) = plan.generate {
+        let key = match owner.token.generate(generate, plan.force) {
+            // PIN policy "always": the new key wants the PIN again for its certificate. The slot
+            // was free (checked above) or --force was given, so forcing the retry is safe.
+            Err(TokenError::PinRequired { retries }) => {
+                owner.ensure_pin(retries, context).and_then(|()| owner.token.generate(generate, true))
+            }
+            other => other,
+        }
+        .map_err(|e| failed(&format!("creating the key in slot {}", generate.slot), e, &changed))?;
+        changed.push(format!("the new key in slot {} ({})", key.slot, key.authorized_key()));
+        done.key = Some(key);
+    }
+    if plan.protect_management_key {
+        done.protected = Some(owner.token.protect_management_key().map_err(|e| failed("protecting the management key", e, &changed))?);
+        changed.push("the management key was protected".into());
+    }
+    if let Some(change) = &plan.change_pin {
+        owner.change_secret(Secret::Pin, &change.current, &change.new).map_err(|e| failed("changing the PIN", e, &changed))?;
         owner.default_pin_in_use = false;
-        notes.push("PIN changed.".to_string());
+        done.notes.push("PIN changed.".to_string());
+    } else if owner.default_pin_in_use {
+        done.notes.push(DEFAULT_PIN_OFFER.to_string());
     }
-    if !asked_pin && owner.default_pin_in_use {
-        notes.push(DEFAULT_PIN_OFFER.to_string());
+    Ok(done)
+}
+
+/// Verify the PIN before anything changes: with `given` (the current PIN of a PIN change)
+/// when there is one, else through the prompter. Never spends the last retry.
+fn verify_pin_first(owner: &mut Owner, given: Option<&crate::token::Pin>, context: &SignContext) -> Result<(), TokenError> {
+    // 0: the card reports the PIN as verified already (a blocked PIN is an error).
+    let retries = owner.token.pin_retries()?;
+    match given {
+        _ if retries == 0 => Ok(()),
+        _ if retries <= 1 => Err(TokenError::PinLastRetry),
+        Some(pin) => {
+            owner.token.verify_pin(pin)?;
+            owner.default_pin_in_use = pin.as_str() == crate::token::DEFAULT_PIN;
+            Ok(())
+        }
+        None => owner.ensure_pin(retries, context),
     }
-    Ok(notes)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -157,53 +253,22 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: &crate:
         pin_policy: request.pin_policy,
         touch_policy: request.touch_policy,
     };
-    // PIN prompts go to the terminal `keytap setup` runs in.
     let context = SignContext {
         requester: requester.to_string(),
-        purpose: format!("create a key in slot {}", request.slot),
+        purpose: purpose((!request.no_key).then_some(request.slot), request.protect_management_key, request.change_pin.is_some(), request.change_puk.is_some()),
+        // PIN prompts go to the terminal `keytap setup` runs in.
         terminal: requester.terminal.clone(),
     };
-    let force = request.force;
-    let protect = request.protect_management_key;
-    let (change_pin, change_puk, no_key) = (request.change_pin, request.change_puk, request.no_key);
-    let result = token
-        .run(move |owner| {
-            if no_key {
-                if protect {
-                    match owner.token.pin_retries()? {
-                        0 => {}
-                        retries => owner.ensure_pin(retries, &context)?,
-                    }
-                }
-                let protected = if protect { Some(owner.token.protect_management_key()?) } else { None };
-                let notes = finish(owner, change_pin, change_puk)?;
-                return Ok((None, protected, notes));
-            }
-            if !force && owner.token.keys()?.iter().any(|k| k.slot == generate.slot) {
-                return Err(TokenError::SlotOccupied(generate.slot));
-            }
-            // The certificate written next to the key is signed by it: ask for the PIN first.
-            // 0 retries here means the card reports the PIN verified already.
-            match owner.token.pin_retries()? {
-                0 => {}
-                retries => owner.ensure_pin(retries, &context)?,
-            }
-            let key = match owner.token.generate(generate, force) {
-                // PIN policy "always": the new key wants the PIN again for its certificate.
-                // The slot was free (checked above) or force was given, so forcing is safe.
-                Err(TokenError::PinRequired { retries }) => {
-                    owner.ensure_pin(retries, &context)?;
-                    owner.token.generate(generate, true)
-                }
-                other => other,
-            }?;
-            let protected = if protect { Some(owner.token.protect_management_key()?) } else { None };
-            let notes = finish(owner, change_pin, change_puk)?;
-            Ok((Some(key), protected, notes))
-        })
-        .await;
-    match result.and_then(|r| r) {
-        Ok((key, protected, notes)) => {
+    let plan = Plan {
+        generate: (!request.no_key).then_some(generate),
+        force: request.force,
+        protect_management_key: request.protect_management_key,
+        change_pin: request.change_pin,
+        change_puk: request.change_puk,
+    };
+    let result = token.run(move |owner| perform(owner, plan, &context)).await;
+    match result.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(Done { key, protected, notes }) => {
             token.refresh().await;
             if let Some(key) = &key {
                 tracing::info!(serial = key.serial, slot = %key.slot, algorithm = %key.algorithm, "setup: created a key");
@@ -213,6 +278,9 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: &crate:
             }
             SetupAnswer::Created(key.as_ref().map(KeyReport::from), protected, notes)
         }
-        Err(e) => SetupAnswer::Refused(e.to_string()),
+        Err(e) => {
+            token.refresh().await;
+            SetupAnswer::Refused(e)
+        }
     }
 }

@@ -10,7 +10,6 @@ use x509_cert::Certificate;
 use super::prove::{prove_with_agent, prove_with_owner, ProveError, ProveRequest};
 use super::{verify_proof, VerifyOptions, WorkerIdentity, MAX_PROOF_BYTES};
 use crate::cli::{AttestArgs, AttestCommand, AttestVerifyArgs};
-use crate::client;
 use crate::command::{open_tokens, AppError};
 use crate::prompt::SystemPrompter;
 use crate::token::owner::Owner;
@@ -44,10 +43,14 @@ fn prove(args: AttestArgs) -> Result<(), AppError> {
         },
         timestamp: None,
     };
-    // Project rule: when a keytap agent runs, it owns the token; go through it.
-    let proof = match client::keytap_agent() {
+    // Project rule: when a keytap agent runs, it owns the token; go through it. Flags for
+    // opening the token directly cannot apply then, and the user is told so.
+    let proof = match crate::client::keytap_agent() {
         Some((mut agent, status)) => {
             eprintln!("keytap attest: using the keytap agent (pid {})", status.pid);
+            if args.token.explicit() || args.pin_file.is_some() {
+                eprintln!("keytap attest: note: --token, --state-dir and --pin-file are not used: the running agent owns the tokens and asks for the PIN itself (unset SSH_AUTH_SOCK to open a token directly)");
+            }
             prove_with_agent(&mut agent, &status, &request).map_err(prove_error)?
         }
         None => prove_directly(&args, &request)?,

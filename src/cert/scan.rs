@@ -43,6 +43,11 @@ impl DirWatch {
         DirWatch { path, last: None }
     }
 
+    /// Read the directory at the next poll, whatever its modification time (reload).
+    pub fn forget(&mut self) {
+        self.last = None;
+    }
+
     /// The directory's certificates if it is time to read them again, else `None`.
     pub fn poll(&mut self, now: Instant) -> Option<(Vec<Entry>, Vec<Skipped>)> {
         let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();

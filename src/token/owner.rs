@@ -66,11 +66,16 @@ impl Owner {
                 error: error.take(),
                 terminal: context.terminal.clone(),
             };
-            let pin = self
-                .prompter
-                .pin(&request)
-                .map_err(|e| TokenError::PinUnavailable(e.to_string()))?
-                .ok_or_else(|| TokenError::PinUnavailable("PIN entry was cancelled".into()))?;
+            let wrong_before = request.error.is_some();
+            let pin = match self.prompter.pin(&request) {
+                Ok(Some(pin)) => pin,
+                // After a wrong PIN, that is what the user must hear about (a retry was spent),
+                // not the cancelled or missing second prompt.
+                Ok(None) if wrong_before => return Err(TokenError::WrongPinNoOther { retries, then: "PIN entry was cancelled".into() }),
+                Err(e) if wrong_before => return Err(TokenError::WrongPinNoOther { retries, then: e.to_string() }),
+                Ok(None) => return Err(TokenError::PinUnavailable("PIN entry was cancelled".into())),
+                Err(e) => return Err(TokenError::PinUnavailable(e.to_string())),
+            };
             match self.token.verify_pin(&pin) {
                 Ok(()) => {
                     self.default_pin_in_use = pin.as_str() == crate::token::DEFAULT_PIN;
@@ -511,6 +516,16 @@ mod tests {
         let (_dir, mut owner, key) = owner(prompter);
         let err = owner.sign(&key, SignScheme::EcdsaSha256, b"data", &context()).unwrap_err();
         assert!(matches!(err, TokenError::PinUnavailable(_)), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_pin_then_no_other_says_wrong_pin_not_cancelled() {
+        let prompter = Scripted::new(&["000000"]);
+        let (_dir, mut owner, key) = owner(prompter);
+        let err = owner.sign(&key, SignScheme::EcdsaSha256, b"data", &context()).unwrap_err();
+        assert!(matches!(err, TokenError::WrongPinNoOther { retries: 2, .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.starts_with("wrong PIN (2 tries left; one was spent), and no other PIN was given (PIN entry was cancelled)"), "{message}");
     }
 
     #[test]

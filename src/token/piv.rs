@@ -537,6 +537,10 @@ impl Token for PivToken {
         self.drop_connection();
     }
 
+    fn has_management_key(&self) -> bool {
+        true
+    }
+
     fn protect_management_key(&mut self) -> TokenResult<bool> {
         let yk = self.connect()?;
         let default = MgmKey::get_default(yk).map_err(|e| other("management key", e))?;

@@ -33,6 +33,36 @@ pub struct Agent {
     child: Child,
 }
 
+/// Give a command its own config, state and runtime directories under `root`, and no agent,
+/// PIN credential or askpass from the environment: a test never reads the user's
+/// `config.toml`, writes the user's audit log, or meets the user's agent.
+pub fn isolate<'a>(cmd: &'a mut Command, root: &Path) -> &'a mut Command {
+    let runtime = root.join("run");
+    for dir in [&runtime, &root.join("home")] {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+    }
+    cmd.env("XDG_CONFIG_HOME", root.join("config"))
+        .env("XDG_STATE_HOME", root.join("state"))
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env("HOME", root.join("home"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("SSH_AGENT_PID")
+        .env_remove("SSH_ASKPASS")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env_remove("KEYTAP_LOG")
+}
+
+/// `keytap` isolated in `root` (see [`isolate`]); the only way tests start keytap.
+pub fn keytap_in(root: &Path) -> Command {
+    let mut cmd = Command::new(KEYTAP);
+    isolate(&mut cmd, root);
+    cmd
+}
+
 pub fn write_private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -53,7 +83,7 @@ impl Agent {
     pub fn start_with(options: AgentOptions) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = dir.path().join("mock");
-        let out = Command::new(KEYTAP)
+        let out = keytap_in(dir.path())
             .args(["mock", "init", "--serial", &MOCK_SERIAL.to_string(), "--state-dir"])
             .arg(&state_dir)
             .output()
@@ -70,6 +100,7 @@ impl Agent {
         // a PIN prompt drawn on it (the agent prompts on its own terminal as a last resort).
         // setsid execs in place (the child is no group leader), so the pid stays the agent's.
         let mut cmd = Command::new("setsid");
+        isolate(&mut cmd, dir.path());
         cmd.arg(KEYTAP).args(["agent", "--foreground", "--token", "mock", "--state-dir"])
             .arg(&state_dir)
             .arg("--socket")
@@ -81,10 +112,6 @@ impl Agent {
         }
         cmd.args(&options.args)
             .env("KEYTAP_LOG", "debug")
-            .env_remove("SSH_AUTH_SOCK")
-            .env_remove("SSH_ASKPASS")
-            .env("XDG_STATE_HOME", dir.path().join("state"))
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -122,10 +149,8 @@ impl Agent {
     /// A command with SSH_AUTH_SOCK pointing at this agent and no other agent config.
     pub fn cmd(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
+        isolate(&mut cmd, self.dir.path());
         cmd.env("SSH_AUTH_SOCK", &self.socket)
-            .env("XDG_STATE_HOME", self.dir.path().join("state"))
-            .env("XDG_CONFIG_HOME", self.dir.path().join("config"))
-            .env_remove("SSH_ASKPASS")
             .env_remove("DISPLAY")
             .stdin(Stdio::null());
         cmd
@@ -160,7 +185,7 @@ impl Agent {
     }
 
     pub fn mock(&self, args: &[&str]) {
-        let out = Command::new(KEYTAP).arg("mock").args(args).arg("--state-dir").arg(&self.state_dir).output().unwrap();
+        let out = keytap_in(self.dir.path()).arg("mock").args(args).arg("--state-dir").arg(&self.state_dir).output().unwrap();
         assert!(out.status.success(), "keytap mock {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
