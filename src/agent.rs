@@ -284,14 +284,19 @@ async fn for_destination(policy: &Policy, conn: &Connection, mut ids: Vec<ssh_ag
         let files = policy.known_hosts.clone();
         tokio::task::spawn_blocking(move || host_names(&destination, &candidates, &files, crate::cert::unix_now())).await.unwrap_or_default()
     };
-    let forwarded = conn.forwarded();
+    keep_for_destination(policy, ids, keys, conn.forwarded(), &host_names)
+}
+
+/// The pure part of [`for_destination`]: keys a login to a host known as `host_names` could
+/// use, certificates first (otherwise in the order given).
+fn keep_for_destination(policy: &Policy, mut ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], forwarded: bool, host_names: &[String]) -> Vec<ssh_agent_lib::proto::Identity> {
     ids.retain(|id| {
         let key = upstream::credential_key(&id.credential);
         let key_policy = match keys.iter().find(|k| &k.public_key == key) {
             Some(k) => policy.for_key(k),
             None => policy.for_upstream(&key.fingerprint(ssh_key::HashAlg::Sha256).to_string()),
         };
-        policy::could_log_in(&key_policy, forwarded, &host_names)
+        policy::could_log_in(&key_policy, forwarded, host_names)
     });
     ids.sort_by_key(|id| !matches!(id.credential, PublicCredential::Cert(_)));
     ids
@@ -1175,6 +1180,46 @@ mod tests {
         // A revoked CA (or host key) names nothing through certificates.
         std::fs::write(&file, format!("@cert-authority *.example {}\n@revoked * {}\n", line(&ca), line(&ca))).unwrap();
         assert!(host_names(&cert, &wanted(&["web.example"]), &files, now).is_empty());
+    }
+
+    #[test]
+    fn a_destination_list_keeps_keys_that_could_log_in_there_certificates_first() {
+        use crate::token::{KeyAlgorithm, PinPolicy, Slot};
+        let token_key = |slot: u8, k: &PrivateKey| KeyInfo {
+            serial: 1,
+            slot: Slot(slot),
+            algorithm: KeyAlgorithm::Ed25519,
+            pin_policy: PinPolicy::Once,
+            touch_policy: crate::token::TouchPolicy::Never,
+            public_key: k.public_key().key_data().clone(),
+        };
+        let (a, c, d, up, ca) = (key(), key(), key(), key(), key());
+        let (ka, kc, kd) = (token_key(0x9a, &a), token_key(0x9c, &c), token_key(0x9d, &d));
+        let mut b = Builder::new_with_random_nonce(&mut rand_core::OsRng, a.public_key().key_data().clone(), 0, 4_000_000_000).unwrap();
+        b.cert_type(CertType::User).unwrap();
+        b.all_principals_valid().unwrap();
+        let cert = b.sign(&ca).unwrap();
+        let id = |credential: PublicCredential| ssh_agent_lib::proto::Identity { credential, comment: String::new() };
+        let plain = |k: &PrivateKey| id(PublicCredential::Key(k.public_key().key_data().clone()));
+        let ids = vec![plain(&a), plain(&c), plain(&d), id(PublicCredential::Cert(Box::new(cert))), plain(&up)];
+        let policy = Policy::parse(&format!(
+            "[[key]]\nmatch = \"slot:9c\"\nallow = [\"sshsig:git\"]\n\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"ssh-auth:build.example\"]\nforwarded = false\n\n[[key]]\nmatch = \"kind:upstream\"\nallow = [\"ssh-auth:other.example\"]\n"
+        ))
+        .unwrap();
+        let keys = [&ka, &kc, &kd];
+        let kinds = |ids: &[ssh_agent_lib::proto::Identity]| ids.iter().map(|i| (matches!(i.credential, PublicCredential::Cert(_)), upstream::credential_key(&i.credential).clone())).collect::<Vec<_>>();
+        let key_of = |k: &PrivateKey| k.public_key().key_data().clone();
+        // build.example: the certificate first, then 9a; 9d is allowed there; 9c (git only) and
+        // the upstream key (other.example only) are not.
+        let names = vec!["build.example".to_string()];
+        let kept = keep_for_destination(&policy, ids.clone(), &keys, false, &names);
+        assert_eq!(kinds(&kept), [(true, key_of(&a)), (false, key_of(&a)), (false, key_of(&d))]);
+        // Through a forwarded agent, 9d (forwarded = false) is left out.
+        let kept = keep_for_destination(&policy, ids.clone(), &keys, true, &names);
+        assert_eq!(kinds(&kept), [(true, key_of(&a)), (false, key_of(&a))]);
+        // other.example: the upstream key too.
+        let kept = keep_for_destination(&policy, ids, &keys, false, &["other.example".to_string()]);
+        assert_eq!(kinds(&kept), [(true, key_of(&a)), (false, key_of(&a)), (false, key_of(&up))]);
     }
 
     #[test]
