@@ -276,7 +276,7 @@ impl Signer {
 /// On a session-bound connection, only the keys whose policy could allow a login to the
 /// bound destination, certificates first: ssh offers them in this order, and a server's
 /// MaxAuthTries counts every key offered.
-async fn for_destination(policy: &Policy, conn: &Connection, mut ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], destination: HostKey) -> Vec<ssh_agent_lib::proto::Identity> {
+async fn for_destination(policy: &Policy, conn: &Connection, ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], destination: HostKey) -> Vec<ssh_agent_lib::proto::Identity> {
     let candidates = policy.ssh_auth_hosts();
     let host_names = if candidates.is_empty() {
         Vec::new()
@@ -1202,9 +1202,9 @@ mod tests {
         let id = |credential: PublicCredential| ssh_agent_lib::proto::Identity { credential, comment: String::new() };
         let plain = |k: &PrivateKey| id(PublicCredential::Key(k.public_key().key_data().clone()));
         let ids = vec![plain(&a), plain(&c), plain(&d), id(PublicCredential::Cert(Box::new(cert))), plain(&up)];
-        let policy = Policy::parse(&format!(
-            "[[key]]\nmatch = \"slot:9c\"\nallow = [\"sshsig:git\"]\n\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"ssh-auth:build.example\"]\nforwarded = false\n\n[[key]]\nmatch = \"kind:upstream\"\nallow = [\"ssh-auth:other.example\"]\n"
-        ))
+        let policy = Policy::parse(
+            "[[key]]\nmatch = \"slot:9c\"\nallow = [\"sshsig:git\"]\n\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"ssh-auth:build.example\"]\nforwarded = false\n\n[[key]]\nmatch = \"kind:upstream\"\nallow = [\"ssh-auth:other.example\"]\n",
+        )
         .unwrap();
         let keys = [&ka, &kc, &kd];
         let kinds = |ids: &[ssh_agent_lib::proto::Identity]| ids.iter().map(|i| (matches!(i.credential, PublicCredential::Cert(_)), upstream::credential_key(&i.credential).clone())).collect::<Vec<_>>();
