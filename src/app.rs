@@ -36,6 +36,8 @@ pub enum AppError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Cot(#[from] crate::cot::CotError),
+    #[error(transparent)]
+    Buildkite(#[from] crate::buildkite::BuildkiteError),
 }
 
 impl AppError {
@@ -58,6 +60,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Log(args) => log(args),
         Command::Attest(args) => crate::attest::command::run(*args),
         Command::Cot(cmd) => Ok(crate::cot::run(cmd)?),
+        Command::Buildkite(cmd) => Ok(crate::buildkite::command::run(cmd)?),
     }
 }
 
