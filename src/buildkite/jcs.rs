@@ -58,7 +58,8 @@ pub fn number(f: f64) -> Option<String> {
     let sign = if f < 0.0 { "-" } else { "" };
     let (digits, n) = shortest_digits(f);
     let k = digits.len() as i32;
-    let body = if k <= n && n <= 21 || 0 < n && n <= 21 || -6 < n && n <= 0 {
+    // Plain digits for -6 < n <= 21, whether the point falls inside, after or before them.
+    let body = if (-5..=21).contains(&n) {
         place_point(&digits, n)
     } else {
         let mut m = digits[..1].to_string();
@@ -112,7 +113,7 @@ mod tests {
             (5e-324, "5e-324"),
             (1.7976931348623157e308, "1.7976931348623157e+308"),
             (9007199254740993.0, "9007199254740992"),
-            (333333333.33333329, "333333333.3333333"),
+            (333333333.3333333, "333333333.3333333"),
         ];
         for (f, want) in cases {
             assert_eq!(number(f).unwrap(), want, "{f}");

@@ -429,7 +429,7 @@ pub fn go_sprint_float(f: f64) -> String {
     let (digits, point) = shortest_digits(f);
     let exp = point - 1;
     // strconv's %g with the shortest precision switches to %e when exp < -4 || exp >= 6.
-    if exp < -4 || exp >= 6 {
+    if !(-4..6).contains(&exp) {
         let mut m = digits[..1].to_string();
         if digits.len() > 1 {
             m.push('.');
