@@ -78,10 +78,15 @@ impl Node {
         self.value() == Some(Value::Null)
     }
 
-    /// The value under `key` of a mapping.
+    /// The value under `key` (a word, e.g. `steps`) of a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.kind {
-            Kind::Map(entries) => entries.iter().find(|(k, _)| map_key(k).ok().as_deref() == Some(key)).map(|(_, v)| v),
+            // The names asked for are words, whose canonical form is their own text: compare
+            // the text first and canonicalise only a match.
+            Kind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(&k.kind, Kind::Scalar(s) if s.text == key) && map_key(k).ok().as_deref() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
