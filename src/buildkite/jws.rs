@@ -159,39 +159,26 @@ pub fn raw_signature(alg: Alg, sig: &Signature) -> Result<Vec<u8>, String> {
     Ok(raw)
 }
 
-/// Check a raw signature over `message` with a JWK.
+/// Check a raw signature over `message` with a JWK (ring: fixed-width `r||s` for ECDSA).
 pub fn verify_raw(jwk: &Jwk, alg: Alg, message: &[u8], sig: &[u8]) -> Result<(), String> {
-    use signature::Verifier;
-    let coord = |c: &Option<String>, name: &str| {
-        URL_SAFE_NO_PAD.decode(c.as_deref().ok_or(format!("the JWK has no {name}"))?).map_err(|_| format!("the JWK's {name} is not base64url"))
+    use ring::signature::{UnparsedPublicKey, VerificationAlgorithm, ECDSA_P256_SHA256_FIXED, ECDSA_P384_SHA384_FIXED, ED25519};
+    let coord = |c: &Option<String>, name: &str, len: usize| {
+        let bytes = URL_SAFE_NO_PAD.decode(c.as_deref().ok_or(format!("the JWK has no {name}"))?).map_err(|_| format!("the JWK's {name} is not base64url"))?;
+        if bytes.len() != len {
+            return Err(format!("the JWK's {name} is not {len} bytes"));
+        }
+        Ok(bytes)
     };
-    let bad = || "the signature does not verify".to_string();
-    match (alg, jwk.kty.as_str(), jwk.crv.as_deref()) {
-        (Alg::EdDsa, "OKP", Some("Ed25519")) => {
-            let x: [u8; 32] = coord(&jwk.x, "x")?.try_into().map_err(|_| "the JWK's x is not 32 bytes".to_string())?;
-            let vk = ed25519_dalek::VerifyingKey::from_bytes(&x).map_err(|_| "the JWK's x is not an Ed25519 key".to_string())?;
-            let sig: [u8; 64] = sig.try_into().map_err(|_| format!("an EdDSA signature of {} bytes (64 expected)", sig.len()))?;
-            vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| bad())
-        }
-        (Alg::Es256, "EC", Some("P-256")) | (Alg::Es384, "EC", Some("P-384")) => {
-            let mut point = vec![4u8];
-            point.extend(coord(&jwk.x, "x")?);
-            point.extend(coord(&jwk.y, "y")?);
-            if sig.len() != alg.signature_len() {
-                return Err(format!("an {} signature of {} bytes ({} expected as raw r||s)", alg.name(), sig.len(), alg.signature_len()));
-            }
-            if alg == Alg::Es256 {
-                let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| "the JWK is not a P-256 point".to_string())?;
-                let s = p256::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
-                vk.verify(message, &s).map_err(|_| bad())
-            } else {
-                let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).map_err(|_| "the JWK is not a P-384 point".to_string())?;
-                let s = p384::ecdsa::Signature::from_slice(sig).map_err(|_| bad())?;
-                vk.verify(message, &s).map_err(|_| bad())
-            }
-        }
-        _ => Err(format!("the key (kty {}, crv {}) cannot check an {} signature", jwk.kty, jwk.crv.as_deref().unwrap_or("-"), alg.name())),
+    let (algorithm, key): (&'static dyn VerificationAlgorithm, Vec<u8>) = match (alg, jwk.kty.as_str(), jwk.crv.as_deref()) {
+        (Alg::EdDsa, "OKP", Some("Ed25519")) => (&ED25519, coord(&jwk.x, "x", 32)?),
+        (Alg::Es256, "EC", Some("P-256")) => (&ECDSA_P256_SHA256_FIXED, [vec![4], coord(&jwk.x, "x", 32)?, coord(&jwk.y, "y", 32)?].concat()),
+        (Alg::Es384, "EC", Some("P-384")) => (&ECDSA_P384_SHA384_FIXED, [vec![4], coord(&jwk.x, "x", 48)?, coord(&jwk.y, "y", 48)?].concat()),
+        _ => return Err(format!("the key (kty {}, crv {}) cannot check an {} signature", jwk.kty, jwk.crv.as_deref().unwrap_or("-"), alg.name())),
+    };
+    if sig.len() != alg.signature_len() {
+        return Err(format!("an {} signature of {} bytes ({} expected{})", alg.name(), sig.len(), alg.signature_len(), if alg == Alg::EdDsa { "" } else { " as raw r||s" }));
     }
+    UnparsedPublicKey::new(algorithm, key).verify(message, sig).map_err(|_| "the signature does not verify".to_string())
 }
 
 /// Verify a detached compact JWS over `payload` with the JWKS: the key is the one named by
