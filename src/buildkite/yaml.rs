@@ -618,7 +618,10 @@ fn literal_block(t: &str, content_indent: usize) -> Option<String> {
         }
     }
     let lines: Vec<&str> = body.split('\n').collect();
-    if lines.iter().any(|l| l.starts_with(' ') || l.starts_with('\t')) {
+    // The first non-empty line sets the block's indentation, so it must not start with white space;
+    // later lines may (indented scripts). Lines of only white space are left to quoting.
+    let first = lines.iter().find(|l| !l.is_empty()).expect("the body is not empty");
+    if first.starts_with([' ', '\t']) || lines.iter().any(|l| !l.is_empty() && l.trim().is_empty()) {
         return None;
     }
     let chomp = match trailing {
@@ -730,12 +733,13 @@ mod tests {
 
     #[test]
     fn emitting_reads_back_as_the_same_document() {
-        let text = "env:\n  A: 010\n  B: '010'\n  C: \"x: y\"\nsteps:\n  - command: |\n      echo one\n      echo two\n    label: \"#1\"\n  - wait\n  - commands: [a, 'b', \"\\ttab\"]\n    env: {}\n    x: []\n    y: ''\n    z:\n    q: \"  lead\\n  more\\n\"\n  - - nested\n    - 2\nlast: \"it's\"\n";
+        let text = "script: |\n  if true; then\n    echo in\n\n  fi\nenv:\n  A: 010\n  B: '010'\n  C: \"x: y\"\nsteps:\n  - command: |\n      echo one\n      echo two\n    label: \"#1\"\n  - wait\n  - commands: [a, 'b', \"\\ttab\"]\n    env: {}\n    x: []\n    y: ''\n    z:\n    q: \"  lead\\n  more\\n\"\n    r: \"\\n  late lead\\n\"\n  - - nested\n    - 2\nlast: \"it's\"\n";
         let doc = parse(text).unwrap();
         let out = emit(&doc);
         assert_eq!(semantic(&parse(&out).unwrap()), semantic(&doc), "{out}");
         assert!(out.contains("command: |\n      echo one\n      echo two\n"), "{out}");
         assert!(out.contains("A: 010\n"), "{out}");
+        assert!(out.starts_with("script: |\n  if true; then\n    echo in\n\n  fi\n"), "{out}");
         assert!(out.contains("B: '010'\n") || out.contains("B: \"010\"\n"), "{out}");
     }
 
