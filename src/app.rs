@@ -20,5 +20,6 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Cot(cmd) => Ok(crate::cot::command::run(cmd)?),
         Command::Reload => crate::agent::reload::command().map_err(AppError::Message),
         Command::Completions(args) => crate::completions::completions(args),
+        Command::Buildkite(cmd) => Ok(crate::buildkite::command::run(cmd)?),
     }
 }

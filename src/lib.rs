@@ -5,6 +5,7 @@ pub mod agent;
 pub mod app;
 pub mod attest;
 pub mod audit;
+pub mod buildkite;
 pub mod cert;
 pub mod cli;
 pub mod client;
