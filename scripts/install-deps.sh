@@ -24,14 +24,24 @@ for pkg in "${PACKAGES[@]}"; do
   fi
 done
 
-if [ "${#missing[@]}" -eq 0 ]; then
-  exit 0
-fi
-
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
   SUDO="sudo"
 fi
-echo "install-deps: installing ${missing[*]}" >&2
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The independent Buildkite signature checker in tests/buildkite.rs (tests/support/
+# buildkite_jws.py) canonicalises JSON with rfc8785 (PyPI only) and reads YAML with PyYAML, in
+# whichever python3 is first on PATH (which may not be Debian's).
+for pair in rfc8785:rfc8785 yaml:pyyaml cryptography:cryptography; do
+  module=${pair%%:*} package=${pair#*:}
+  if ! python3 -c "import $module" 2>/dev/null; then
+    echo "install-deps: installing $package (PyPI)" >&2
+    python3 -m pip install --quiet "$package" 2>/dev/null \
+      || python3 -m pip install --quiet --break-system-packages "$package"
+  fi
+done

@@ -361,6 +361,20 @@ fn describe_purpose(purpose: &Purpose, host_key: Option<&HostKey>, host_names: &
             details.insert("namespace".into(), namespace.clone().into());
             details.insert("hash".into(), hash.clone().into());
         }
+        Purpose::Jws(info) => {
+            details.insert("alg".into(), info.alg.clone().into());
+            if let Some(kid) = &info.kid {
+                details.insert("kid".into(), kid.clone().into());
+            }
+            if let Some(repo) = &info.repository {
+                details.insert("repository".into(), repo.clone().into());
+            }
+            if let Some(command) = &info.command {
+                // Enough to recognise the step; a long script would swamp the log.
+                let short: String = command.chars().take(200).collect();
+                details.insert("command".into(), short.into());
+            }
+        }
         Purpose::Raw => {}
     }
 }

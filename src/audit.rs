@@ -451,7 +451,8 @@ pub fn format_record(r: &Record) -> String {
     let target = match (r.details.get("user"), r.details.get("host")) {
         (Some(u), Some(h)) => format!(" {}@{}", u.as_str().unwrap_or("?"), h.as_str().unwrap_or("?")),
         (Some(u), None) => format!(" {}", u.as_str().unwrap_or("?")),
-        _ => String::new(),
+        // A Buildkite step signature (purpose jws) names its repository.
+        _ => r.details.get("repository").and_then(|v| v.as_str()).map(|repo| format!(" {repo}")).unwrap_or_default(),
     };
     let pid = r.peer.pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
     // User names, namespaces, process names and reasons quoting them come from peers: the whole
@@ -649,6 +650,14 @@ mod tests {
         assert_eq!(
             format_record(&r),
             "2026-11-22T10:00:00.000Z allow  sign     ssh-auth git@github.com key=1/9a SHA256:abc by ssh <- zsh (pid 42) 3ms"
+        );
+        let mut jws = record(3);
+        jws.time = "2026-11-22T10:00:00.000Z".into();
+        jws.purpose = Some("jws".into());
+        jws.details.insert("repository".into(), "https://github.com/o/r.git".into());
+        assert_eq!(
+            format_record(&jws),
+            "2026-11-22T10:00:00.000Z allow  sign     jws https://github.com/o/r.git key=1/9a SHA256:abc by ssh <- zsh (pid 42) 3ms"
         );
     }
 }

@@ -51,6 +51,9 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Approvals the running agent remembers (`confirm = "remember:8h"`), or forget them.
     Approvals(ApprovalsArgs),
+    /// Buildkite signed pipelines: sign command steps through the agent, print the JWKS, verify.
+    #[command(subcommand)]
+    Buildkite(BuildkiteCommand),
 }
 
 #[derive(Args, Debug)]
@@ -525,4 +528,57 @@ pub struct CotPubkeyArgs {
     /// Agent key, as for `keytap cot sign --key` [default: the first Ed25519 key].
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BuildkiteCommand {
+    /// Print the pipeline with a signature on every command step, made by the running agent.
+    Sign(BuildkiteSignArgs),
+    /// Print the public JWKS for `buildkite-agent start --verification-jwks-file`.
+    Jwks(BuildkiteJwksArgs),
+    /// Verify the signature of every command step; exit 1 if any fails.
+    Verify(BuildkiteVerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildkiteSignArgs {
+    /// The repository URL exactly as the agents will see it in BUILDKITE_REPO.
+    #[arg(long, value_name = "URL")]
+    pub repo: String,
+    /// Agent key: a slot (9c), SERIAL/SLOT (12345678/9c) or a SHA256 fingerprint
+    /// [default: the first Ed25519 key, else the first ECDSA key].
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// The JWS `kid` [default: the key's RFC 7638 JWK thumbprint].
+    #[arg(long, value_name = "KID")]
+    pub key_id: Option<String>,
+    /// The pipeline YAML (`-` or nothing for stdin).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildkiteJwksArgs {
+    /// Agent key to publish (repeat for key rotation) [default: the key `sign` picks].
+    #[arg(long, value_name = "KEY")]
+    pub key: Vec<String>,
+    /// The `kid` [default: each key's RFC 7638 JWK thumbprint]; only with one key.
+    #[arg(long, value_name = "KID")]
+    pub key_id: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct BuildkiteVerifyArgs {
+    /// The JWKS holding the public keys (as given to the Buildkite agents).
+    #[arg(long, value_name = "FILE")]
+    pub jwks: PathBuf,
+    /// The repository URL the steps must have been signed for.
+    #[arg(long, value_name = "URL")]
+    pub repo: String,
+    /// Job environment variable, over the pipeline's `env` (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// The signed pipeline YAML (`-` or nothing for stdin).
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod remembered;
 pub mod attest;
 pub mod audit;
+pub mod buildkite;
 pub mod cert;
 pub mod cli;
 pub mod client;

@@ -6,7 +6,7 @@
 //!
 //! [[key]]
 //! match = "slot:9c"           # or "SHA256:<fingerprint>", "serial:1234567/slot:9c", "serial:1234567", "kind:upstream"
-//! allow = ["sshsig:git"]      # "ssh-auth", "ssh-auth:github.com", "sshsig:<ns>", "sshsig:*", "raw", "*"
+//! allow = ["sshsig:git"]      # "ssh-auth", "ssh-auth:github.com", "sshsig:<ns>", "sshsig:*", "jws", "raw", "*"
 //! forwarded = false           # may a forwarded agent connection use it?
 //! confirm = false             # ask the user before each use; "remember:8h": once per program
 //! ```
@@ -31,6 +31,8 @@ pub enum Allow {
     SshAuthHost(String),
     /// SSHSIG in a namespace (`*` = any).
     SshSig(String),
+    /// A JWS signing input (a Buildkite pipeline step).
+    Jws,
     Raw,
 }
 
@@ -41,6 +43,7 @@ impl std::str::FromStr for Allow {
             "*" => Allow::Any,
             "ssh-auth" => Allow::SshAuth,
             "raw" => Allow::Raw,
+            "jws" => Allow::Jws,
             _ => {
                 if let Some(host) = s.strip_prefix("ssh-auth:").filter(|h| !h.is_empty()) {
                     Allow::SshAuthHost(host.to_string())
@@ -48,7 +51,7 @@ impl std::str::FromStr for Allow {
                     Allow::SshSig(ns.to_string())
                 } else {
                     return Err(format!(
-                        "unknown purpose {s:?}: use \"ssh-auth\", \"ssh-auth:HOST\", \"sshsig:NAMESPACE\", \"raw\" or \"*\""
+                        "unknown purpose {s:?}: use \"ssh-auth\", \"ssh-auth:HOST\", \"sshsig:NAMESPACE\", \"jws\", \"raw\" or \"*\""
                     ));
                 }
             }
@@ -416,6 +419,7 @@ fn purpose_allowed(request: &Request, policy: &KeyPolicy) -> Result<(), String> 
             }
             (Allow::SshSig(ns), Purpose::SshSig { namespace, .. }) if ns == "*" || ns == namespace => return Ok(()),
             (Allow::Raw, Purpose::Raw) => return Ok(()),
+            (Allow::Jws, Purpose::Jws(_)) => return Ok(()),
             _ => {}
         }
     }
@@ -443,6 +447,7 @@ fn allow_name(a: &Allow) -> String {
         Allow::SshAuth => "ssh-auth".into(),
         Allow::SshAuthHost(h) => format!("ssh-auth:{h}"),
         Allow::SshSig(ns) => format!("sshsig:{ns}"),
+        Allow::Jws => "jws".into(),
         Allow::Raw => "raw".into(),
     }
 }
@@ -514,6 +519,13 @@ mod tests {
         let raw = policy(&["raw"], None, false);
         assert_eq!(decide(&req(&Purpose::Raw, false, &[], TouchPolicy::Never), &raw), Decision::Allow);
         assert!(matches!(decide(&req(&sig("git"), false, &[], TouchPolicy::Never), &raw), Decision::Deny(_)));
+        // `raw` does not cover a JWS; `jws` covers only that.
+        let jws = Purpose::Jws(crate::purpose::JwsInfo { alg: "EdDSA".into(), kid: None, repository: None, command: None });
+        assert!(matches!(decide(&req(&jws, false, &[], TouchPolicy::Never), &raw), Decision::Deny(r) if r == "purpose jws is not allowed for this key (allowed: raw)"));
+        let jws_only = policy(&["jws"], None, false);
+        assert_eq!(decide(&req(&jws, false, &[], TouchPolicy::Never), &jws_only), Decision::Allow);
+        assert!(matches!(decide(&req(&Purpose::Raw, false, &[], TouchPolicy::Never), &jws_only), Decision::Deny(_)));
+        assert!(matches!(decide(&req(&auth(), false, &[], TouchPolicy::Never), &jws_only), Decision::Deny(_)));
         let auth_only = policy(&["ssh-auth"], None, true);
         assert_eq!(decide(&req(&auth(), false, &[], TouchPolicy::Never), &auth_only), Decision::Confirm);
     }

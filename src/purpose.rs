@@ -1,12 +1,13 @@
 //! What a sign request is for, read from the data to be signed (pure functions).
 //!
 //! Layouts: SSH user authentication (RFC 4252 section 7 plus OpenSSH's hostbound method) and
-//! SSHSIG (`PROTOCOL.sshsig`). Classification goes by structure, not by what decodes nicely:
+//! SSHSIG (`PROTOCOL.sshsig`), and JWS signing inputs (RFC 7515 section 5.1: a Buildkite
+//! pipeline step signature is one). Classification goes by structure, not by what decodes nicely:
 //! data that begins like a userauth request (a non-empty session id string, then byte 50) is
 //! one, whatever bytes its user name and service hold and however long its session id is, and
 //! is refused when the rest is malformed; sshd could accept such data as a login signature, so
-//! it is never `Raw`. Data starting with the SSHSIG magic must be well-formed SSHSIG. Anything
-//! else is `Raw`.
+//! it is never `Raw`. Data starting with the SSHSIG magic must be well-formed SSHSIG. A JWS signing input is `Jws`;
+//! anything else is `Raw`.
 
 use ssh_agent_lib::proto::PublicCredential;
 use ssh_encoding::{Decode, Encode};
@@ -32,8 +33,20 @@ pub enum Purpose {
     },
     /// An SSHSIG signature (git commits, `ssh-keygen -Y sign`) in a namespace.
     SshSig { namespace: String, hash: String },
+    /// A JWS signing input `B64URL(header).B64URL(payload)` whose header is JSON with `alg`.
+    Jws(JwsInfo),
     /// Anything else, e.g. a chain-of-trust document.
     Raw,
+}
+
+/// What the agent records about a JWS: the header's `alg` and `kid`, and for a Buildkite
+/// step signature the repository and command it covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwsInfo {
+    pub alg: String,
+    pub kid: Option<String>,
+    pub repository: Option<String>,
+    pub command: Option<String>,
 }
 
 /// Why data that looks like a userauth request is not acceptable.
@@ -53,6 +66,7 @@ impl Purpose {
         match self {
             Purpose::SshAuth { .. } => "ssh-auth".into(),
             Purpose::SshSig { namespace, .. } => format!("sshsig:{namespace}"),
+            Purpose::Jws(_) => "jws".into(),
             Purpose::Raw => "raw".into(),
         }
     }
@@ -63,6 +77,8 @@ impl Purpose {
             Purpose::SshAuth { user, .. } => format!("log in over SSH as {user}"),
             Purpose::SshSig { namespace, .. } if namespace == "git" => "sign a git commit or tag".into(),
             Purpose::SshSig { namespace, .. } => format!("make an SSH signature in namespace {namespace:?}"),
+            Purpose::Jws(JwsInfo { repository: Some(repo), .. }) => format!("sign a Buildkite pipeline step for {repo}"),
+            Purpose::Jws(info) => format!("make a JWS signature ({})", info.alg),
             Purpose::Raw => "sign raw data".into(),
         }
     }
@@ -80,7 +96,7 @@ pub fn classify_credential(data: &[u8], credential: &PublicCredential) -> Result
         return parse_sshsig(&data[SSHSIG_MAGIC.len()..]);
     }
     if !shaped_like_userauth(data) {
-        return Ok(Purpose::Raw);
+        return Ok(parse_jws(data).map(Purpose::Jws).unwrap_or(Purpose::Raw));
     }
     let auth = parse_userauth(data)?;
     if !names_same_key(&auth.key, credential) {
@@ -94,6 +110,27 @@ pub fn classify_credential(data: &[u8], credential: &PublicCredential) -> Result
 fn shaped_like_userauth(data: &[u8]) -> bool {
     let Some(len) = data.get(..4).map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize) else { return false };
     len > 0 && data.get(4usize.saturating_add(len)) == Some(&SSH_MSG_USERAUTH_REQUEST)
+}
+
+/// A JWS signing input: exactly two base64url parts joined by one dot, the first decoding to
+/// a JSON object with a string `alg`. A Buildkite step payload (`{"alg", "values"}`) also
+/// yields its repository and command.
+fn parse_jws(data: &[u8]) -> Option<JwsInfo> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    let text = std::str::from_utf8(data).ok()?;
+    let (header, payload) = text.split_once('.')?;
+    let b64url = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if header.is_empty() || !b64url(header) || !b64url(payload) {
+        return None;
+    }
+    let header: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).ok()?).ok()?;
+    let alg = header.get("alg")?.as_str()?.to_string();
+    let kid = header.get("kid").and_then(|k| k.as_str()).map(str::to_string);
+    let body: Option<serde_json::Value> = URL_SAFE_NO_PAD.decode(payload).ok().and_then(|p| serde_json::from_slice(&p).ok());
+    let values = body.as_ref().and_then(|b| b.get("values"));
+    let field = |name: &str| values.and_then(|v| v.get(name)).and_then(|v| v.as_str()).map(str::to_string);
+    Some(JwsInfo { alg, kid, repository: field("repository_url"), command: field("command") })
 }
 
 /// Does the userauth key blob name the key asked to sign? The same blob, or a certificate for
@@ -356,6 +393,51 @@ mod tests {
         d.push(1);
         assert!(matches!(classify(&d, &k), Err(PurposeError::MalformedSshSig(_))));
         assert!(matches!(classify(b"SSHSIG", &k), Err(PurposeError::MalformedSshSig(_))));
+    }
+
+    fn jws_input(header: &str, payload: &str) -> Vec<u8> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload)).into_bytes()
+    }
+
+    #[test]
+    fn jws_signing_inputs_are_jws() {
+        let k = key();
+        let step = r#"{"alg":"EdDSA","values":{"command":"./deploy.sh","env":null,"repository_url":"https://example.com/r.git"}}"#;
+        let p = classify(&jws_input(r#"{"alg":"EdDSA","kid":"k1"}"#, step), &k).unwrap();
+        assert_eq!(
+            p,
+            Purpose::Jws(JwsInfo {
+                alg: "EdDSA".into(),
+                kid: Some("k1".into()),
+                repository: Some("https://example.com/r.git".into()),
+                command: Some("./deploy.sh".into()),
+            })
+        );
+        assert_eq!(p.name(), "jws");
+        assert_eq!(p.describe(), "sign a Buildkite pipeline step for https://example.com/r.git");
+        // Any JWS: alg is enough, the payload may be anything.
+        let other = classify(&jws_input(r#"{"alg":"ES256"}"#, "\x00binary"), &k).unwrap();
+        assert_eq!(other, Purpose::Jws(JwsInfo { alg: "ES256".into(), kid: None, repository: None, command: None }));
+        assert_eq!(other.describe(), "make a JWS signature (ES256)");
+    }
+
+    #[test]
+    fn near_jws_inputs_stay_raw() {
+        let k = key();
+        // No alg, alg not a string, a header that is not JSON, padding, three parts, no dot.
+        for data in [
+            jws_input(r#"{"typ":"JWT"}"#, "{}"),
+            jws_input(r#"{"alg":1}"#, "{}"),
+            jws_input("not json", "{}"),
+            b"eyJhbGciOiJFZERTQSJ9=.e30".to_vec(),
+            [jws_input(r#"{"alg":"EdDSA"}"#, "{}"), b".sig".to_vec()].concat(),
+            b"eyJhbGciOiJFZERTQSJ9".to_vec(),
+            b".e30".to_vec(),
+        ] {
+            assert_eq!(classify(&data, &k).unwrap(), Purpose::Raw, "{}", String::from_utf8_lossy(&data));
+        }
     }
 
     #[test]

@@ -244,7 +244,7 @@ fn a_bad_config_is_refused_with_its_line() {
     assert_eq!(
         String::from_utf8(out.stderr).unwrap().lines().last().unwrap(),
         format!(
-            "keytap: {} line 3: unknown purpose \"sshsig\": use \"ssh-auth\", \"ssh-auth:HOST\", \"sshsig:NAMESPACE\", \"raw\" or \"*\"; see docs/policy.md",
+            "keytap: {} line 3: unknown purpose \"sshsig\": use \"ssh-auth\", \"ssh-auth:HOST\", \"sshsig:NAMESPACE\", \"jws\", \"raw\" or \"*\"; see docs/policy.md",
             config.display()
         )
     );

@@ -26,6 +26,8 @@ pub enum AppError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Cot(#[from] crate::cot::CotError),
+    #[error(transparent)]
+    Buildkite(#[from] crate::buildkite::BuildkiteError),
 }
 
 impl AppError {

@@ -1,0 +1,761 @@
+//! The pipeline YAML as Buildkite's parser (go-pipeline over yaml.v3) reads it, and back out.
+//!
+//! Parsing keeps mapping order, expands aliases and `<<` merges the way go-pipeline does, and
+//! keeps each scalar's text and whether it was plain (only plain, untagged scalars are resolved
+//! to numbers, booleans and nulls). Emitting writes block style: comments and anchors are not
+//! kept, but every value reads back as the same value.
+
+use yaml_rust2::parser::{Event, Parser, Tag};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Refuse documents that expand past this many nodes (alias bombs).
+const MAX_NODES: usize = 1_000_000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub kind: Kind,
+    /// 1-based line in the input (0 for nodes keytap adds).
+    pub line: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    Scalar(Scalar),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scalar {
+    pub text: String,
+    /// Plain and untagged: resolved by the YAML core rules; otherwise always a string.
+    pub plain: bool,
+}
+
+/// A scalar's value as yaml.v3 resolves it when decoding into `any`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// Above i64::MAX: go-pipeline cannot hold it in most fields.
+    Uint(u64),
+    Float(f64),
+    Str(String),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct YamlError(pub String);
+
+fn err<T>(line: usize, message: impl std::fmt::Display) -> Result<T, YamlError> {
+    Err(YamlError(if line > 0 { format!("line {line}: {message}") } else { message.to_string() }))
+}
+
+impl Node {
+    pub fn scalar(text: &str, plain: bool) -> Node {
+        Node { kind: Kind::Scalar(Scalar { text: text.into(), plain }), line: 0 }
+    }
+
+    pub fn map(entries: Vec<(Node, Node)>) -> Node {
+        Node { kind: Kind::Map(entries), line: 0 }
+    }
+
+    pub fn seq(items: Vec<Node>) -> Node {
+        Node { kind: Kind::Seq(items), line: 0 }
+    }
+
+    /// The scalar's resolved value, `None` for collections.
+    pub fn value(&self) -> Option<Value> {
+        match &self.kind {
+            Kind::Scalar(s) if s.plain => Some(resolve(&s.text)),
+            Kind::Scalar(s) => Some(Value::Str(s.text.clone())),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        self.value() == Some(Value::Null)
+    }
+
+    /// The value under `key` (a word, e.g. `steps`) of a mapping.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.kind {
+            // The names asked for are words, whose canonical form is their own text: compare
+            // the text first and canonicalise only a match.
+            Kind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(&k.kind, Kind::Scalar(s) if s.text == key) && map_key(k).ok().as_deref() == Some(key))
+                .map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+}
+
+/// A mapping key as go-pipeline canonicalises it: booleans as true/false, integers in decimal.
+pub fn map_key(key: &Node) -> Result<String, YamlError> {
+    match key.value() {
+        None => err(key.line, "a mapping key must be a scalar"),
+        Some(Value::Null) => err(key.line, "null is not supported as a mapping key"),
+        Some(Value::Bool(b)) => Ok(b.to_string()),
+        Some(Value::Int(i)) => Ok(i.to_string()),
+        Some(Value::Uint(u)) => Ok(u.to_string()),
+        Some(Value::Float(_)) => err(key.line, "a number with a fraction cannot be a mapping key here; quote it"),
+        Some(Value::Str(s)) => Ok(s),
+    }
+}
+
+/// Parse a YAML document (one document; an empty input is a null document).
+pub fn parse(text: &str) -> Result<Node, YamlError> {
+    let mut parser = Parser::new_from_str(text);
+    let mut builder = Builder { anchors: Vec::new(), nodes: 0 };
+    let mut root = None;
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| YamlError(format!("invalid YAML: {e}")))?;
+        match event {
+            Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
+            Event::StreamEnd => break,
+            Event::DocumentStart => {
+                if root.is_some() {
+                    return err(mark.line(), "more than one YAML document; a pipeline is one document");
+                }
+                let (e, m) = parser.next_token().map_err(|e| YamlError(format!("invalid YAML: {e}")))?;
+                root = Some(builder.node(&mut parser, e, m)?);
+            }
+            other => return err(mark.line(), format!("unexpected YAML event {other:?}")),
+        }
+    }
+    Ok(root.unwrap_or_else(|| Node::scalar("", true)))
+}
+
+struct Builder {
+    /// Anchor id -> node (ids start at 1).
+    anchors: Vec<Option<Node>>,
+    nodes: usize,
+}
+
+impl Builder {
+    fn count(&mut self, n: usize, line: usize) -> Result<(), YamlError> {
+        self.nodes += n;
+        if self.nodes > MAX_NODES {
+            return err(line, "the document expands to too many nodes (aliases); refusing it");
+        }
+        Ok(())
+    }
+
+    fn anchor(&mut self, id: usize, node: &Node) {
+        if id == 0 {
+            return;
+        }
+        if self.anchors.len() <= id {
+            self.anchors.resize(id + 1, None);
+        }
+        self.anchors[id] = Some(node.clone());
+    }
+
+    fn next(&mut self, parser: &mut Parser<std::str::Chars>) -> Result<(Event, Marker), YamlError> {
+        parser.next_token().map_err(|e| YamlError(format!("invalid YAML: {e}")))
+    }
+
+    fn node(&mut self, parser: &mut Parser<std::str::Chars>, event: Event, mark: Marker) -> Result<Node, YamlError> {
+        let line = mark.line();
+        self.count(1, line)?;
+        match event {
+            Event::Scalar(text, style, anchor, tag) => {
+                let plain = match tag {
+                    None => style == TScalarStyle::Plain,
+                    Some(tag) if is_str_tag(&tag) => false,
+                    Some(tag) => return err(line, format!("YAML tag {}{} is not supported; remove it", tag.handle, tag.suffix)),
+                };
+                let node = Node { kind: Kind::Scalar(Scalar { text, plain }), line };
+                self.anchor(anchor, &node);
+                Ok(node)
+            }
+            Event::SequenceStart(anchor, tag) => {
+                refuse_tag(tag, line)?;
+                let mut items = Vec::new();
+                loop {
+                    let (e, m) = self.next(parser)?;
+                    if e == Event::SequenceEnd {
+                        break;
+                    }
+                    items.push(self.node(parser, e, m)?);
+                }
+                let node = Node { kind: Kind::Seq(items), line };
+                self.anchor(anchor, &node);
+                Ok(node)
+            }
+            Event::MappingStart(anchor, tag) => {
+                refuse_tag(tag, line)?;
+                let mut raw = Vec::new();
+                loop {
+                    let (e, m) = self.next(parser)?;
+                    if e == Event::MappingEnd {
+                        break;
+                    }
+                    let key = self.node(parser, e, m)?;
+                    let (e, m) = self.next(parser)?;
+                    let value = self.node(parser, e, m)?;
+                    raw.push((key, value));
+                }
+                let node = Node { kind: Kind::Map(merge(raw, line)?), line };
+                self.anchor(anchor, &node);
+                Ok(node)
+            }
+            Event::Alias(id) => {
+                let Some(Some(node)) = self.anchors.get(id) else {
+                    return err(line, "alias to an unknown anchor");
+                };
+                let node = node.clone();
+                self.count(size(&node), line)?;
+                Ok(node)
+            }
+            other => err(line, format!("unexpected YAML event {other:?}")),
+        }
+    }
+}
+
+fn size(node: &Node) -> usize {
+    match &node.kind {
+        Kind::Scalar(_) => 1,
+        Kind::Seq(items) => 1 + items.iter().map(size).sum::<usize>(),
+        Kind::Map(entries) => 1 + entries.iter().map(|(k, v)| size(k) + size(v)).sum::<usize>(),
+    }
+}
+
+fn is_str_tag(tag: &Tag) -> bool {
+    tag.handle == "tag:yaml.org,2002:" && tag.suffix == "str"
+}
+
+fn refuse_tag(tag: Option<Tag>, line: usize) -> Result<(), YamlError> {
+    match tag {
+        None => Ok(()),
+        Some(t) => err(line, format!("YAML tag {}{} is not supported; remove it", t.handle, t.suffix)),
+    }
+}
+
+fn is_merge_key(key: &Node) -> bool {
+    matches!(&key.kind, Kind::Scalar(s) if s.plain && s.text == "<<")
+}
+
+/// Apply `<<` merges as go-pipeline does: keys written in the mapping win over merged ones,
+/// earlier merged mappings win over later ones, and merged keys take the merge's place.
+fn merge(raw: Vec<(Node, Node)>, line: usize) -> Result<Vec<(Node, Node)>, YamlError> {
+    let mut seen = std::collections::HashSet::new();
+    for (k, _) in raw.iter().filter(|(k, _)| !is_merge_key(k)) {
+        if !seen.insert(map_key(k)?) {
+            return err(k.line, format!("duplicate mapping key {:?}", map_key(k)?));
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (k, v) in raw {
+        if !is_merge_key(&k) {
+            out.push((k, v));
+            continue;
+        }
+        let sources: Vec<&Node> = match &v.kind {
+            Kind::Map(_) => vec![&v],
+            Kind::Seq(items) => items.iter().collect(),
+            Kind::Scalar(_) => return err(line, "`<<` must merge a mapping or a list of mappings"),
+        };
+        for source in sources {
+            let Kind::Map(entries) = &source.kind else {
+                return err(line, "`<<` must merge a mapping or a list of mappings");
+            };
+            for (mk, mv) in entries {
+                if seen.insert(map_key(mk)?) {
+                    out.push((mk.clone(), mv.clone()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---- scalar resolution (yaml.v3's `resolve` for a plain scalar decoded into `any`) ----
+
+/// Resolve a plain scalar. Timestamps stay strings (yaml.v3 keeps them as text in `any`).
+pub fn resolve(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        _ => {}
+    }
+    let first = text.as_bytes()[0];
+    if first == b'.' {
+        if let Some(f) = go_parse_float(text) {
+            return Value::Float(f);
+        }
+        return Value::Str(text.into());
+    }
+    if !(first.is_ascii_digit() || first == b'+' || first == b'-') {
+        return Value::Str(text.into());
+    }
+    let plain: String = text.chars().filter(|&c| c != '_').collect();
+    if let Some(i) = go_parse_int(&plain) {
+        return Value::Int(i);
+    }
+    if !plain.starts_with(['+', '-']) {
+        if let Some(u) = go_parse_uint(&plain) {
+            return Value::Uint(u);
+        }
+    }
+    if yaml_style_float(&plain) {
+        if let Some(f) = go_parse_float(&plain) {
+            return Value::Float(f);
+        }
+    }
+    Value::Str(text.into())
+}
+
+/// Go's `strconv.ParseUint(s, 0, 64)` (prefixes 0x, 0o, 0b and a bare leading 0 for octal).
+fn go_parse_uint(s: &str) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    let b = s.as_bytes();
+    let (base, digits) = if b[0] == b'0' && b.len() >= 3 && matches!(b[1], b'x' | b'X') {
+        (16, &s[2..])
+    } else if b[0] == b'0' && b.len() >= 3 && matches!(b[1], b'o' | b'O') {
+        (8, &s[2..])
+    } else if b[0] == b'0' && b.len() >= 3 && matches!(b[1], b'b' | b'B') {
+        (2, &s[2..])
+    } else if b[0] == b'0' {
+        (8, &s[1..])
+    } else {
+        (10, s)
+    };
+    let mut n: u64 = 0;
+    for c in digits.chars() {
+        let d = c.to_digit(base)?;
+        n = n.checked_mul(base as u64)?.checked_add(d as u64)?;
+    }
+    Some(n)
+}
+
+/// Go's `strconv.ParseInt(s, 0, 64)`; `None` for a syntax error or out of range.
+fn go_parse_int(s: &str) -> Option<i64> {
+    let (neg, rest) = match s.as_bytes().first()? {
+        b'+' => (false, &s[1..]),
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    let u = go_parse_uint(rest)?;
+    if neg {
+        (u <= 1u64 << 63).then(|| (u as i128).wrapping_neg() as i64)
+    } else {
+        i64::try_from(u).ok()
+    }
+}
+
+/// yaml.v3's `^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`.
+fn yaml_style_float(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+        i += 1;
+    }
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while *i < b.len() && b[*i].is_ascii_digit() {
+            *i += 1;
+        }
+        *i - start
+    };
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    } else {
+        if digits(&mut i) == 0 {
+            return false;
+        }
+        if i < b.len() && b[i] == b'.' {
+            i += 1;
+            digits(&mut i);
+        }
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+            i += 1;
+        }
+        if digits(&mut i) == 0 {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+/// Go's `strconv.ParseFloat` for the decimal forms reaching it here; out of range is an error.
+fn go_parse_float(s: &str) -> Option<f64> {
+    let body = s.strip_prefix(['+', '-']).unwrap_or(s);
+    // Go also reads "inf", "nan" and hex floats, which never reach here except ".inf" forms
+    // handled above; Rust would read "inf" and "infinity" too, so require a digit.
+    if !body.bytes().next().is_some_and(|c| c.is_ascii_digit() || c == b'.') || !yaml_style_float(s) {
+        return None;
+    }
+    let f: f64 = s.parse().ok()?;
+    f.is_finite().then_some(f)
+}
+
+/// Shortest round-trip decimal digits and the decimal point position of a finite, non-zero
+/// `f.abs()`: value = 0.DIGITS x 10^point.
+pub fn shortest_digits(f: f64) -> (String, i32) {
+    let e = format!("{:e}", f.abs());
+    let (mantissa, exp) = e.split_once('e').expect("LowerExp has an exponent");
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let exp: i32 = exp.parse().expect("LowerExp exponent is an integer");
+    (digits, exp + 1)
+}
+
+/// Go's `fmt.Sprint` of a float64 (`%v`: the shortest `%g`, an exponent below -4 or from 6 on
+/// printed as `%e`).
+pub fn go_sprint_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf".into() } else { "-Inf".into() };
+    }
+    let sign = if f.is_sign_negative() { "-" } else { "" };
+    if f == 0.0 {
+        return format!("{sign}0");
+    }
+    let (digits, point) = shortest_digits(f);
+    let exp = point - 1;
+    // strconv's %g with the shortest precision switches to %e when exp < -4 || exp >= 6.
+    if !(-4..6).contains(&exp) {
+        let mut m = digits[..1].to_string();
+        if digits.len() > 1 {
+            m.push('.');
+            m.push_str(&digits[1..]);
+        }
+        let esign = if exp < 0 { '-' } else { '+' };
+        return format!("{sign}{m}e{esign}{:02}", exp.abs());
+    }
+    format!("{sign}{}", place_point(&digits, point))
+}
+
+/// Digits with the decimal point at `point` (no exponent).
+pub fn place_point(digits: &str, point: i32) -> String {
+    let n = digits.len() as i32;
+    if point <= 0 {
+        format!("0.{}{}", "0".repeat((-point) as usize), digits)
+    } else if point >= n {
+        format!("{}{}", digits, "0".repeat((point - n) as usize))
+    } else {
+        format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+    }
+}
+
+/// Go's `fmt.Sprint` of a resolved scalar, as go-pipeline turns YAML scalars into strings;
+/// `None` for values it cannot turn into a string field (integers above i64::MAX).
+pub fn go_sprint(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Uint(_) => return None,
+        Value::Float(f) => go_sprint_float(*f),
+        Value::Str(s) => s.clone(),
+    })
+}
+
+// ---- emitting ----
+
+/// Write the document in block style.
+pub fn emit(root: &Node) -> String {
+    let mut out = String::new();
+    match &root.kind {
+        Kind::Map(e) if !e.is_empty() => emit_map(e, 0, &mut out),
+        Kind::Seq(s) if !s.is_empty() => emit_seq(s, 0, &mut out),
+        _ => {
+            out.push_str(&inline_value(root, 0));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn pad(n: usize) -> String {
+    " ".repeat(n)
+}
+
+fn emit_map(entries: &[(Node, Node)], indent: usize, out: &mut String) {
+    for (k, v) in entries {
+        out.push_str(&pad(indent));
+        out.push_str(&scalar_key(k));
+        out.push(':');
+        emit_value_after(v, indent, out);
+    }
+}
+
+fn emit_seq(items: &[Node], indent: usize, out: &mut String) {
+    for item in items {
+        out.push_str(&pad(indent));
+        out.push('-');
+        match &item.kind {
+            Kind::Map(e) if !e.is_empty() => {
+                let mut inner = String::new();
+                emit_map(e, indent + 2, &mut inner);
+                out.push(' ');
+                out.push_str(&inner[indent + 2..]);
+            }
+            Kind::Seq(s) if !s.is_empty() => {
+                let mut inner = String::new();
+                emit_seq(s, indent + 2, &mut inner);
+                out.push(' ');
+                out.push_str(&inner[indent + 2..]);
+            }
+            _ => emit_value_after(item, indent, out),
+        }
+    }
+}
+
+/// A value after `key:` or `-` at `indent`.
+fn emit_value_after(v: &Node, indent: usize, out: &mut String) {
+    match &v.kind {
+        Kind::Map(e) if !e.is_empty() => {
+            out.push('\n');
+            emit_map(e, indent + 2, out);
+        }
+        Kind::Seq(s) if !s.is_empty() => {
+            out.push('\n');
+            emit_seq(s, indent + 2, out);
+        }
+        _ => {
+            out.push(' ');
+            out.push_str(&inline_value(v, indent));
+            out.push('\n');
+        }
+    }
+}
+
+/// A scalar or empty collection on the current line (a literal block continues below it).
+fn inline_value(v: &Node, indent: usize) -> String {
+    match &v.kind {
+        Kind::Map(_) => "{}".into(),
+        Kind::Seq(_) => "[]".into(),
+        Kind::Scalar(s) => scalar_text(s, indent),
+    }
+}
+
+fn scalar_key(k: &Node) -> String {
+    match &k.kind {
+        Kind::Scalar(s) if !s.text.contains('\n') => scalar_text(s, 0),
+        Kind::Scalar(s) => double_quoted(&s.text),
+        _ => "\"\"".into(),
+    }
+}
+
+fn scalar_text(s: &Scalar, indent: usize) -> String {
+    if s.plain {
+        if s.text.is_empty() {
+            return "~".into();
+        }
+        if plain_safe(&s.text) {
+            return s.text.clone();
+        }
+        if !matches!(resolve(&s.text), Value::Str(_)) {
+            return s.text.clone();
+        }
+        // A plain string that cannot be written plain again (a folded multi-line one) reads
+        // the same quoted.
+    } else if plain_safe(&s.text) && matches!(resolve(&s.text), Value::Str(_)) {
+        return s.text.clone();
+    }
+    if let Some(block) = literal_block(&s.text, indent + 2) {
+        return block;
+    }
+    double_quoted(&s.text)
+}
+
+/// Text that a YAML parser reads back unchanged as a plain scalar in block context.
+fn plain_safe(t: &str) -> bool {
+    let Some(first) = t.chars().next() else { return false };
+    if ",[]{}#&*!|>'\"%@`".contains(first) || first.is_whitespace() || t.starts_with("---") || t.starts_with("...") {
+        return false;
+    }
+    // `-`, `?` and `:` start a plain scalar only when a non-space follows.
+    if "-?:".contains(first) && !t[1..].starts_with(|c: char| !c.is_whitespace()) {
+        return false;
+    }
+    if t.ends_with(|c: char| c.is_whitespace() || c == ':') {
+        return false;
+    }
+    if t.contains(": ") || t.contains(" #") || t.contains(":\t") || t.contains("\t#") {
+        return false;
+    }
+    if t == "<<" {
+        return false;
+    }
+    t.chars().all(|c| !c.is_control() && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}'))
+}
+
+/// `|` block for multi-line text whose lines survive a literal block unchanged.
+fn literal_block(t: &str, content_indent: usize) -> Option<String> {
+    if !t.contains('\n') {
+        return None;
+    }
+    let body = t.trim_end_matches('\n');
+    let trailing = t.len() - body.len();
+    if body.is_empty() {
+        return None;
+    }
+    for c in t.chars() {
+        if (c.is_control() && c != '\n' && c != '\t') || matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}') {
+            return None;
+        }
+    }
+    let lines: Vec<&str> = body.split('\n').collect();
+    // The first non-empty line sets the block's indentation, so it must not start with white space;
+    // later lines may (indented scripts). Lines of only white space are left to quoting.
+    let first = lines.iter().find(|l| !l.is_empty()).expect("the body is not empty");
+    if first.starts_with([' ', '\t']) || lines.iter().any(|l| !l.is_empty() && l.trim().is_empty()) {
+        return None;
+    }
+    let chomp = match trailing {
+        0 => "-",
+        1 => "",
+        _ => "+",
+    };
+    let mut out = format!("|{chomp}");
+    for l in &lines {
+        out.push('\n');
+        if !l.is_empty() {
+            out.push_str(&pad(content_indent));
+            out.push_str(l);
+        }
+    }
+    for _ in 1..trailing.max(1) {
+        out.push('\n');
+    }
+    Some(out)
+}
+
+fn double_quoted(t: &str) -> String {
+    let mut out = String::with_capacity(t.len() + 2);
+    out.push('"');
+    for c in t.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{85}' => out.push_str("\\N"),
+            '\u{2028}' => out.push_str("\\L"),
+            '\u{2029}' => out.push_str("\\P"),
+            '\u{feff}' => out.push_str("\\ufeff"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> String {
+        go_sprint(&resolve(v)).unwrap()
+    }
+
+    #[test]
+    fn scalars_resolve_and_print_as_go_pipeline_does() {
+        assert_eq!(s("1.50"), "1.5");
+        assert_eq!(s("0x1F"), "31");
+        assert_eq!(s("010"), "8");
+        assert_eq!(s("0o17"), "15");
+        assert_eq!(s("0b101"), "5");
+        assert_eq!(s("-0x10"), "-16");
+        assert_eq!(s("1_000"), "1000");
+        assert_eq!(s("08"), "8");
+        assert_eq!(s("1e3"), "1000");
+        assert_eq!(s("1e6"), "1e+06");
+        assert_eq!(s("123456789.0"), "1.23456789e+08");
+        assert_eq!(s("0.0001"), "0.0001");
+        assert_eq!(s("0.00001"), "1e-05");
+        assert_eq!(s("-.5"), "-0.5");
+        assert_eq!(s(".5"), "0.5");
+        assert_eq!(s("1."), "1");
+        assert_eq!(s("-0.0"), "-0");
+        assert_eq!(s("true"), "true");
+        assert_eq!(s("True"), "true");
+        assert_eq!(s("yes"), "yes");
+        assert_eq!(s("on"), "on");
+        assert_eq!(s("~"), "");
+        assert_eq!(s("3"), "3");
+        assert_eq!(s(".inf"), "+Inf");
+        assert_eq!(s("2001-12-14"), "2001-12-14");
+        assert_eq!(s("0x"), "0x");
+        assert_eq!(s("1e400"), "1e400");
+        assert_eq!(s("+5"), "5");
+        assert_eq!(resolve("18446744073709551615"), Value::Uint(u64::MAX));
+        assert_eq!(resolve("-9223372036854775808"), Value::Int(i64::MIN));
+        assert_eq!(resolve("99999999999999999999"), Value::Float(1e20));
+        assert_eq!(resolve("_1"), Value::Str("_1".into()));
+    }
+
+    #[test]
+    fn quoted_and_tagged_scalars_are_strings() {
+        let doc = parse("a: '010'\nb: !!str 010\nc: 010\nd: |\n  x\n").unwrap();
+        assert_eq!(doc.get("a").unwrap().value(), Some(Value::Str("010".into())));
+        assert_eq!(doc.get("b").unwrap().value(), Some(Value::Str("010".into())));
+        assert_eq!(doc.get("c").unwrap().value(), Some(Value::Int(8)));
+        assert_eq!(doc.get("d").unwrap().value(), Some(Value::Str("x\n".into())));
+        assert!(parse("a: !custom 1\n").unwrap_err().0.contains("not supported"));
+    }
+
+    #[test]
+    fn merges_follow_go_pipeline_precedence() {
+        let doc = parse("base: &b {x: 1, y: 2}\nother: &o {y: 3, z: 4}\nm:\n  y: 0\n  <<: [*b, *o]\n  w: 5\n").unwrap();
+        let m = doc.get("m").unwrap();
+        let Kind::Map(entries) = &m.kind else { panic!() };
+        let keys: Vec<String> = entries.iter().map(|(k, _)| map_key(k).unwrap()).collect();
+        assert_eq!(keys, ["y", "x", "z", "w"]);
+        assert_eq!(m.get("y").unwrap().value(), Some(Value::Int(0)));
+        assert!(parse("a: 1\na: 2\n").unwrap_err().0.contains("duplicate"));
+        assert!(parse("a: &a [*a]\n").is_err());
+    }
+
+    #[test]
+    fn emitting_reads_back_as_the_same_document() {
+        let text = "script: |\n  if true; then\n    echo in\n\n  fi\nenv:\n  A: 010\n  B: '010'\n  C: \"x: y\"\nsteps:\n  - command: |\n      echo one\n      echo two\n    label: \"#1\"\n  - wait\n  - commands: [a, 'b', \"\\ttab\"]\n    env: {}\n    x: []\n    y: ''\n    z:\n    q: \"  lead\\n  more\\n\"\n    r: \"\\n  late lead\\n\"\n  - - nested\n    - 2\nlast: \"it's\"\n";
+        let doc = parse(text).unwrap();
+        let out = emit(&doc);
+        assert_eq!(semantic(&parse(&out).unwrap()), semantic(&doc), "{out}");
+        assert!(out.contains("command: |\n      echo one\n      echo two\n"), "{out}");
+        assert!(out.contains("A: 010\n"), "{out}");
+        assert!(out.starts_with("script: |\n  if true; then\n    echo in\n\n  fi\n"), "{out}");
+        assert!(out.contains("B: '010'\n") || out.contains("B: \"010\"\n"), "{out}");
+    }
+
+    /// The document as values: what a reader sees, whatever the scalar styles.
+    #[derive(Debug, PartialEq)]
+    enum Sem {
+        V(Value),
+        L(Vec<Sem>),
+        M(Vec<(String, Sem)>),
+    }
+
+    fn semantic(n: &Node) -> Sem {
+        match &n.kind {
+            Kind::Scalar(_) => Sem::V(n.value().unwrap()),
+            Kind::Seq(items) => Sem::L(items.iter().map(semantic).collect()),
+            Kind::Map(e) => Sem::M(e.iter().map(|(k, v)| (map_key(k).unwrap(), semantic(v))).collect()),
+        }
+    }
+}
