@@ -151,3 +151,18 @@ fn query_lists_the_extensions_and_session_bind_is_accepted_while_locked() {
     let log = agent.wait_log("session bound");
     assert!(!log.contains("session-bind refused"), "{log}");
 }
+
+#[test]
+fn keytap_approvals_says_what_to_do_without_an_agent_and_when_nothing_is_remembered() {
+    let out = std::process::Command::new(support::KEYTAP).arg("approvals").env_remove("SSH_AUTH_SOCK").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`keytap approvals` works through the running keytap agent") && err.contains("eval $(keytap agent)"), "{err}");
+    let agent = Agent::start();
+    let out = agent.keytap().arg("approvals").output().unwrap();
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).to_string()), (Some(0), "No approvals are remembered.\n".to_string()));
+    let out = agent.keytap().args(["approvals", "clear"]).output().unwrap();
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).to_string()), (Some(0), "Forgot 0 remembered approvals.\n".to_string()));
+    let out = agent.keytap().args(["approvals", "--json"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "[]\n");
+}
