@@ -10,6 +10,7 @@ PACKAGES=(
   opensc                              # PKCS#11 baseline for the PIV benchmark
   python3 python3-cryptography        # an independent Ed25519 / X.509 implementation in tests
   systemd udev                        # systemd-socket-activate, systemd-analyze, udevadm in tests
+  libfido2-dev libssl-dev zlib1g-dev  # FIDO keys: libfido2-sys links libfido2 (openssl-sys, libz-sys)
 )
 
 missing=()

@@ -58,6 +58,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Log(args) => log(args),
         Command::Attest(args) => crate::attest::command::run(*args),
         Command::Cot(cmd) => Ok(crate::cot::run(cmd)?),
+        Command::Fido(cmd) => crate::fido::command::run(cmd),
     }
 }
 
@@ -71,6 +72,9 @@ fn report_protected(changed: bool) {
 
 /// `keytap setup`: generate a key on the token, write its certificate, print the key.
 fn setup(args: SetupArgs) -> Result<(), AppError> {
+    if args.fido.fido {
+        return crate::fido::command::setup(&args);
+    }
     use crate::token::owner::{Owner, SignContext};
     use crate::token::GenerateRequest;
     use crate::token::Secret;
@@ -445,7 +449,14 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
         ..AgentOptions::default()
     };
     let known: Vec<u32> = handles.iter().filter_map(|h| h.label().strip_prefix("piv-")?.parse().ok()).collect();
-    let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_audit(audit_log).with_prompter(prompter.clone()));
+    let (sk_store, fido_handles) = crate::fido::command::agent_devices(&args, owner_options.clone())?;
+    let mut handles = handles;
+    handles.extend(fido_handles);
+    let mut agent = Agent::new(handles, options).with_policy(policy).with_audit(audit_log).with_prompter(prompter.clone());
+    if let Some(store) = sk_store {
+        agent = agent.with_sk_store(store);
+    }
+    let agent = Arc::new(agent);
     if args.token.token == TokenKind::Piv {
         let watch_agent = agent.clone();
         let prompter = prompter.clone();

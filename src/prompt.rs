@@ -57,17 +57,24 @@ pub struct SystemPrompter {
     pub askpass: Option<String>,
     /// A PIN source that gave a wrong PIN is not used again: a second try would spend a retry.
     file_pin_rejected: AtomicBool,
+    /// Asking for a FIDO security key's PIN (systemd credential `keytap-fido-pin`).
+    fido: bool,
 }
 
 impl SystemPrompter {
     pub fn new(pin_file: Option<PathBuf>, pinentry: Option<String>, askpass: Option<String>) -> Self {
-        SystemPrompter { pin_file, pinentry, askpass, file_pin_rejected: AtomicBool::new(false) }
+        SystemPrompter { pin_file, pinentry, askpass, file_pin_rejected: AtomicBool::new(false), fido: false }
+    }
+
+    /// The prompter for FIDO PINs: its own file and systemd credential (`keytap-fido-pin`).
+    pub fn for_fido(pin_file: Option<PathBuf>, pinentry: Option<String>, askpass: Option<String>) -> Self {
+        SystemPrompter { fido: true, ..SystemPrompter::new(pin_file, pinentry, askpass) }
     }
 
     fn pin_file_path(&self) -> Option<PathBuf> {
         self.pin_file.clone().or_else(|| {
             let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
-            let path = Path::new(&dir).join("keytap-pin");
+            let path = Path::new(&dir).join(if self.fido { "keytap-fido-pin" } else { "keytap-pin" });
             path.exists().then_some(path)
         })
     }
@@ -87,10 +94,11 @@ impl Prompter for SystemPrompter {
         if self.pinentry.is_none() && which(&program).is_none() {
             return Err(PromptError::NoPinSource);
         }
-        let mut desc = format!(
-            "Enter the PIN of YubiKey {} ({} tries left).\n{}",
-            request.serial, request.retries, request.reason
-        );
+        let mut desc = if self.fido {
+            format!("Enter the FIDO PIN of your security key ({} tries left).\n{}", request.retries, request.reason)
+        } else {
+            format!("Enter the PIN of YubiKey {} ({} tries left).\n{}", request.serial, request.retries, request.reason)
+        };
         if let Some(error) = &request.error {
             desc = format!("{error}\n{desc}");
         }

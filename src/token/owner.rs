@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{KeyInfo, SignScheme, Slot, Token, TokenError, TokenInfo, TokenResult, TouchPolicy};
+use super::{KeyInfo, Pin, SignScheme, SkAssertion, SkSignRequest, Slot, Token, TokenError, TokenInfo, TokenResult, TouchPolicy};
 use crate::prompt::{PinRequest, Prompter};
 
 /// How long a touch may be pending before the user is told about it.
@@ -31,12 +31,17 @@ pub struct Owner {
     notifier: TouchNotifier,
     /// The last PIN verified here was the factory default (setup offers to change it).
     pub default_pin_in_use: bool,
+    /// FIDO: wrong PINs in a row (the device blocks PIN use until re-plugged at 3).
+    fido_wrong_pins: u8,
 }
+
+/// Stop after this many wrong FIDO PINs in a row: one more would block the key until re-plugged.
+const FIDO_WRONG_PINS_STOP: u8 = 2;
 
 impl Owner {
     pub fn new(token: Box<dyn Token>, prompter: Arc<dyn Prompter>) -> Self {
         let notifier = TouchNotifier::new(prompter.clone());
-        Owner { token, prompter, info: None, notifier, default_pin_in_use: false }
+        Owner { token, prompter, info: None, notifier, default_pin_in_use: false, fido_wrong_pins: 0 }
     }
 
     fn serial(&mut self) -> u32 {
@@ -95,6 +100,60 @@ impl Owner {
                 Err(TokenError::PinRequired { retries }) if !pin_asked => {
                     pin_asked = true;
                     self.ensure_pin(retries, context)?;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Owner {
+    /// Get a FIDO PIN from the prompter, refusing when the device is at its retry floor or
+    /// after two wrong PINs in a row.
+    fn fido_pin_prompt(&mut self, context: &SignContext, error: Option<String>) -> TokenResult<Pin> {
+        if self.fido_wrong_pins >= FIDO_WRONG_PINS_STOP {
+            return Err(TokenError::FidoPinStopped);
+        }
+        let retries = self.token.pin_retries()?;
+        if retries <= 1 {
+            return Err(TokenError::FidoPinLastRetry);
+        }
+        let request = PinRequest { serial: 0, retries, reason: format!("{} wants to {}", context.requester, context.purpose), error };
+        self.prompter
+            .pin(&request)
+            .map_err(|e| TokenError::PinUnavailable(e.to_string()))?
+            .ok_or_else(|| TokenError::PinUnavailable("PIN entry was cancelled".into()))
+    }
+
+    /// Sign with an sk key: the PIN when the key needs verification and the device cannot
+    /// verify by itself (or when the device asks for it), a touch notice when the key needs a
+    /// touch, and never more than two wrong PINs in a row.
+    pub fn sign_sk(&mut self, request: &SkSignRequest, context: &SignContext) -> TokenResult<SkAssertion> {
+        let mut pin: Option<Pin> = None;
+        if request.uv_required && !self.token.sk_has_uv()? {
+            // Asked for each request, as OpenSSH does: verify-required means someone entered it.
+            pin = Some(self.fido_pin_prompt(context, None)?);
+        }
+        loop {
+            let notice = request.up.then(|| {
+                self.notifier.arm(format!("Touch your security key to let {} {}", context.requester, context.purpose))
+            });
+            let result = self.token.sk_sign(request, pin.as_ref());
+            drop(notice);
+            match result {
+                Ok(a) => {
+                    if pin.is_some() {
+                        self.fido_wrong_pins = 0;
+                    }
+                    return Ok(a);
+                }
+                Err(TokenError::PinRequired { .. }) if pin.is_none() => {
+                    pin = Some(self.fido_pin_prompt(context, None)?);
+                }
+                Err(TokenError::WrongPin { retries }) => {
+                    self.fido_wrong_pins += 1;
+                    tracing::warn!(retries_left = retries, in_a_row = self.fido_wrong_pins, "wrong FIDO PIN");
+                    pin = Some(self.fido_pin_prompt(context, Some(format!("Wrong PIN ({retries} tries left).")))?);
                 }
                 other => return other,
             }
@@ -270,6 +329,11 @@ impl TokenHandle {
     /// Sign with `key` on the owner thread.
     pub async fn sign(&self, key: KeyInfo, scheme: SignScheme, data: Vec<u8>, context: SignContext) -> TokenResult<Vec<u8>> {
         self.run(move |owner| owner.sign(&key, scheme, &data, &context)).await?
+    }
+
+    /// Sign with an sk key on the owner thread.
+    pub async fn sign_sk(&self, request: SkSignRequest, context: SignContext) -> TokenResult<SkAssertion> {
+        self.run(move |owner| owner.sign_sk(&request, &context)).await?
     }
 
     /// Ask the owner to re-read the key list soon.

@@ -185,6 +185,7 @@ impl PivToken {
                                     pin_policy,
                                     touch_policy,
                                     public_key,
+                                    fido: None,
                                 }),
                                 Err(e) => tracing::info!(serial, %slot, ?alg, "skipping a key keytap cannot use: {e}"),
                             }
@@ -206,7 +207,7 @@ impl PivToken {
                     match cert::key_from_certificate(&der) {
                         Ok((algorithm, public_key, policy)) => {
                             let (pin_policy, touch_policy) = policy.unwrap_or((PinPolicy::Once, TouchPolicy::Never));
-                            keys.push(KeyInfo { serial, slot, algorithm, pin_policy, touch_policy, public_key });
+                            keys.push(KeyInfo { serial, slot, algorithm, pin_policy, touch_policy, public_key, fido: None });
                         }
                         Err(e) => tracing::info!(serial, %slot, "skipping a certificate keytap cannot use: {e}"),
                     }
@@ -441,6 +442,7 @@ impl Token for PivToken {
             pin_policy: request.pin_policy,
             touch_policy: request.touch_policy,
             public_key,
+            fido: None,
         };
         // A self-signed certificate names the key for cards without metadata (and for other
         // PIV software) and records the policies. Signing it needs the PIN (and a touch).
