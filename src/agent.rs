@@ -136,7 +136,7 @@ impl From<&KeyInfo> for KeyReport {
     fn from(k: &KeyInfo) -> Self {
         KeyReport {
             serial: k.serial,
-            slot: k.slot.to_string(),
+            slot: if k.fido.is_some() { "fido".into() } else { k.slot.to_string() },
             algorithm: k.algorithm.to_string(),
             pin_policy: k.pin_policy.to_string(),
             touch_policy: k.touch_policy.to_string(),
@@ -819,6 +819,19 @@ impl Agent {
                 }
             })
             .collect();
+        let mut tokens: Vec<TokenReport> = tokens;
+        if let Some(store) = &self.sk {
+            // The loaded sk keys, on whichever FIDO device holds them.
+            let keys = store.keys();
+            tokens.push(TokenReport {
+                label: "fido-keys".into(),
+                present: tokens.iter().any(|t| t.label.starts_with("fido:") && t.present),
+                serial: None,
+                model: Some(format!("{} sk key(s) loaded with ssh-add", keys.len())),
+                firmware: None,
+                keys: if locked { Vec::new() } else { keys.iter().map(|k| KeyReport::from(&sk_key_info(k))).collect() },
+            });
+        }
         StatusReport { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id(), locked, tokens }
     }
 }

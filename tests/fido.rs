@@ -19,7 +19,14 @@ fn vfido_binary() -> PathBuf {
     let bin = exe.parent().unwrap().parent().unwrap().join("examples").join("vfido");
     static BUILT: Mutex<bool> = Mutex::new(false);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if !*built {
+    // scripts/test.sh builds every example first; rebuild only a missing or older binary (a
+    // build from inside the test run would recompile dependencies for a different environment).
+    let stale = || {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vfido.rs");
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        modified(&bin).is_none_or(|b| modified(&source).is_some_and(|s| s > b))
+    };
+    if !*built && stale() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--example", "vfido", "--quiet"])
@@ -182,6 +189,8 @@ fn setup_both_algorithms_then_ssh_add_sign_and_verify() {
         let added = ssh_add(&agent, &[key.to_str().unwrap()]);
         assert!(added.status.success(), "ssh-add: {}", text(&added));
         assert!(agent.public_keys().iter().any(|l| blob(l) == blob(&line)), "listed after ssh-add");
+        let list = agent.keytap().arg("list").output().unwrap();
+        assert!(list.status.success() && String::from_utf8_lossy(&list.stdout).contains(&blob(&line)), "keytap list: {}", text(&list));
         sign(&agent, &line, &dir).unwrap_or_else(|e| panic!("{alg}: {e}\n{}", agent.log_text()));
         let record = last_sign(&agent);
         assert_eq!(record["decision"], "allow", "{record}");
@@ -468,4 +477,26 @@ fn a_key_limited_to_git_signing_refuses_a_login() {
     assert_eq!((record["decision"].as_str(), record["purpose"].as_str()), (Some("deny"), Some("ssh-auth")), "{record}");
     assert!(record["reason"].as_str().unwrap().contains("sshsig:git"), "{record}");
     assert!(!vfido.log().contains("cbor 0x02"), "a refused request never reaches the key");
+}
+
+#[test]
+fn with_two_keys_the_right_one_is_found_without_touching_the_other() {
+    let a = VFido::start();
+    let b = VFido::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = b.setup(dir.path(), "on_b", &["--alg", "ed25519"]);
+    // Key A would never be touched: a touch request there would hang until the timeout.
+    a.set_touch("never");
+    let agent = Agent::start_with(AgentOptions {
+        args: vec!["--fido-device".into(), a.device(), "--fido-device".into(), b.device(), "--touch-timeout".into(), "3".into()],
+        ..AgentOptions::default()
+    });
+    assert!(ssh_add(&agent, &[key.to_str().unwrap()]).status.success());
+    sign(&agent, &pub_line(&key), dir.path()).unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    assert!(!a.log().contains("up-wait"), "never a touch request on the wrong key: {}", a.log());
+    assert_eq!(last_sign(&agent)["details"]["device"], b.device());
+    // Remembered: the next signature goes straight to B (no probe of A).
+    let probes = a.log().matches("cbor 0x02").count();
+    sign(&agent, &pub_line(&key), dir.path()).unwrap();
+    assert_eq!(a.log().matches("cbor 0x02").count(), probes, "the device holding the key is remembered");
 }

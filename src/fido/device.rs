@@ -24,8 +24,19 @@ impl FidoToken {
 
     fn device(&mut self) -> TokenResult<&mut ffi::Device> {
         if self.device.is_none() {
-            let device = ffi::Device::open(&self.path)
-                .map_err(|e| TokenError::NotPresent(format!("security key {}: {e}", self.path)))?;
+            // A device busy with another program's transaction answers CHANNEL_BUSY to a new
+            // opener: try again briefly, as hosts do.
+            let mut tries = 0;
+            let device = loop {
+                match ffi::Device::open(&self.path) {
+                    Ok(d) => break d,
+                    Err(e) if tries < 3 && e.is_transport() => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(100 * tries));
+                    }
+                    Err(e) => return Err(TokenError::NotPresent(format!("security key {}: {e}; plug it in (or check --fido-device) and retry", self.path))),
+                }
+            };
             tracing::debug!(device = %self.path, caps = ?device.caps(), "opened FIDO device");
             self.device = Some(device);
         }
