@@ -390,8 +390,11 @@ impl<A: App<'static>> Server<A> {
                 device.cancel.store(false, Ordering::SeqCst);
                 *device.busy.lock().expect("busy lock") = Some((a.cid, a.conn));
                 let mut response = heapless_bytes::Bytes::<MAX_MESSAGE>::new();
+                let started = Instant::now();
                 let result = self.app.call(command, &a.data, response.as_mut_view());
                 *device.busy.lock().expect("busy lock") = None;
+                // The device's own time, so benchmarks can subtract it from the host's.
+                device.log(&format!("done {}us", started.elapsed().as_micros()));
                 match result {
                     Ok(()) => device.send(a.conn, a.cid, a.cmd, &response),
                     Err(_) => device.send(a.conn, a.cid, CMD_ERROR, &[ERR_INVALID_LEN]),
