@@ -500,3 +500,37 @@ fn with_two_keys_the_right_one_is_found_without_touching_the_other() {
     sign(&agent, &pub_line(&key), dir.path()).unwrap();
     assert_eq!(a.log().matches("cbor 0x02").count(), probes, "the device holding the key is remembered");
 }
+
+#[test]
+fn an_sk_certificate_logs_in() {
+    let vfido = VFido::start();
+    let agent = agent(&vfido, &[]);
+    let dir = agent.dir.path().to_path_buf();
+    let key = vfido.setup(&dir, "id_sk", &["--alg", "p256"]);
+    assert!(ssh_add(&agent, &[key.to_str().unwrap()]).status.success());
+    let ca = dir.join("ca");
+    let made = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&ca).status().unwrap();
+    assert!(made.success());
+    let signed = Command::new("ssh-keygen").arg("-q").arg("-s").arg(&ca).args(["-I", "sk-cert", "-V", "-1m:+1h", "-n", &support::user()]).arg(format!("{}.pub", key.display())).output().unwrap();
+    assert!(signed.status.success(), "{}", text(&signed));
+    let cert = dir.join("id_sk-cert.pub");
+    let added = agent.keytap().args(["cert", "add"]).arg(&cert).output().unwrap();
+    assert!(added.status.success(), "keytap cert add: {}", text(&added));
+    assert!(agent.public_keys().iter().any(|l| l.starts_with("sk-ecdsa-sha2-nistp256-cert-v01@openssh.com ")));
+    let sshd = Sshd::start(&[], &[&format!("TrustedUserCAKeys {}.pub", ca.display())]);
+    let out = sshd.ssh(&agent).arg("true").output().unwrap();
+    assert!(out.status.success(), "certificate login: {}\n{}", text(&out), sshd.log_text());
+    assert!(sshd.log_text().contains("ID sk-cert"), "{}", sshd.log_text());
+    assert_eq!(last_sign(&agent)["details"]["flags"], "0x01");
+}
+
+#[test]
+fn no_fido_refuses_sk_keys() {
+    let vfido = VFido::start();
+    let agent = agent(&vfido, &["--no-fido"]);
+    let key = vfido.setup(agent.dir.path(), "id_sk", &["--alg", "ed25519"]);
+    let added = ssh_add(&agent, &[key.to_str().unwrap()]);
+    assert!(!added.status.success(), "{}", text(&added));
+    agent.wait_log("FIDO keys are off");
+    assert!(!vfido.log().contains("cbor 0x02"));
+}
