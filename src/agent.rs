@@ -678,7 +678,12 @@ impl Agent {
                 }
             }
         }
-        let context = SignContext { requester: conn.peer.to_string(), purpose: purpose.describe() };
+        // Name the destination in PIN prompts and touch notices when it is known.
+        let what = match record.details.get("host").and_then(|h| h.as_str()) {
+            Some(host) => format!("{} on {host}", purpose.describe()),
+            None => purpose.describe(),
+        };
+        let context = SignContext { requester: conn.peer.to_string(), purpose: what };
         if let Some(sk) = sk_key {
             return self.sign_sk(sk, req.data, context, cancel, record).await;
         }

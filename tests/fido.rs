@@ -271,9 +271,18 @@ fn sshd_login_touch_required_and_verify_required() {
         let out = sshd.ssh(&agent).arg("-o").arg(format!("IdentityFile={}.pub", key.display())).args(["-o", "IdentitiesOnly=yes", "true"]).output().unwrap();
         (out, sshd.log_text())
     };
-    // Default: touch required, and the signature carries UP.
+    // Default: touch required, and the signature carries UP. The touch comes after 1.5 s, so
+    // keytap's notice (after ~1 s) names the program, the purpose and the destination.
+    vfido.set_touch("delay:1500");
     let (out, log) = ssh_true(pub_line(&touch), &touch);
+    vfido.set_touch("approve");
+    let notice = agent.wait_log("Touch your security key to let ssh");
+    assert!(notice.contains(&format!("log in over SSH as {} on SHA256:", support::user())), "{notice}");
     assert!(out.status.success(), "login with a touch: {}\n{log}\n{}", text(&out), agent.log_text());
+    // OpenSSH binds the session, so the audit record (and any touch notice) names the host key.
+    let record = last_sign(&agent);
+    assert_eq!(record["purpose"], "ssh-auth", "{record}");
+    assert!(record["details"]["host_key"].as_str().is_some_and(|h| h.starts_with("SHA256:")), "{record}");
     // verify-required in authorized_keys: keytap gives the PIN, the signature carries UV.
     let (out, log) = ssh_true(format!("verify-required {}", pub_line(&verify)), &verify);
     assert!(out.status.success(), "verify-required login: {}\n{log}\n{}", text(&out), agent.log_text());
