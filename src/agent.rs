@@ -714,6 +714,7 @@ impl Agent {
             up: sk.needs_touch(),
             uv_required: sk.needs_verification(),
             cancel: Some(cancel),
+            probe: false,
         };
         record.details.insert("device".into(), device.label().trim_start_matches("fido:").into());
         let assertion = device.sign_sk(request, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
@@ -738,6 +739,7 @@ impl Agent {
                 up: false,
                 uv_required: false,
                 cancel: None,
+                probe: true,
             };
             match device.sign_sk(request, SignContext::default()).await {
                 // A PIN-protected (verify-required) credential answers "PIN required" or "no

@@ -377,6 +377,8 @@ pub struct SkSignRequest {
     pub uv_required: bool,
     /// Set by the agent when the client went away: cancel the wait for a touch.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// A silent probe (which device holds this key handle?): never ask for a PIN.
+    pub probe: bool,
 }
 
 /// What the authenticator returned: authenticatorData flags, signature counter and signature

@@ -24,7 +24,7 @@ fn vfido_binary() -> PathBuf {
     let stale = || {
         let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vfido.rs");
         let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        modified(&bin).is_none_or(|b| modified(&source).is_some_and(|s| s > b))
+        modified(&bin).map_or(true, |b| modified(&source).is_some_and(|s| s > b))
     };
     if !*built && stale() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

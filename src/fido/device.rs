@@ -134,6 +134,12 @@ impl Token for FidoToken {
         *control.deadline.lock().expect("deadline lock") = touch_timeout.filter(|_| request.up).map(|t| Instant::now() + t);
         *control.cancel.lock().expect("cancel lock") = request.cancel.clone();
         control.timed_out.store(false, Ordering::SeqCst);
+        // hidraw devices: libfido2's own request timeout stands in for the transport deadline.
+        let host_timeout = (!path.starts_with("unix:")).then_some(touch_timeout.filter(|_| request.up)).flatten();
+        if let Some(t) = host_timeout {
+            let _ = device.set_timeout(t.as_millis().min(i32::MAX as u128) as i32);
+        }
+        let started = Instant::now();
         let result = device.get_assertion(
             &ffi::GetAssertion {
                 rp_id: request.rp_id.clone(),
@@ -146,9 +152,18 @@ impl Token for FidoToken {
         );
         *control.deadline.lock().expect("deadline lock") = None;
         *control.cancel.lock().expect("cancel lock") = None;
+        if host_timeout.is_some() {
+            let _ = device.set_timeout(-1);
+        }
         match result {
             Ok(a) => Ok(SkAssertion { flags: a.flags, counter: a.counter, signature: a.signature, device: path }),
             Err(FidoError::KEEPALIVE_CANCEL) if control.timed_out.load(Ordering::SeqCst) => Err(TokenError::TouchTimeout),
+            Err(FidoError::RX) if host_timeout.is_some_and(|t| started.elapsed() >= t) => {
+                // The key still waits for a touch: stop it, and start afresh next time.
+                let _ = device.cancel();
+                self.device = None;
+                Err(TokenError::TouchTimeout)
+            }
             Err(e) => Err(self.error(e)),
         }
     }

@@ -500,6 +500,13 @@ impl Device {
         Ok(out)
     }
 
+    /// Give up on a request after `ms` milliseconds (-1: wait as long as the device does).
+    /// libfido2 then reports FIDO_ERR_RX while the device may still wait: cancel and reopen.
+    pub fn set_timeout(&mut self, ms: i32) -> Result<()> {
+        // SAFETY: the device is open and owned by this thread.
+        check(unsafe { sys::fido_dev_set_timeout(self.dev.as_ptr(), ms) })
+    }
+
     /// Send CTAPHID CANCEL for whatever the device is doing.
     pub fn cancel(&mut self) -> Result<()> {
         // SAFETY: the device is open and owned by this thread.

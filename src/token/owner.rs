@@ -147,7 +147,7 @@ impl Owner {
                     }
                     return Ok(a);
                 }
-                Err(TokenError::PinRequired { .. }) if pin.is_none() => {
+                Err(TokenError::PinRequired { .. }) if pin.is_none() && !request.probe => {
                     pin = Some(self.fido_pin_prompt(context, None)?);
                 }
                 Err(TokenError::WrongPin { retries }) => {
