@@ -378,6 +378,11 @@ fn the_key_stopped_mid_signature_fails_cleanly_then_works_again() {
     vfido.set_touch("approve");
     vfido.plug();
     sign(&agent, &pub_line(&key), &dir).unwrap_or_else(|e| panic!("after re-plugging: {e}\n{}", agent.log_text()));
+    // Re-plugged between two signatures: the next one just works (the stale handle is noticed
+    // before the request reaches any device, and the key reopened).
+    vfido.unplug();
+    vfido.plug();
+    sign(&agent, &pub_line(&key), &dir).unwrap_or_else(|e| panic!("after a quiet re-plug: {e}\n{}", agent.log_text()));
 }
 
 /// A pinentry that always answers with the same (wrong) PIN, counting how often it was asked.

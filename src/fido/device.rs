@@ -15,11 +15,13 @@ pub struct FidoToken {
     device: Option<ffi::Device>,
     /// Give up waiting for a touch after this long (cancelling on the device).
     touch_timeout: Option<Duration>,
+    /// What the last assertion failed with.
+    last_error: Option<FidoError>,
 }
 
 impl FidoToken {
     pub fn new(path: &str, touch_timeout: Option<Duration>) -> FidoToken {
-        FidoToken { path: path.to_string(), device: None, touch_timeout }
+        FidoToken { path: path.to_string(), device: None, touch_timeout, last_error: None }
     }
 
     fn device(&mut self) -> TokenResult<&mut ffi::Device> {
@@ -124,6 +126,19 @@ impl Token for FidoToken {
     }
 
     fn sk_sign(&mut self, request: &SkSignRequest, pin: Option<&Pin>) -> TokenResult<SkAssertion> {
+        let was_open = self.device.is_some();
+        match self.sk_sign_once(request, pin) {
+            // The device held open went away since the last request (re-plugged) and the
+            // request was never delivered: once more on a fresh open.
+            Err(TokenError::NotPresent(_)) if was_open && self.last_error == Some(FidoError::TX) => self.sk_sign_once(request, pin),
+            other => other,
+        }
+    }
+}
+
+impl FidoToken {
+    fn sk_sign_once(&mut self, request: &SkSignRequest, pin: Option<&Pin>) -> TokenResult<SkAssertion> {
+        self.last_error = None;
         let touch_timeout = self.touch_timeout;
         let path = self.path.clone();
         let device = self.device()?;
@@ -164,7 +179,10 @@ impl Token for FidoToken {
                 self.device = None;
                 Err(TokenError::TouchTimeout)
             }
-            Err(e) => Err(self.error(e)),
+            Err(e) => {
+                self.last_error = Some(e);
+                Err(self.error(e))
+            }
         }
     }
 }
