@@ -207,6 +207,12 @@ fn setup_both_algorithms_then_ssh_add_sign_and_verify() {
     let tail: Vec<&str> = log.lines().rev().take_while(|l| *l != "cbor 0x02").collect();
     assert!(!tail.iter().any(|l| l.starts_with("cbor") || *l == "init"), "nothing after the last assertion: {tail:?}");
 
+    let status = agent.keytap().arg("status").output().unwrap();
+    assert!(status.status.success(), "keytap status: {}", text(&status));
+    let log = agent.keytap().args(["log", "--key", &last_sign(&agent)["key"]["fingerprint"].as_str().unwrap().to_string()]).output().unwrap();
+    let log = String::from_utf8_lossy(&log.stdout).to_string();
+    assert!(log.contains("allow") && log.contains("sshsig:file") && log.contains("0/fido"), "keytap log: {log}");
+
     // ssh-add -d removes one key; -D the rest; the mock token keys stay.
     let ed = dir.join("id_ed25519_sk.pub");
     let removed = ssh_add(&agent, &["-d", ed.to_str().unwrap()]);
