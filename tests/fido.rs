@@ -554,3 +554,69 @@ fn no_fido_refuses_sk_keys() {
     agent.wait_log("FIDO keys are off");
     assert!(!vfido.log().contains("cbor 0x02"));
 }
+
+/// The virtual key's CTAPHID layer, checked against the CTAP 2.1 spec (§11.2) with raw reports.
+#[test]
+fn vfido_speaks_ctaphid_as_the_spec_says() {
+    use std::io::{Read, Write};
+    let vfido = VFido::start();
+    let mut s = std::os::unix::net::UnixStream::connect(vfido.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let packet = |cid: u32, cmd: u8, len: u16, data: &[u8]| {
+        let mut p = [0u8; 64];
+        p[..4].copy_from_slice(&cid.to_be_bytes());
+        p[4] = cmd;
+        p[5..7].copy_from_slice(&len.to_be_bytes());
+        p[7..7 + data.len()].copy_from_slice(data);
+        p
+    };
+    let mut read = |s: &mut std::os::unix::net::UnixStream| {
+        let mut p = [0u8; 64];
+        s.read_exact(&mut p).unwrap();
+        p
+    };
+    // INIT on the broadcast channel: nonce echoed, a fresh channel, protocol 2, CBOR capable.
+    let nonce = [1, 2, 3, 4, 5, 6, 7, 8];
+    s.write_all(&packet(0xffff_ffff, 0x86, 8, &nonce)).unwrap();
+    let r = read(&mut s);
+    assert_eq!((&r[..4], r[4], u16::from_be_bytes([r[5], r[6]])), (&[0xff; 4][..], 0x86, 17));
+    assert_eq!(&r[7..15], &nonce);
+    let cid = u32::from_be_bytes([r[15], r[16], r[17], r[18]]);
+    assert!(cid != 0 && cid != 0xffff_ffff);
+    assert_eq!(r[19], 2, "CTAPHID protocol version");
+    assert_eq!(r[23] & 0x04, 0x04, "CAPABILITY_CBOR");
+    // PING of 100 bytes: one init and one continuation packet each way, echoed.
+    let data: Vec<u8> = (0..100u8).collect();
+    s.write_all(&packet(cid, 0x81, 100, &data[..57])).unwrap();
+    let mut cont = [0u8; 64];
+    cont[..4].copy_from_slice(&cid.to_be_bytes());
+    cont[4] = 0;
+    cont[5..5 + 43].copy_from_slice(&data[57..]);
+    s.write_all(&cont).unwrap();
+    let (a, b) = (read(&mut s), read(&mut s));
+    assert_eq!((a[4], u16::from_be_bytes([a[5], a[6]])), (0x81, 100));
+    assert_eq!(b[4], 0, "continuation sequence 0");
+    assert_eq!([&a[7..64], &b[5..48]].concat(), data);
+    // A continuation out of sequence: ERR_INVALID_SEQ.
+    s.write_all(&packet(cid, 0x81, 100, &data[..57])).unwrap();
+    cont[4] = 5;
+    s.write_all(&cont).unwrap();
+    let r = read(&mut s);
+    assert_eq!((r[4], r[7]), (0xbf, 0x04));
+    // A channel never allocated: ERR_INVALID_CHANNEL; a command the device lacks: ERR_INVALID_CMD.
+    s.write_all(&packet(0x1234_5678, 0x81, 1, &[0])).unwrap();
+    let r = read(&mut s);
+    assert_eq!((r[4], r[7]), (0xbf, 0x0b));
+    s.write_all(&packet(cid, 0xaa, 0, &[])).unwrap();
+    let r = read(&mut s);
+    assert_eq!((r[4], r[7]), (0xbf, 0x01));
+    // WINK answers empty; CBOR authenticatorGetInfo answers status 0 and a CBOR map.
+    s.write_all(&packet(cid, 0x88, 0, &[])).unwrap();
+    let r = read(&mut s);
+    assert_eq!((r[4], u16::from_be_bytes([r[5], r[6]])), (0x88, 0));
+    s.write_all(&packet(cid, 0x90, 1, &[0x04])).unwrap();
+    let r = read(&mut s);
+    assert_eq!(r[4], 0x90);
+    assert_eq!(r[7], 0x00, "CTAP2_OK");
+    assert_eq!(r[8] & 0xe0, 0xa0, "a CBOR map follows");
+}
