@@ -209,7 +209,7 @@ fn setup_both_algorithms_then_ssh_add_sign_and_verify() {
 
     let status = agent.keytap().arg("status").output().unwrap();
     assert!(status.status.success(), "keytap status: {}", text(&status));
-    let log = agent.keytap().args(["log", "--key", &last_sign(&agent)["key"]["fingerprint"].as_str().unwrap().to_string()]).output().unwrap();
+    let log = agent.keytap().args(["log", "--key", last_sign(&agent)["key"]["fingerprint"].as_str().unwrap()]).output().unwrap();
     let log = String::from_utf8_lossy(&log.stdout).to_string();
     assert!(log.contains("allow") && log.contains("sshsig:file") && log.contains("0/fido"), "keytap log: {log}");
 
@@ -570,7 +570,7 @@ fn vfido_speaks_ctaphid_as_the_spec_says() {
         p[7..7 + data.len()].copy_from_slice(data);
         p
     };
-    let mut read = |s: &mut std::os::unix::net::UnixStream| {
+    let read = |s: &mut std::os::unix::net::UnixStream| {
         let mut p = [0u8; 64];
         s.read_exact(&mut p).unwrap();
         p
