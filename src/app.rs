@@ -457,6 +457,9 @@ pub fn run_agent(args: AgentArgs) -> Result<(), AppError> {
         agent = agent.with_sk_store(store);
     }
     let agent = Arc::new(agent);
+    let fido_known = agent.tokens().iter().filter_map(|t| t.label().strip_prefix("fido:").map(str::to_string)).collect();
+    let fido_agent = agent.clone();
+    crate::fido::command::spawn_watcher(&args, owner_options.clone(), fido_known, move |handle| fido_agent.add_token(handle));
     if args.token.token == TokenKind::Piv {
         let watch_agent = agent.clone();
         let prompter = prompter.clone();

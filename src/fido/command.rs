@@ -41,6 +41,35 @@ pub fn agent_devices(args: &AgentArgs, options: OwnerOptions) -> Result<(Option<
     Ok((Some(store), handles))
 }
 
+/// Without `--fido-device`, security keys plugged in after the start are picked up: libfido2's
+/// device list is read every two seconds and each new device gets its owner thread.
+pub fn spawn_watcher<F>(args: &AgentArgs, options: OwnerOptions, known: Vec<String>, on_new: F)
+where
+    F: Fn(TokenHandle) + Send + 'static,
+{
+    let f = &args.fido;
+    if f.no_fido || !f.devices.is_empty() || args.token.token == TokenKind::Mock {
+        return;
+    }
+    let prompter: Arc<dyn Prompter> = Arc::new(SystemPrompter::for_fido(f.fido_pin_file.clone(), args.pinentry.clone(), args.askpass.clone()));
+    let touch_timeout = f.touch_timeout.filter(|t| *t > 0.0).map(Duration::from_secs_f64);
+    let spawned = std::thread::Builder::new().name("fido-watcher".into()).spawn(move || {
+        let mut known: std::collections::HashSet<String> = known.into_iter().collect();
+        loop {
+            std::thread::sleep(Duration::from_secs(2));
+            for path in ffi::manifest() {
+                if known.insert(path.clone()) {
+                    tracing::info!(device = %path, "FIDO security key plugged in");
+                    on_new(TokenHandle::spawn(format!("fido:{path}"), Box::new(FidoToken::new(&path, touch_timeout)), prompter.clone(), options.clone()));
+                }
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot watch for FIDO security keys: {e}");
+    }
+}
+
 /// The device to use: the one named, or the only one plugged in.
 fn pick_device(named: Option<&str>) -> Result<String, AppError> {
     if let Some(d) = named {
