@@ -452,14 +452,18 @@ impl Agent {
                 return failure();
             }
         };
-        let Some(store) = self.sk.clone() else {
-            tracing::warn!(peer = %conn.peer, "ssh-add refused: FIDO keys are off (--no-fido, or --token mock without --fido-device); keytap keys live on hardware tokens");
-            return failure();
-        };
         let Some(mut key) = SkKey::from_keypair(keypair, &comment) else {
             tracing::warn!(peer = %conn.peer, "ssh-add refused: a software {} private key; keytap never holds private keys (only FIDO sk keys, whose secret stays on the security key, can be added)", keypair.algorithm().map(|a| a.to_string()).unwrap_or_default());
             return failure();
         };
+        let Some(store) = self.sk.clone() else {
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: FIDO keys are off (--no-fido, or --token mock without --fido-device); start the agent with FIDO to load sk keys");
+            return failure();
+        };
+        if self.lock.is_locked() {
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: the agent is locked (unlock with `ssh-add -X`)");
+            return failure();
+        }
         if conn.forwarded() {
             tracing::warn!(peer = %conn.peer, "ssh-add refused through a forwarded agent: nothing changes the agent's keys remotely");
             return failure();
@@ -508,8 +512,8 @@ impl Agent {
             tracing::warn!(peer = %conn.peer, "ssh-add -d refused: the key is not a loaded sk key (token keys live on their tokens)");
             return failure();
         };
-        if conn.forwarded() {
-            tracing::warn!(peer = %conn.peer, "ssh-add -d refused through a forwarded agent");
+        if conn.forwarded() || self.lock.is_locked() {
+            tracing::warn!(peer = %conn.peer, "ssh-add -d refused: through a forwarded agent, or while the agent is locked");
             return failure();
         }
         let fingerprint = key.fingerprint(ssh_key::HashAlg::Sha256).to_string();

@@ -257,6 +257,15 @@ fn software_keys_are_refused() {
     let added = ssh_add(&agent, &[key.to_str().unwrap()]);
     assert!(!added.status.success(), "a software key must be refused: {}", text(&added));
     agent.wait_log("ssh-add refused: a software");
+    // Nor are sk keys added while the agent is locked.
+    let sk = vfido.setup(agent.dir.path(), "id_sk", &["--alg", "ed25519"]);
+    let askpass = agent.dir.path().join("askpass");
+    std::fs::write(&askpass, "#!/bin/sh\necho 'lock words'\n").unwrap();
+    std::fs::set_permissions(&askpass, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let lock = agent.cmd("ssh-add").arg("-x").env("SSH_ASKPASS", &askpass).env("SSH_ASKPASS_REQUIRE", "force").output().unwrap();
+    assert!(lock.status.success(), "lock: {}", text(&lock));
+    assert!(!ssh_add(&agent, &[sk.to_str().unwrap()]).status.success(), "no adds while locked");
+    agent.wait_log("ssh-add refused: the agent is locked");
 }
 
 #[test]
