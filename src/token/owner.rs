@@ -531,4 +531,100 @@ mod tests {
         let err = handle.sign(key, SignScheme::EcdsaSha256, b"x".to_vec(), context()).await.unwrap_err();
         assert!(matches!(err, TokenError::NotPresent(_)), "{err}");
     }
+
+    /// A FIDO device in software: a PIN with retries and the "3 wrong in a row" block.
+    struct FakeFido {
+        pin: &'static str,
+        retries: u8,
+        in_a_row: u8,
+        signed: u32,
+    }
+
+    impl Token for FakeFido {
+        fn info(&mut self) -> TokenResult<TokenInfo> {
+            Ok(TokenInfo { serial: 0, model: "fake FIDO".into(), firmware: (0, 0, 0) })
+        }
+        fn keys(&mut self) -> TokenResult<Vec<KeyInfo>> {
+            Ok(Vec::new())
+        }
+        fn pin_retries(&mut self) -> TokenResult<u8> {
+            Ok(self.retries)
+        }
+        fn verify_pin(&mut self, _pin: &Pin) -> TokenResult<()> {
+            unreachable!("FIDO never verifies a PIN on its own")
+        }
+        fn sign(&mut self, _: Slot, _: SignScheme, _: &[u8]) -> TokenResult<Vec<u8>> {
+            unreachable!()
+        }
+        fn attest(&mut self, _: Slot) -> TokenResult<crate::token::Attestation> {
+            unreachable!()
+        }
+        fn generate(&mut self, _: crate::token::GenerateRequest, _: bool) -> TokenResult<KeyInfo> {
+            unreachable!()
+        }
+        fn sk_sign(&mut self, request: &SkSignRequest, pin: Option<&Pin>) -> TokenResult<SkAssertion> {
+            let ok = || SkAssertion { flags: 0x05, counter: 1, signature: vec![], device: "fake".into() };
+            match pin {
+                None if request.uv_required => Err(TokenError::PinRequired { retries: self.retries }),
+                None => Ok(ok()),
+                Some(_) if self.in_a_row >= 3 => Err(TokenError::FidoPinAuthBlocked),
+                Some(p) if p.as_str() == self.pin => {
+                    self.in_a_row = 0;
+                    self.retries = 8;
+                    self.signed += 1;
+                    Ok(ok())
+                }
+                Some(_) => {
+                    self.retries -= 1;
+                    self.in_a_row += 1;
+                    Err(TokenError::WrongPin { retries: self.retries })
+                }
+            }
+        }
+    }
+
+    fn sk_request() -> SkSignRequest {
+        SkSignRequest { rp_id: "ssh:".into(), key_handle: vec![1], data: b"x".to_vec(), up: true, uv_required: true, cancel: None, probe: false }
+    }
+
+    fn fido_owner(retries: u8, pins: &[&'static str]) -> (Owner, Arc<Scripted>) {
+        let prompter = Scripted::new(pins);
+        let token = FakeFido { pin: "1234", retries, in_a_row: 0, signed: 0 };
+        (Owner::new(Box::new(token), prompter.clone()), prompter)
+    }
+
+    #[test]
+    fn fido_pin_rules_never_block_the_key() {
+        // Right PIN: one prompt, one signature.
+        let (mut owner, prompter) = fido_owner(8, &["1234"]);
+        owner.sign_sk(&sk_request(), &context()).unwrap();
+        assert_eq!(prompter.shown.lock().unwrap()[0].retries, 8);
+        // Wrong, then right: the second prompt says why, and the counter resets.
+        let (mut owner, prompter) = fido_owner(8, &["0000", "1234"]);
+        owner.sign_sk(&sk_request(), &context()).unwrap();
+        let shown = prompter.shown.lock().unwrap();
+        assert_eq!(shown[1].error.as_deref(), Some("Wrong PIN (7 tries left)."));
+        drop(shown);
+        // Two wrong in a row: stop, and ask no more (a third would block the key).
+        let (mut owner, prompter) = fido_owner(8, &["0000", "0000", "1234"]);
+        let err = owner.sign_sk(&sk_request(), &context()).unwrap_err();
+        assert!(matches!(err, TokenError::FidoPinStopped), "{err}");
+        assert_eq!(prompter.shown.lock().unwrap().len(), 2);
+        let err = owner.sign_sk(&sk_request(), &context()).unwrap_err();
+        assert!(matches!(err, TokenError::FidoPinStopped), "still stopped: {err}");
+        // At the retry floor nothing is asked or spent.
+        let (mut owner, prompter) = fido_owner(1, &["1234"]);
+        let err = owner.sign_sk(&sk_request(), &context()).unwrap_err();
+        assert!(matches!(err, TokenError::FidoPinLastRetry), "{err}");
+        assert!(prompter.shown.lock().unwrap().is_empty());
+        // With 2 left, one wrong PIN leaves 1: refused before a second try.
+        let (mut owner, prompter) = fido_owner(2, &["0000", "1234"]);
+        let err = owner.sign_sk(&sk_request(), &context()).unwrap_err();
+        assert!(matches!(err, TokenError::FidoPinLastRetry), "{err}");
+        assert_eq!(prompter.shown.lock().unwrap().len(), 1);
+        // A key without verify-required is signed without any PIN.
+        let (mut owner, prompter) = fido_owner(8, &[]);
+        owner.sign_sk(&SkSignRequest { uv_required: false, ..sk_request() }, &context()).unwrap();
+        assert!(prompter.shown.lock().unwrap().is_empty());
+    }
 }
