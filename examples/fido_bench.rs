@@ -5,7 +5,7 @@
 //! agent's overhead per signature: the latency a client sees minus the authenticator's own time
 //! (vfido logs it per request). Run with `scripts/bench.sh fido` (release build). Not a test.
 //!
-//! Options: `--keytap BIN`, `--vfido BIN`, `--signatures N`.
+//! Options: `--keytap BIN`, `--vfido BIN`, `--signatures N`, `--alg p256|ed25519`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -57,6 +57,7 @@ fn main() {
     let mut keytap = PathBuf::from("target/release/keytap");
     let mut vfido = PathBuf::from("target/release/examples/vfido");
     let mut n = 200usize;
+    let mut alg = String::from("p256");
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().expect("flag value");
@@ -64,6 +65,7 @@ fn main() {
             "--keytap" => keytap = value.into(),
             "--vfido" => vfido = value.into(),
             "--signatures" => n = value.parse().expect("--signatures N"),
+            "--alg" => alg = value,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -98,7 +100,7 @@ fn main() {
     );
     wait_for(&socket);
     let key = d.join("id_sk");
-    let out = Command::new(&keytap).args(["setup", "--fido", "--alg", "p256", "--device", &device, "--out"]).arg(&key).output().unwrap();
+    let out = Command::new(&keytap).args(["setup", "--fido", "--alg", &alg, "--device", &device, "--out"]).arg(&key).output().unwrap();
     assert!(out.status.success(), "setup: {}", String::from_utf8_lossy(&out.stderr));
     let added = Command::new("ssh-add").arg(&key).env("SSH_AUTH_SOCK", &socket).output().unwrap();
     assert!(added.status.success(), "ssh-add: {}", String::from_utf8_lossy(&added.stderr));
@@ -133,7 +135,7 @@ fn main() {
     assert_eq!(device_us.len(), n, "one device request per signature");
     let mut overhead: Vec<f64> = latency.iter().zip(&device_us).map(|(l, d)| l - d).collect();
     let mut device = device_us.clone();
-    println!("sk-ecdsa signatures through keytap on vfido, {n} signatures, one connection, device held open");
+    println!("{alg} sk signatures through keytap on vfido, {n} signatures, one connection, device held open");
     println!("  CTAP exchanges per signature: {:.2} (CTAPHID INITs: {inits})", cbor as f64 / n as f64);
     println!("  client latency   median {:>8.0} us", median(&mut latency));
     println!("  device time      median {:>8.0} us", median(&mut device));
