@@ -453,7 +453,7 @@ impl Agent {
             }
         };
         let Some(mut key) = SkKey::from_keypair(keypair, &comment) else {
-            tracing::warn!(peer = %conn.peer, "ssh-add refused: a software {} private key; keytap never holds private keys (only FIDO sk keys, whose secret stays on the security key, can be added)", keypair.algorithm().map(|a| a.to_string()).unwrap_or_default());
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: a software {} private key; keytap keys live on hardware tokens and keytap never holds private keys (only FIDO sk keys, whose secret stays on the security key, can be added)", keypair.algorithm().map(|a| a.to_string()).unwrap_or_default());
             return failure();
         };
         let Some(store) = self.sk.clone() else {
@@ -509,7 +509,7 @@ impl Agent {
             PublicCredential::Cert(c) => c.public_key().clone(),
         };
         let Some(store) = self.sk.clone().filter(|s| s.find(&key).is_some()) else {
-            tracing::warn!(peer = %conn.peer, "ssh-add -d refused: the key is not a loaded sk key (token keys live on their tokens)");
+            tracing::warn!(peer = %conn.peer, "ssh-add -d refused: the key is not a loaded sk key; keytap keys live on hardware tokens and stay there (only sk keys loaded with ssh-add can be removed)");
             return failure();
         };
         if conn.forwarded() || self.lock.is_locked() {
