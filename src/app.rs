@@ -21,5 +21,6 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Reload => crate::agent::reload::command().map_err(AppError::Message),
         Command::Completions(args) => crate::completions::completions(args),
         Command::Buildkite(cmd) => Ok(crate::buildkite::command::run(cmd)?),
+        Command::Fido(cmd) => crate::fido::command::run(cmd),
     }
 }

@@ -124,7 +124,17 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
         ..AgentOptions::default()
     };
     let known: Vec<u32> = handles.iter().filter_map(|h| h.label().strip_prefix("piv-")?.parse().ok()).collect();
-    let agent = Arc::new(Agent::new(handles, options).with_policy(policy).with_policy_source(policy_source).with_audit(audit_log).with_prompter(prompter.clone()));
+    let (sk_store, fido_handles) = crate::fido::command::agent_devices(&args, owner_options.clone())?;
+    let mut handles = handles;
+    handles.extend(fido_handles);
+    let mut agent = Agent::new(handles, options).with_policy(policy).with_policy_source(policy_source).with_audit(audit_log).with_prompter(prompter.clone());
+    if let Some(store) = sk_store {
+        agent = agent.with_sk_store(store);
+    }
+    let agent = Arc::new(agent);
+    let fido_known = agent.tokens().iter().filter_map(|t| t.label().strip_prefix("fido:").map(str::to_string)).collect();
+    let fido_agent = agent.clone();
+    crate::fido::command::spawn_watcher(&args, owner_options.clone(), fido_known, move |handle| fido_agent.add_token(handle));
     if args.token.kind() == TokenKind::Piv {
         let watch_agent = agent.clone();
         let prompter = prompter.clone();
