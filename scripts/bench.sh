@@ -8,6 +8,7 @@
 #   scripts/bench.sh                              # print the tables
 #   scripts/bench.sh --write docs/performance.md  # and put them in the doc
 #   scripts/bench.sh --no-piv                     # skip the PIV path
+#   scripts/bench.sh fido                         # only the FIDO path on the virtual FIDO2 key
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,13 @@ for a in "$@"; do
 done
 
 scripts/install-deps.sh
+
+# `scripts/bench.sh fido`: sk signatures on the virtual FIDO2 key (CTAP exchanges per signature
+# and keytap's overhead per signature).
+if [ "${1:-}" = "fido" ]; then
+  cargo build --locked --release --bin keytap --example vfido --example fido_bench
+  exec target/release/examples/fido_bench --keytap target/release/keytap --vfido target/release/examples/vfido "${@:2}"
+fi
 cargo build --locked --release --bin keytap --example agent_bench --example vcard
 
 if [ "$piv" = 0 ]; then

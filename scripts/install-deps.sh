@@ -15,6 +15,7 @@ PACKAGES=(
   man-db                              # `man -l docs/man/keytap.1` in tests/cli_docs.rs
   tmux pinentry-curses                # the PIN prompt drawn on a terminal, typed into in tests
   yubico-piv-tool                     # provisions PIV slots as other tools do, in the PIV tests
+  libfido2-dev libssl-dev zlib1g-dev  # FIDO keys: libfido2-sys links libfido2 (openssl-sys, libz-sys)
 )
 
 missing=()

@@ -28,13 +28,15 @@ use zeroize::Zeroizing;
 
 use crate::audit::{self, AuditLog, KeyRecord, PeerRecord, Record};
 use crate::host_key::HostKey;
+use crate::fido::store::SkStore;
+use crate::fido::SkKey;
 use crate::peer::PeerInfo;
 use crate::policy::{self, Decision, Policy};
 use crate::prompt::Prompter;
 use crate::purpose::{self, Purpose};
 use crate::signature;
 use crate::token::owner::{SignContext, TokenHandle};
-use crate::token::{KeyInfo, TouchPolicy};
+use crate::token::{FidoKeyInfo, KeyAlgorithm, KeyInfo, PinPolicy, SkSignRequest, TouchPolicy};
 use crate::upstream::{self, UpstreamKey, Upstreams};
 use crate::remembered::{self, Approval, Approvals, Program};
 use binding::Bindings;
@@ -94,6 +96,8 @@ pub struct Agent {
     /// For PIN-source resets on reload; confirmations go through `confirmer`.
     prompter: Option<Arc<dyn Prompter>>,
     connections: Registry,
+    /// sk keys loaded with ssh-add (None: FIDO is off, and ssh-add is refused as before).
+    sk: Option<SkStore>,
     upstreams: Upstreams,
     approvals: Approvals,
 }
@@ -220,7 +224,7 @@ impl From<&KeyInfo> for KeyReport {
     fn from(k: &KeyInfo) -> Self {
         KeyReport {
             serial: k.serial,
-            slot: k.slot.to_string(),
+            slot: if k.fido.is_some() { "fido".into() } else { k.slot.to_string() },
             algorithm: k.algorithm.to_string(),
             pin_policy: k.pin_policy.to_string(),
             touch_policy: k.touch_policy.to_string(),
@@ -232,21 +236,26 @@ impl From<&KeyInfo> for KeyReport {
 
 /// Who signs: a token's key, or an upstream agent's.
 enum Signer {
-    Token(TokenHandle, KeyInfo, crate::token::SignScheme),
+    /// A token's key, or a loaded sk key (no token handle: its device is found when signing).
+    Local(Option<TokenHandle>, KeyInfo),
     Upstream(UpstreamKey),
 }
 
 impl Signer {
     fn key_record(&self) -> KeyRecord {
         match self {
-            Signer::Token(_, key, _) => KeyRecord { fingerprint: key.fingerprint(), serial: key.serial, slot: key.slot.to_string() },
+            Signer::Local(_, key) => KeyRecord {
+                fingerprint: key.fingerprint(),
+                serial: key.serial,
+                slot: if key.fido.is_some() { "fido".into() } else { key.slot.to_string() },
+            },
             Signer::Upstream(key) => KeyRecord { fingerprint: key.fingerprint(), serial: 0, slot: "upstream".into() },
         }
     }
 
     fn policy(&self, policy: &Policy) -> policy::KeyPolicy {
         match self {
-            Signer::Token(_, key, _) => policy.for_key(key),
+            Signer::Local(_, key) => policy.for_key(key),
             Signer::Upstream(key) => policy.for_upstream(&key.fingerprint()),
         }
     }
@@ -254,7 +263,7 @@ impl Signer {
     /// An upstream's keys are software keys as far as keytap knows: no touch.
     fn touch(&self) -> TouchPolicy {
         match self {
-            Signer::Token(_, key, _) => key.touch_policy,
+            Signer::Local(_, key) => key.touch_policy,
             Signer::Upstream(_) => TouchPolicy::Never,
         }
     }
@@ -262,7 +271,7 @@ impl Signer {
     /// For a confirmation prompt; the upstream's comment is escaped (the upstream chose it).
     fn describe(&self, upstreams: &Upstreams) -> String {
         match self {
-            Signer::Token(_, key, _) => format!("{}/{} ({})", key.serial, key.slot, key.fingerprint()),
+            Signer::Local(_, key) => format!("{} ({})", key.place(), key.fingerprint()),
             Signer::Upstream(key) => format!(
                 "{} \"{}\" from upstream agent {}",
                 key.fingerprint(),
@@ -317,6 +326,17 @@ fn append_upstream(ids: &mut Vec<ssh_agent_lib::proto::Identity>, upstream_keys:
         room -= len;
         ids.push(key.identity);
     }
+}
+
+/// Whether an ADD_IDENTITY body carries an sk key (keytap's own FIDO path takes those).
+fn is_sk_add(body: &[u8]) -> bool {
+    use ssh_agent_lib::proto::PrivateCredential;
+    let credential = match parse_request(body) {
+        Ok(Request::AddIdentity(add)) => add.credential,
+        Ok(Request::AddIdConstrained(add)) => add.identity.credential,
+        _ => return false,
+    };
+    matches!(credential, PrivateCredential::Key { privkey, .. } if SkKey::from_keypair(&privkey, "").is_some())
 }
 
 /// Why a sign request got FAILURE: refused by a rule, or failed on the way.
@@ -389,6 +409,26 @@ fn failure() -> Vec<u8> {
     encode(Response::Failure)
 }
 
+/// SIGN_RESPONSE (14) carrying a signature blob keytap encoded itself (see `fido::signature_blob`).
+fn sign_response(blob: &[u8]) -> Vec<u8> {
+    let mut out = vec![14u8];
+    blob.encode(&mut out).expect("encoding to a vec");
+    out
+}
+
+/// An sk key as the rest of the agent sees keys (policy, certificates, list).
+fn sk_key_info(sk: &SkKey) -> KeyInfo {
+    KeyInfo {
+        serial: 0,
+        slot: crate::token::Slot(0),
+        algorithm: if sk.is_ecdsa() { KeyAlgorithm::P256 } else { KeyAlgorithm::Ed25519 },
+        pin_policy: if sk.needs_verification() { PinPolicy::Always } else { PinPolicy::Never },
+        touch_policy: if sk.needs_touch() { TouchPolicy::Always } else { TouchPolicy::Never },
+        public_key: sk.public_key.clone(),
+        fido: Some(FidoKeyInfo { application: sk.application().to_string(), flags: sk.flags, comment: sk.comment.clone() }),
+    }
+}
+
 impl Agent {
     pub fn new(tokens: Vec<TokenHandle>, options: AgentOptions) -> Agent {
         let certs_options = options.clone();
@@ -403,6 +443,7 @@ impl Agent {
             confirmer: None,
             prompter: None,
             connections: Registry::default(),
+            sk: None,
             upstreams: Upstreams::new(Vec::new(), upstream::Timeouts::default()),
             approvals: Approvals::default(),
             certs: cert_ext::AgentCerts::new(certs_options.cert_dir, certs_options.certs_only),
@@ -439,6 +480,26 @@ impl Agent {
         self.confirmer = Some(Confirmer::spawn(prompter.clone()));
         self.prompter = Some(prompter);
         self
+    }
+
+    /// Serve sk keys loaded with ssh-add, kept in this store, on the FIDO devices among the tokens.
+    pub fn with_sk_store(mut self, store: SkStore) -> Agent {
+        self.sk = Some(store);
+        self
+    }
+
+    /// Every key the agent offers: the tokens' keys and the loaded sk keys.
+    fn all_keys(&self) -> Vec<KeyInfo> {
+        let mut keys: Vec<KeyInfo> = self.tokens().iter().flat_map(|t| t.keys().iter().cloned().collect::<Vec<_>>()).collect();
+        if let Some(store) = &self.sk {
+            keys.extend(store.keys().iter().map(sk_key_info));
+        }
+        keys
+    }
+
+    /// The FIDO devices (token owners labelled `fido:`).
+    fn fido_devices(&self) -> Vec<TokenHandle> {
+        self.tokens().into_iter().filter(|t| t.label().starts_with("fido:")).collect()
     }
 
     /// Append a record; `false` when it could not be written (the request is then refused).
@@ -532,7 +593,23 @@ impl Agent {
                     return;
                 }
             };
-            let answer = self.handle(&mut conn, &body).await;
+            let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let answer = if body.first() == Some(&13) && self.sk.is_some() {
+                // A signature may wait for a touch: a client that hangs up meanwhile cancels it
+                // (CTAPHID CANCEL), so the key stops blinking for nobody.
+                let body = Zeroizing::new(body.to_vec());
+                let handling = self.handle(&mut conn, &body, cancel.clone());
+                tokio::pin!(handling);
+                tokio::select! {
+                    answer = &mut handling => answer,
+                    () = hangup(reader.get_mut()) => {
+                        cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                        handling.await
+                    }
+                }
+            } else {
+                self.handle(&mut conn, &body, cancel).await
+            };
             if let Err(e) = frame::write_frame(&mut writer, &answer).await {
                 tracing::debug!(peer = %conn.peer, "client went away before the answer: {e}");
                 return;
@@ -541,9 +618,10 @@ impl Agent {
     }
 
     /// Answer one request; every path produces an answer (FAILURE at worst).
-    async fn handle(&self, conn: &mut Connection, body: &[u8]) -> Vec<u8> {
-        // `ssh-add FILE` goes to an upstream as it came: keytap never parses private keys.
-        if matches!(body.first(), Some(&upstream::SSH_AGENTC_ADD_IDENTITY | &upstream::SSH_AGENTC_ADD_ID_CONSTRAINED)) {
+    async fn handle(&self, conn: &mut Connection, body: &[u8], cancel: Arc<std::sync::atomic::AtomicBool>) -> Vec<u8> {
+        // `ssh-add FILE` of a software key goes to an upstream as it came (keytap never keeps
+        // private keys); sk keys are keytap's own (see `add_sk`).
+        if matches!(body.first(), Some(&upstream::SSH_AGENTC_ADD_IDENTITY | &upstream::SSH_AGENTC_ADD_ID_CONSTRAINED)) && !is_sk_add(body) {
             return self.add_to_upstream(conn, body).await;
         }
         let request = match parse_request(body) {
@@ -564,7 +642,13 @@ impl Agent {
         }
         match request {
             Request::RequestIdentities => self.identities(conn).await,
-            Request::SignRequest(req) => self.sign(conn, req).await,
+            Request::SignRequest(req) => self.sign(conn, req, cancel).await,
+            Request::AddIdentity(add) => self.add_sk(conn, add.credential, &[]).await,
+            Request::AddIdConstrained(add) => self.add_sk(conn, add.identity.credential, &add.constraints).await,
+            Request::RemoveIdentity(remove) if !self.upstreams.is_empty() && !self.is_loaded_sk(&remove.credential) => {
+                self.remove_from_upstream(conn, remove.credential, body).await
+            }
+            Request::RemoveIdentity(remove) => self.remove_sk(conn, remove.credential).await,
             Request::Extension(ext) => self.extension(conn, ext).await,
             Request::Lock(passphrase) => {
                 let ok = self.lock.lock(Zeroizing::new(passphrase)).await;
@@ -593,6 +677,22 @@ impl Agent {
                 if !self.audit(event_record("remove-all", &conn.peer, "allow", "")).await {
                     return failure();
                 }
+                // `ssh-add -D`: loaded sk keys are forgotten; keys stay on their tokens; let go
+                // of the cards for other programs.
+                if let Some(store) = self.sk.clone() {
+                    if conn.forwarded() {
+                        tracing::warn!(peer = %conn.peer, "ssh-add -D through a forwarded agent: sk keys kept (nothing changes through a forwarded agent)");
+                    } else {
+                        match tokio::task::spawn_blocking(move || store.remove_all()).await {
+                            Ok(Ok(n)) => tracing::info!(peer = %conn.peer, removed = n, "ssh-add -D: removed the loaded sk keys"),
+                            Ok(Err(e)) => {
+                                tracing::error!("{e}");
+                                return failure();
+                            }
+                            Err(_) => return failure(),
+                        }
+                    }
+                }
                 for token in &self.tokens() {
                     token.release();
                 }
@@ -602,7 +702,6 @@ impl Agent {
                 }
                 encode(Response::Success)
             }
-            Request::RemoveIdentity(remove) if !self.upstreams.is_empty() => self.remove_from_upstream(conn, remove.credential, body).await,
             other => {
                 tracing::warn!(
                     peer = %conn.peer,
@@ -626,12 +725,98 @@ impl Agent {
         }
     }
 
+    /// `ssh-add` of a key: sk records only (public data and key handle); any software private
+    /// key is refused, as keytap holds no secrets.
+    async fn add_sk(&self, conn: &Connection, credential: ssh_agent_lib::proto::PrivateCredential, constraints: &[ssh_agent_lib::proto::KeyConstraint]) -> Vec<u8> {
+        use ssh_agent_lib::proto::{KeyConstraint, PrivateCredential};
+        let (keypair, comment) = match &credential {
+            PrivateCredential::Key { privkey, comment } => (privkey, comment.clone()),
+            PrivateCredential::Cert { .. } => {
+                tracing::warn!(peer = %conn.peer, "ssh-add refused: certificates are offered from the cert directory (`keytap cert add`), not added with their key");
+                return failure();
+            }
+        };
+        let Some(mut key) = SkKey::from_keypair(keypair, &comment) else {
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: a software {} private key; keytap keys live on hardware tokens and keytap never holds private keys (only FIDO sk keys, whose secret stays on the security key, can be added)", keypair.algorithm().map(|a| a.to_string()).unwrap_or_default());
+            return failure();
+        };
+        let Some(store) = self.sk.clone() else {
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: FIDO keys are off (--no-fido, or --token mock without --fido-device); start the agent with FIDO to load sk keys");
+            return failure();
+        };
+        if self.lock.is_locked() {
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: the agent is locked (unlock with `ssh-add -X`)");
+            return failure();
+        }
+        if conn.bindings.remote() {
+            tracing::warn!(peer = %conn.peer, "ssh-add refused through a forwarded agent: nothing changes the agent's keys remotely");
+            return failure();
+        }
+        for constraint in constraints {
+            match constraint {
+                KeyConstraint::Extension(ext) if ext.name == "sk-provider@openssh.com" => {
+                    // OpenSSH sends `string name, string provider`; the library already took
+                    // the provider's length prefix.
+                    let provider = String::from_utf8_lossy(ext.details.as_ref()).into_owned();
+                    if provider != "internal" {
+                        tracing::warn!(peer = %conn.peer, provider, "ssh-add refused: keytap uses its own libfido2 access, not an sk provider library");
+                        return failure();
+                    }
+                }
+                other => {
+                    tracing::warn!(peer = %conn.peer, "ssh-add refused: constraint {other:?} is not supported for sk keys; use keytap's policy (config.toml) for confirmations");
+                    return failure();
+                }
+            }
+        }
+        key.device = None;
+        let fingerprint = key.fingerprint();
+        let application = key.application().to_string();
+        match tokio::task::spawn_blocking(move || store.add(key)).await {
+            Ok(Ok(())) => {
+                tracing::info!(peer = %conn.peer, key = %fingerprint, application, "ssh-add: loaded an sk key");
+                self.audit(event_record("add-key", &conn.peer, "allow", &format!("{fingerprint} {application}"))).await;
+                encode(Response::Success)
+            }
+            Ok(Err(e)) => {
+                tracing::error!("ssh-add: {e}");
+                failure()
+            }
+            Err(_) => failure(),
+        }
+    }
+
+    /// `ssh-add -d`: forget a loaded sk key (token keys stay: they live on the token).
+    async fn remove_sk(&self, conn: &Connection, credential: PublicCredential) -> Vec<u8> {
+        let key = match credential {
+            PublicCredential::Key(k) => k,
+            PublicCredential::Cert(c) => c.public_key().clone(),
+        };
+        let Some(store) = self.sk.clone().filter(|s| s.find(&key).is_some()) else {
+            tracing::warn!(peer = %conn.peer, "ssh-add -d refused: the key is not a loaded sk key; keytap keys live on hardware tokens and stay there (only sk keys loaded with ssh-add can be removed)");
+            return failure();
+        };
+        if conn.bindings.remote() || self.lock.is_locked() {
+            tracing::warn!(peer = %conn.peer, "ssh-add -d refused: through a forwarded agent, or while the agent is locked");
+            return failure();
+        }
+        let fingerprint = key.fingerprint(ssh_key::HashAlg::Sha256).to_string();
+        match tokio::task::spawn_blocking(move || store.remove(&key)).await {
+            Ok(Ok(true)) => {
+                tracing::info!(peer = %conn.peer, key = %fingerprint, "ssh-add -d: removed an sk key");
+                self.audit(event_record("remove-key", &conn.peer, "allow", &fingerprint)).await;
+                encode(Response::Success)
+            }
+            _ => failure(),
+        }
+    }
+
     async fn identities(&self, conn: &mut Connection) -> Vec<u8> {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
-        let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
-        let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
+        let all = self.all_keys();
+        let keys: Vec<&KeyInfo> = all.iter().collect();
         let mut ids = self.certs.identities(&keys).await;
         if !self.upstreams.is_empty() {
             let upstream_keys = self.upstreams.identities(&mut conn.upstream).await;
@@ -647,7 +832,12 @@ impl Agent {
         encode(Response::IdentitiesAnswer(ids))
     }
 
-    async fn sign(&self, conn: &mut Connection, req: SignRequest) -> Vec<u8> {
+    /// A loaded sk key (ssh-add -d of it is FIDO's, not an upstream's).
+    fn is_loaded_sk(&self, credential: &PublicCredential) -> bool {
+        self.sk.as_ref().is_some_and(|s| s.find(upstream::credential_key(credential)).is_some())
+    }
+
+    async fn sign(&self, conn: &mut Connection, req: SignRequest, cancel: Arc<std::sync::atomic::AtomicBool>) -> Vec<u8> {
         let started = Instant::now();
         let data_sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&req.data));
         let mut record = Record {
@@ -663,16 +853,16 @@ impl Agent {
             duration_ms: 0,
             data_sha256: Some(data_sha256),
         };
-        let outcome = self.sign_inner(conn, req, &mut record).await;
+        let outcome = self.sign_inner(conn, req, &mut record, cancel).await;
         record.duration_ms = started.elapsed().as_millis() as u64;
         let key = record.key.as_ref().map(|k| k.fingerprint.clone()).unwrap_or_else(|| "-".into());
         let purpose = record.purpose.clone().unwrap_or_else(|| "-".into());
         let answer = match outcome {
-            Ok(sig) => {
+            Ok(blob) => {
                 let remembered = record.details.get("remembered").is_some_and(|v| v == true);
                 record.decision = if remembered { "allow (remembered)" } else { "allow" }.into();
                 tracing::info!(peer = %conn.peer, chain = %conn.peer.chain(), key = %key, purpose = %purpose, forwarded = record.forwarded, ms = record.duration_ms, "signed");
-                encode(Response::SignResponse(sig))
+                sign_response(&blob)
             }
             Err(Refusal::Denied(reason)) => {
                 record.decision = "deny".into();
@@ -693,7 +883,7 @@ impl Agent {
         answer
     }
 
-    async fn sign_inner(&self, conn: &mut Connection, req: SignRequest, record: &mut Record) -> Result<ssh_key::Signature, Refusal> {
+    async fn sign_inner(&self, conn: &mut Connection, req: SignRequest, record: &mut Record, cancel: Arc<std::sync::atomic::AtomicBool>) -> Result<Vec<u8>, Refusal> {
         if self.lock.is_locked() {
             return Err(Refusal::Denied("the agent is locked (unlock with `ssh-add -X`)".into()));
         }
@@ -701,37 +891,46 @@ impl Agent {
             PublicCredential::Key(k) => k.clone(),
             PublicCredential::Cert(c) => {
                 // Only a certificate this agent offers right now may sign.
-                let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
-                let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
+                let all = self.all_keys();
+                let keys: Vec<&KeyInfo> = all.iter().collect();
                 self.certs.signable(c, &keys).await.map_err(Refusal::Denied)?;
                 c.public_key().clone()
             }
         };
-        let signer = match self.tokens().iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) {
-            Some((token, key)) => {
-                let scheme = signature::scheme_for(&key.public_key, req.flags).map_err(|e| Refusal::Denied(e.to_string()))?;
-                Signer::Token(token, key, scheme)
-            }
-            None => match self.upstreams.find_or_ask(&mut conn.upstream, &key_data).await {
-                Some(key) => {
-                    record.details.insert("upstream".into(), self.upstreams.path(key.upstream).display().to_string().into());
-                    // SHA-1 `ssh-rsa` is refused whoever holds the key.
-                    let sha2 = signature::SSH_AGENT_RSA_SHA2_256 | signature::SSH_AGENT_RSA_SHA2_512;
-                    if matches!(key.key_data().algorithm(), ssh_key::Algorithm::Rsa { .. }) && req.flags & sha2 == 0 {
-                        record.key = Some(Signer::Upstream(key).key_record());
-                        return Err(Refusal::Denied(signature::SchemeError::RsaSha1.to_string()));
+        let sk_key = self.sk.as_ref().and_then(|s| s.find(&key_data));
+        let signer = match &sk_key {
+            Some(sk) => Signer::Local(None, sk_key_info(sk)),
+            None => match self.tokens().iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) {
+                Some((token, key)) => Signer::Local(Some(token), key),
+                None => match self.upstreams.find_or_ask(&mut conn.upstream, &key_data).await {
+                    Some(key) => {
+                        record.details.insert("upstream".into(), self.upstreams.path(key.upstream).display().to_string().into());
+                        // SHA-1 `ssh-rsa` is refused whoever holds the key.
+                        let sha2 = signature::SSH_AGENT_RSA_SHA2_256 | signature::SSH_AGENT_RSA_SHA2_512;
+                        if matches!(key.key_data().algorithm(), ssh_key::Algorithm::Rsa { .. }) && req.flags & sha2 == 0 {
+                            record.key = Some(Signer::Upstream(key).key_record());
+                            return Err(Refusal::Denied(signature::SchemeError::RsaSha1.to_string()));
+                        }
+                        Signer::Upstream(key)
                     }
-                    Signer::Upstream(key)
-                }
-                None => {
-                    record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
-                    return Err(Refusal::Denied("no token or upstream agent holds this key".into()));
-                }
+                    None => {
+                        record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
+                        return Err(Refusal::Denied("no token or upstream agent holds this key".into()));
+                    }
+                },
             },
         };
         record.key = Some(signer.key_record());
+        let scheme = match (&signer, &sk_key) {
+            (Signer::Local(_, key), None) => Some(signature::scheme_for(&key.public_key, req.flags).map_err(|e| Refusal::Denied(e.to_string()))?),
+            _ => None,
+        };
         let purpose = purpose::classify_credential(&req.data, &req.credential).map_err(|e| Refusal::Denied(e.to_string()))?;
         record.purpose = Some(purpose.name());
+        if let Some(sk) = &sk_key {
+            record.details.insert("application".into(), sk.application().into());
+            sk.websafe_allows(&purpose).map_err(Refusal::Denied)?;
+        }
         // The destination of a login: the bound session's verified host key (or, on an unbound
         // local connection, the one a hostbound request names).
         let host_key = conn.bindings.destination(&purpose).map_err(Refusal::Denied)?;
@@ -801,24 +1000,94 @@ impl Agent {
                 }
             }
         }
-        match signer {
-            Signer::Token(token, key, scheme) => {
-                let context = SignContext { requester: conn.peer.to_string(), purpose: purpose.describe(), terminal: conn.peer.terminal.clone() };
-                let raw = token.sign(key.clone(), scheme, req.data, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
-                // A signature that waited for a PIN or a touch is not handed out if the agent was
-                // locked in the meantime.
-                self.still_unlocked("the token")?;
-                signature::ssh_signature(scheme, &raw).map_err(|e| Refusal::Failed(e.to_string()))
-            }
+        // Name the destination in PIN prompts and touch notices when it is known.
+        let what = match record.details.get("host").and_then(|h| h.as_str()) {
+            Some(host) => format!("{} on {host}", purpose.describe()),
+            None => purpose.describe(),
+        };
+        let context = SignContext { requester: conn.peer.to_string(), purpose: what, terminal: conn.peer.terminal.clone() };
+        if let Some(sk) = sk_key {
+            return self.sign_sk(sk, req.data, context, cancel, record).await;
+        }
+        let (token, key) = match signer {
+            Signer::Local(token, key) => (token, key),
             Signer::Upstream(key) => {
                 let data = req.data.clone();
                 let mut body = Vec::new();
                 Request::SignRequest(req).encode(&mut body).map_err(|e| Refusal::Failed(e.to_string()))?;
                 let signature = self.upstreams.sign(&mut conn.upstream, &key, &body, &data).await.map_err(|e| Refusal::Failed(e.to_string()))?;
                 self.still_unlocked("the upstream agent")?;
-                Ok(signature)
+                let mut blob = Vec::new();
+                signature.encode(&mut blob).map_err(|e| Refusal::Failed(e.to_string()))?;
+                return Ok(blob);
+            }
+        };
+        let (Some(token), Some(scheme)) = (token, scheme) else { unreachable!("a token key has a token and a scheme") };
+        let raw = token.sign(key.clone(), scheme, req.data, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
+        // A signature that waited for a PIN or a touch is not handed out if the agent was
+        // locked in the meantime.
+        self.still_unlocked("the token")?;
+        let sig = signature::ssh_signature(scheme, &raw).map_err(|e| Refusal::Failed(e.to_string()))?;
+        let mut blob = Vec::new();
+        sig.encode(&mut blob).map_err(|e| Refusal::Failed(e.to_string()))?;
+        Ok(blob)
+    }
+
+    /// Sign with an sk key on its device: the remembered one, the only one, or the one a
+    /// silent probe finds (as sk-usbhid does; never a touch on the wrong device).
+    async fn sign_sk(&self, sk: SkKey, data: Vec<u8>, context: SignContext, cancel: Arc<std::sync::atomic::AtomicBool>, record: &mut Record) -> Result<Vec<u8>, Refusal> {
+        let devices = self.fido_devices();
+        if devices.is_empty() {
+            return Err(Refusal::Failed("no FIDO device is configured or plugged in; plug in the security key (or pass --fido-device) and retry".into()));
+        }
+        let device = match devices.iter().find(|d| sk.device.as_deref().is_some_and(|p| d.label() == format!("fido:{p}"))) {
+            Some(d) => d.clone(),
+            None if devices.len() == 1 => devices[0].clone(),
+            None => self.probe_sk(&devices, &sk).await.ok_or_else(|| Refusal::Failed("no plugged-in security key holds this key handle; plug in the key it was made on".into()))?,
+        };
+        let request = SkSignRequest {
+            rp_id: sk.application().to_string(),
+            key_handle: sk.key_handle.clone(),
+            data: data.clone(),
+            up: sk.needs_touch(),
+            uv_required: sk.needs_verification(),
+            cancel: Some(cancel),
+            probe: false,
+        };
+        record.details.insert("device".into(), device.label().trim_start_matches("fido:").into());
+        let assertion = device.sign_sk(request, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
+        self.still_unlocked("the security key")?;
+        record.details.insert("flags".into(), format!("0x{:02x}", assertion.flags).into());
+        record.details.insert("counter".into(), assertion.counter.into());
+        let checked = crate::fido::ffi::Assertion { flags: assertion.flags, counter: assertion.counter, signature: assertion.signature };
+        crate::fido::verify_assertion(&sk, &data, &checked).map_err(Refusal::Failed)?;
+        if let Some(store) = self.sk.clone() {
+            let (public_key, path) = (sk.public_key.clone(), assertion.device.clone());
+            let _ = tokio::task::spawn_blocking(move || store.set_device(&public_key, &path)).await;
+        }
+        crate::fido::signature_blob(&sk, &checked).map_err(Refusal::Failed)
+    }
+
+    /// Which device holds this key handle: ask each without a touch (up=false).
+    async fn probe_sk(&self, devices: &[TokenHandle], sk: &SkKey) -> Option<TokenHandle> {
+        for device in devices {
+            let request = SkSignRequest {
+                rp_id: sk.application().to_string(),
+                key_handle: sk.key_handle.clone(),
+                data: vec![0; 32],
+                up: false,
+                uv_required: false,
+                cancel: None,
+                probe: true,
+            };
+            match device.sign_sk(request, SignContext::default()).await {
+                // A PIN-protected (verify-required) credential answers "PIN required" or "no
+                // credentials" without the PIN; only a plain match is taken as proof here.
+                Ok(_) => return Some(device.clone()),
+                Err(e) => tracing::debug!(device = device.label(), "probe: {e}"),
             }
         }
+        None
     }
 
     /// What a yes to this use covers (reads /proc on a blocking thread).
@@ -836,6 +1105,27 @@ impl Agent {
     /// Forget every remembered approval (SIGUSR1, `keytap approvals clear`); how many.
     pub fn forget_approvals(&self) -> usize {
         self.approvals.clear()
+    }
+
+    /// SIGUSR1, as OpenSSH 10's agent: forget remembered approvals and loaded sk keys, and
+    /// release the tokens.
+    pub async fn forget_on_signal(&self) {
+        let approvals = self.approvals.clear();
+        let sk = match self.sk.clone() {
+            Some(store) => match tokio::task::spawn_blocking(move || store.remove_all()).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::error!("SIGUSR1: {e}");
+                    0
+                }
+                Err(_) => 0,
+            },
+            None => 0,
+        };
+        for token in self.tokens() {
+            token.release();
+        }
+        tracing::info!("SIGUSR1: forgot {approvals} remembered approvals and {sk} loaded sk keys; released the tokens");
     }
 
     /// `keytap approvals [clear]`, for the local user only.
@@ -1005,8 +1295,8 @@ impl Agent {
                 encode(Response::ExtensionResponse(Extension { name: setup_ext::EXT_SETUP.into(), details: setup_ext::encode_json(&answer).into() }))
             }
             attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
-            remembered::EXT_APPROVALS => self.approvals_extension(conn, &ext).await,
             reload::EXT_RELOAD => self.reload_extension(conn).await,
+            remembered::EXT_APPROVALS => self.approvals_extension(conn, &ext).await,
             cert_ext::EXT_CERT => {
                 let listing = matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List));
                 let reply = if self.lock.is_locked() {
@@ -1016,8 +1306,8 @@ impl Agent {
                     // ssh) or remove the user's.
                     cert_ext::CertReply { error: Some(reason), ..Default::default() }
                 } else {
-                    let lists: Vec<_> = self.tokens().iter().map(|t| t.keys()).collect();
-                    let keys: Vec<&KeyInfo> = lists.iter().flat_map(|l| l.iter()).collect();
+                    let all = self.all_keys();
+                    let keys: Vec<&KeyInfo> = all.iter().collect();
                     self.certs.handle(ext.details.as_ref(), &keys).await
                 };
                 // Changes to what the agent offers are audited; listing is not.
@@ -1056,7 +1346,29 @@ impl Agent {
                 }
             })
             .collect();
+        let mut tokens: Vec<TokenReport> = tokens;
+        if let Some(store) = &self.sk {
+            // The loaded sk keys, on whichever FIDO device holds them.
+            let keys = store.keys();
+            tokens.push(TokenReport {
+                label: "fido-keys".into(),
+                present: tokens.iter().any(|t| t.label.starts_with("fido:") && t.present),
+                serial: None,
+                model: Some(format!("{} sk key(s) loaded with ssh-add", keys.len())),
+                firmware: None,
+                keys: if locked { Vec::new() } else { keys.iter().map(|k| KeyReport::from(&sk_key_info(k))).collect() },
+            });
+        }
         StatusReport { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id(), locked, tokens }
+    }
+}
+
+/// Resolves when the peer has closed its end (and never while it only sends more requests).
+async fn hangup(reader: &mut tokio::net::unix::ReadHalf<'_>) {
+    let stream: &UnixStream = reader.as_ref();
+    match stream.ready(tokio::io::Interest::READABLE).await {
+        Ok(ready) if !ready.is_read_closed() => std::future::pending::<()>().await,
+        _ => {}
     }
 }
 
@@ -1206,6 +1518,7 @@ mod tests {
             pin_policy: PinPolicy::Once,
             touch_policy: crate::token::TouchPolicy::Never,
             public_key: k.public_key().key_data().clone(),
+            fido: None,
         };
         let (a, c, d, up, ca) = (key(), key(), key(), key(), key());
         let (ka, kc, kd) = (token_key(0x9a, &a), token_key(0x9c, &c), token_key(0x9d, &d));

@@ -22,5 +22,6 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Completions(args) => crate::completions::completions(args),
         Command::Approvals(args) => crate::remembered::command::run(args),
         Command::Buildkite(cmd) => Ok(crate::buildkite::command::run(cmd)?),
+        Command::Fido(cmd) => crate::fido::command::run(cmd),
     }
 }

@@ -54,6 +54,9 @@ pub enum Command {
     /// Buildkite signed pipelines: sign command steps through the agent, print the JWKS, verify.
     #[command(subcommand)]
     Buildkite(BuildkiteCommand),
+    /// FIDO security keys (sk-ecdsa / sk-ed25519): load resident keys.
+    #[command(subcommand)]
+    Fido(FidoCommand),
 }
 
 #[derive(Args, Debug)]
@@ -83,6 +86,82 @@ pub enum CompletionShell {
     Bash,
     Zsh,
     Fish,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FidoCommand {
+    /// Read the device's resident `ssh:*` keys (needs the FIDO PIN) and add them to the running
+    /// agent, like `ssh-add -K`; with --out also write the key files, like `ssh-keygen -K`.
+    Load(FidoLoadArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FidoLoadArgs {
+    /// The security key: a hidraw path or `unix:PATH` [default: the only one plugged in].
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// Read the FIDO PIN from this file (mode 0600) instead of asking.
+    #[arg(long, value_name = "FILE")]
+    pub pin_file: Option<PathBuf>,
+    /// pinentry program [default: `pinentry` on PATH].
+    #[arg(long, value_name = "PROGRAM")]
+    pub pinentry: Option<String>,
+    /// Also write each key as `id_{ecdsa,ed25519}_sk_rk[_APP][_USER]` (+ .pub) in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+/// `keytap setup --fido`: a new sk credential on a FIDO security key.
+#[derive(Args, Debug, Default)]
+pub struct FidoSetupArgs {
+    /// Create an sk key on a FIDO security key instead of a PIV key (--alg p256 or ed25519).
+    #[arg(long)]
+    pub fido: bool,
+    /// The security key: a hidraw path or `unix:PATH` [default: the only one plugged in].
+    #[arg(long, value_name = "DEVICE", requires = "fido")]
+    pub device: Option<String>,
+    /// Store the key on the device (discoverable), so `keytap fido load` can read it back.
+    #[arg(long, requires = "fido")]
+    pub resident: bool,
+    /// Every signature needs the PIN (or built-in verification), for `verify-required` in
+    /// authorized_keys.
+    #[arg(long, requires = "fido")]
+    pub verify_required: bool,
+    /// Signatures need no touch (for `no-touch-required` in authorized_keys).
+    #[arg(long, requires = "fido")]
+    pub no_touch_required: bool,
+    /// The FIDO application (relying party); must start with `ssh:`.
+    #[arg(long, default_value = "ssh:", value_name = "ssh:NAME", requires = "fido")]
+    pub application: String,
+    /// User name stored with a resident key (at most 31 characters).
+    #[arg(long, value_name = "NAME", requires = "fido")]
+    pub user: Option<String>,
+    /// Write the key file here (openssh-key-v1 without a secret) and PATH.pub.
+    #[arg(long, value_name = "PATH", requires = "fido")]
+    pub out: Option<PathBuf>,
+}
+
+/// The agent's FIDO options.
+#[derive(Args, Debug, Clone, Default)]
+pub struct FidoAgentArgs {
+    /// A FIDO security key to serve sk keys on: a hidraw path or `unix:PATH` (repeatable)
+    /// [default: every FIDO device libfido2 finds, unless --token mock].
+    #[arg(long = "fido-device", value_name = "DEVICE")]
+    pub devices: Vec<String>,
+    /// Serve no FIDO keys (ssh-add of sk keys is refused).
+    #[arg(long)]
+    pub no_fido: bool,
+    /// Give up waiting for a touch on a security key after this many seconds [default: the
+    /// key's own timeout, about 30 s].
+    #[arg(long, value_name = "SECONDS")]
+    pub touch_timeout: Option<f64>,
+    /// Read the FIDO PIN from this file (mode 0600) [default: systemd credential
+    /// `keytap-fido-pin`, else pinentry].
+    #[arg(long, value_name = "FILE")]
+    pub fido_pin_file: Option<PathBuf>,
+    /// The loaded sk keys' state file [default: $XDG_STATE_HOME/keytap/fido-keys.json].
+    #[arg(long, value_name = "FILE")]
+    pub fido_keys: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -133,9 +212,12 @@ pub struct SetupArgs {
     /// The new PUK, in a file (mode 0600).
     #[arg(long, value_name = "FILE")]
     pub new_puk_file: Option<PathBuf>,
-    /// Create no key: only change the PIN, PUK or management key.
+    /// Create no key: only change the PIN, PUK or management key (with --fido: only set or
+    /// change the FIDO PIN, from --new-pin-file).
     #[arg(long)]
     pub no_key: bool,
+    #[command(flatten)]
+    pub fido: FidoSetupArgs,
 }
 
 #[derive(Args, Debug)]
@@ -249,6 +331,8 @@ pub struct AgentArgs {
     /// Internal: the detached child of a background start.
     #[arg(long, hide = true)]
     pub daemon_child: bool,
+    #[command(flatten)]
+    pub fido: FidoAgentArgs,
 }
 
 #[derive(Args, Debug)]

@@ -1,5 +1,6 @@
 //! keytap: an ssh-agent whose private keys never leave hardware tokens.
-#![forbid(unsafe_code)]
+// Denied everywhere; only src/fido/ffi.rs (the libfido2 wrapper) allows it, with a reason per block.
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod app;
@@ -15,6 +16,7 @@ pub mod completions;
 pub mod cot;
 pub mod daemon;
 pub mod doctor;
+pub mod fido;
 pub mod git_signing;
 pub mod log;
 pub mod mock;

@@ -5,7 +5,7 @@
 //! allow = ["ssh-auth", "sshsig:git"]
 //!
 //! [[key]]
-//! match = "slot:9c"           # or "SHA256:<fingerprint>", "serial:1234567/slot:9c", "serial:1234567", "kind:upstream"
+//! match = "slot:9c"           # or "SHA256:<fingerprint>", "serial:1234567/slot:9c", "serial:1234567", "kind:fido", "kind:piv", "kind:upstream"
 //! allow = ["sshsig:git"]      # "ssh-auth", "ssh-auth:github.com", "sshsig:<ns>", "sshsig:*", "jws", "raw", "*"
 //! forwarded = false           # may a forwarded agent connection use it?
 //! confirm = false             # ask the user before each use; "remember:8h": once per program
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use ssh_key::public::KeyData;
 
 use crate::purpose::Purpose;
-use crate::token::{KeyInfo, KeySelector, TouchPolicy};
+use crate::token::{KeyInfo, KeyKind, KeySelector, TouchPolicy};
 
 /// One allowed purpose.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +65,8 @@ impl std::str::FromStr for Allow {
 pub enum KeyMatch {
     Key(KeySelector),
     Serial(u32),
+    /// `kind:fido` (sk keys on FIDO security keys) or `kind:piv` (PIV slot keys).
+    Kind(KeyKind),
     /// Every key an upstream agent lists (`kind:upstream`).
     Upstream,
 }
@@ -72,9 +74,12 @@ pub enum KeyMatch {
 impl std::str::FromStr for KeyMatch {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad key match {s:?}: use \"slot:9c\", \"SHA256:<fingerprint>\", \"serial:N\", \"serial:N/slot:9c\" or \"kind:upstream\"");
-        if s == "kind:upstream" {
-            return Ok(KeyMatch::Upstream);
+        let bad = || format!("bad key match {s:?}: use \"slot:9c\", \"SHA256:<fingerprint>\", \"serial:N\", \"serial:N/slot:9c\", \"kind:fido\", \"kind:piv\" or \"kind:upstream\"");
+        match s {
+            "kind:fido" => return Ok(KeyMatch::Kind(KeyKind::Fido)),
+            "kind:piv" => return Ok(KeyMatch::Kind(KeyKind::Piv)),
+            "kind:upstream" => return Ok(KeyMatch::Upstream),
+            _ => {}
         }
         if s.starts_with("SHA256:") && s.len() > 7 {
             return Ok(KeyMatch::Key(KeySelector::Fingerprint(s.to_string())));
@@ -98,8 +103,9 @@ impl std::str::FromStr for KeyMatch {
 impl KeyMatch {
     pub fn matches(&self, key: &KeyInfo) -> bool {
         match self {
-            KeyMatch::Key(selector) => selector.matches(Some((key.serial, key.slot)), &key.fingerprint()),
-            KeyMatch::Serial(serial) => key.serial == *serial,
+            KeyMatch::Key(selector) => selector.matches(key.location(), &key.fingerprint()),
+            KeyMatch::Serial(serial) => key.location().is_some_and(|(s, _)| s == *serial),
+            KeyMatch::Kind(kind) => key.kind() == *kind,
             KeyMatch::Upstream => false,
         }
     }
@@ -466,6 +472,7 @@ mod tests {
             pin_policy: PinPolicy::Once,
             touch_policy: TouchPolicy::Never,
             public_key: k.public_key().key_data().clone(),
+            fido: None,
         }
     }
 
@@ -575,6 +582,13 @@ allow = ["raw"]
         assert_eq!(by_fp.for_key(&k).allow, vec![Allow::Raw]);
         assert_eq!(by_fp.for_key(&key(0x9d, 5)).allow, vec![Allow::Any]);
         assert_eq!(Policy::parse("").unwrap().for_key(&k), KeyPolicy::default());
+        let by_kind = Policy::parse("[[key]]\nmatch = \"kind:fido\"\nallow = [\"sshsig:git\"]\n").unwrap();
+        let mut sk = key(0x9a, 0);
+        sk.fido = Some(crate::token::FidoKeyInfo { application: "ssh:".into(), flags: 1, comment: String::new() });
+        assert_eq!(by_kind.for_key(&sk).allow, vec![Allow::SshSig("git".into())]);
+        assert_eq!(by_kind.for_key(&key(0x9a, 0)).allow, vec![Allow::Any], "a PIV key is not kind:fido");
+        let slot_rule = Policy::parse("[[key]]\nmatch = \"slot:9a\"\nallow = [\"raw\"]\n").unwrap();
+        assert_eq!(slot_rule.for_key(&sk).allow, vec![Allow::Any], "an sk key sits in no slot");
         let by_serial = Policy::parse("[[key]]\nmatch = \"serial:5\"\nallow = [\"raw\"]\n").unwrap();
         assert_eq!(by_serial.for_key(&key(0x9a, 5)).allow, vec![Allow::Raw]);
         assert_eq!(by_serial.for_key(&key(0x9d, 5)).allow, vec![Allow::Raw]);

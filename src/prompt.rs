@@ -126,17 +126,24 @@ pub struct SystemPrompter {
     file_pin_rejected: AtomicBool,
     /// This process's terminal (an agent in the foreground, a command), for requesters without one.
     own_terminal: Option<Terminal>,
+    /// Asking for a FIDO security key's PIN (systemd credential `keytap-fido-pin`).
+    fido: bool,
 }
 
 impl SystemPrompter {
     pub fn new(pin_file: Option<PathBuf>, pinentry: Option<String>, askpass: Option<String>) -> Self {
-        SystemPrompter { pin_file, pinentry, askpass, file_pin_rejected: AtomicBool::new(false), own_terminal: Terminal::own() }
+        SystemPrompter { pin_file, pinentry, askpass, file_pin_rejected: AtomicBool::new(false), own_terminal: Terminal::own(), fido: false }
+    }
+
+    /// The prompter for FIDO PINs: its own file and systemd credential (`keytap-fido-pin`).
+    pub fn for_fido(pin_file: Option<PathBuf>, pinentry: Option<String>, askpass: Option<String>) -> Self {
+        SystemPrompter { fido: true, ..SystemPrompter::new(pin_file, pinentry, askpass) }
     }
 
     fn pin_file_path(&self) -> Option<PathBuf> {
         self.pin_file.clone().or_else(|| {
             let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
-            let path = Path::new(&dir).join("keytap-pin");
+            let path = Path::new(&dir).join(if self.fido { "keytap-fido-pin" } else { "keytap-pin" });
             path.exists().then_some(path)
         })
     }
@@ -165,12 +172,11 @@ impl Prompter for SystemPrompter {
             return Err(no_source(rejected_file, PromptError::NoPinSource));
         };
         // The reason names a peer; its text is escaped so it cannot add lines or hide ours.
-        let mut desc = format!(
-            "Enter the PIN of YubiKey {} ({} tries left).\n{}",
-            request.serial,
-            request.retries,
-            ensure_safe(&request.reason)
-        );
+        let mut desc = if self.fido {
+            format!("Enter the FIDO PIN of your security key ({} tries left).\n{}", request.retries, ensure_safe(&request.reason))
+        } else {
+            format!("Enter the PIN of YubiKey {} ({} tries left).\n{}", request.serial, request.retries, ensure_safe(&request.reason))
+        };
         if let Some(error) = &request.error {
             desc = format!("{}\n{desc}", ensure_safe(error));
         }

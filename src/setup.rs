@@ -19,6 +19,9 @@ fn report_protected(changed: bool) {
 
 /// `keytap setup`: generate a key on the token, write its certificate, print the key.
 pub fn run(args: SetupArgs) -> Result<(), AppError> {
+    if args.fido.fido {
+        return crate::fido::command::setup(&args);
+    }
     use crate::token::owner::{Owner, SignContext};
     use crate::token::GenerateRequest;
     use crate::token::Secret;

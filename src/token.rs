@@ -221,9 +221,41 @@ pub struct KeyInfo {
     pub pin_policy: PinPolicy,
     pub touch_policy: TouchPolicy,
     pub public_key: KeyData,
+    /// Set for an sk key loaded into the agent: its application and key comment. Such a key
+    /// has no serial or slot (both are 0), only a fingerprint.
+    pub fido: Option<FidoKeyInfo>,
+}
+
+/// What list, log and policy show of an sk key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FidoKeyInfo {
+    pub application: String,
+    pub flags: u8,
+    pub comment: String,
 }
 
 impl KeyInfo {
+    pub fn kind(&self) -> KeyKind {
+        if self.fido.is_some() {
+            KeyKind::Fido
+        } else {
+            KeyKind::Piv
+        }
+    }
+
+    /// Serial and slot of a key on a PIV (or mock) token; `None` for an sk key.
+    pub fn location(&self) -> Option<(u32, Slot)> {
+        self.fido.is_none().then_some((self.serial, self.slot))
+    }
+
+    /// Where the key lives, for humans: `12345678/9a` or `fido ssh:`.
+    pub fn place(&self) -> String {
+        match &self.fido {
+            Some(f) => format!("fido {}", f.application),
+            None => format!("{}/{}", self.serial, self.slot),
+        }
+    }
+
     /// `SHA256:...` fingerprint of the public key, as `ssh-add -l` prints it.
     pub fn fingerprint(&self) -> String {
         self.public_key.fingerprint(ssh_key::HashAlg::Sha256).to_string()
@@ -237,7 +269,10 @@ impl KeyInfo {
 
     /// The comment shown by `ssh-add -l`: where the key lives.
     pub fn comment(&self) -> String {
-        format!("keytap {}/{}", self.serial, self.slot)
+        match &self.fido {
+            Some(f) if !f.comment.is_empty() => f.comment.clone(),
+            _ => format!("keytap {}", self.place()),
+        }
     }
 }
 
@@ -318,8 +353,47 @@ pub enum TokenError {
     NotAttestable(String),
     #[error("not supported by this token: {0}")]
     Unsupported(String),
+    #[error("only one FIDO PIN try is left; keytap will not spend it. Re-plug the key and enter the right PIN once with a tool you trust (e.g. `fido2-token -I -w pin DEVICE`), or reset the key's FIDO application (erases its credentials)")]
+    FidoPinLastRetry,
+    #[error("two wrong FIDO PINs in a row; keytap stops asking (a third would block the key until it is re-plugged). Fix the PIN source (--fido-pin-file) and restart keytap")]
+    FidoPinStopped,
+    #[error("the security key refuses PINs until it is re-plugged (3 wrong PINs in a row); re-plug it and retry")]
+    FidoPinAuthBlocked,
+    #[error("the security key does not hold this credential (another device, or the key was reset); plug in the key it was made on")]
+    NoCredential,
+    #[error("the request was cancelled (the client went away)")]
+    Cancelled,
     #[error("token error: {0}")]
     Other(String),
+}
+
+/// A FIDO assertion request for an sk key: what OpenSSH's sk-usbhid sends.
+#[derive(Clone, Debug)]
+pub struct SkSignRequest {
+    /// rpId: the key's application.
+    pub rp_id: String,
+    pub key_handle: Vec<u8>,
+    /// The data to sign; clientDataHash = SHA-256(data).
+    pub data: Vec<u8>,
+    /// Ask for user presence (key flag 0x01).
+    pub up: bool,
+    /// The key needs user verification (key flag 0x04): built-in UV, else the PIN.
+    pub uv_required: bool,
+    /// Set by the agent when the client went away: cancel the wait for a touch.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// A silent probe (which device holds this key handle?): never ask for a PIN.
+    pub probe: bool,
+}
+
+/// What the authenticator returned: authenticatorData flags, signature counter and signature
+/// (DER for ES256, 64 bytes for EdDSA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkAssertion {
+    pub flags: u8,
+    pub counter: u32,
+    pub signature: Vec<u8>,
+    /// The device that answered.
+    pub device: String,
 }
 
 pub type TokenResult<T> = Result<T, TokenError>;
@@ -364,6 +438,15 @@ pub trait Token: Send {
     fn has_management_key(&self) -> bool {
         false
     }
+    /// FIDO: get an assertion for an sk key (with the clientPIN when given). Fails with
+    /// `PinRequired` when the device wants the PIN.
+    fn sk_sign(&mut self, _request: &SkSignRequest, _pin: Option<&Pin>) -> TokenResult<SkAssertion> {
+        Err(TokenError::Unsupported("FIDO credentials on this token".into()))
+    }
+    /// FIDO: does the device verify users itself (biometrics), so that no PIN is needed for UV?
+    fn sk_has_uv(&mut self) -> TokenResult<bool> {
+        Ok(false)
+    }
 }
 
 /// The token's two secrets.
@@ -404,6 +487,13 @@ pub enum TokenKind {
     Mock,
     /// YubiKeys (and other PIV cards) over PC/SC.
     Piv,
+}
+
+/// Where a key lives, for matching and display: a PIV/mock slot, or a FIDO credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Piv,
+    Fido,
 }
 
 #[cfg(test)]

@@ -95,7 +95,7 @@ fn one_yes_is_remembered_per_program_key_purpose_and_destination_until_cleared_o
 
     // SIGUSR1 forgets them (OpenSSH 10's signal for forgetting).
     assert!(std::process::Command::new("kill").args(["-USR1", &agent.pid().to_string()]).status().unwrap().success());
-    agent.wait_log("SIGUSR1: forgot 1 remembered approvals");
+    agent.wait_log("SIGUSR1: forgot 1 remembered approvals and 0 loaded sk keys; released the tokens");
     login("9d");
     assert_eq!(prompts(&seen).len(), 7);
     login("9d");

@@ -378,6 +378,7 @@ mod tests {
             pin_policy: crate::token::PinPolicy::Once,
             touch_policy: crate::token::TouchPolicy::Never,
             public_key: k.public_key().key_data().clone(),
+            fido: None,
         };
         (k, info)
     }

@@ -77,6 +77,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader { inner, buf: Zeroizing::new(vec![0; capacity.max(4)]), consumed: 0, filled: 0 }
     }
 
+    /// The stream itself (e.g. to notice the peer hanging up while a request runs).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Read the next frame. Its length is checked before any buffer is allocated for it.
     pub async fn next(&mut self, timeouts: FrameTimeouts) -> Result<Frame<'_>, FrameError> {
         self.reclaim();

@@ -308,6 +308,7 @@ impl Token for MockToken {
                     pin_policy: s.pin_policy,
                     touch_policy: s.touch_policy,
                     public_key: public_key_of(s)?,
+                    fido: None,
                 })
             })
             .collect()
@@ -408,6 +409,7 @@ impl Token for MockToken {
             pin_policy: request.pin_policy,
             touch_policy: request.touch_policy,
             public_key,
+            fido: None,
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use super::{KeyInfo, Pin, Secret, SignScheme, Slot, Token, TokenError, TokenInfo, TokenResult, TouchPolicy};
+use super::{KeyInfo, Pin, Secret, SignScheme, SkAssertion, SkSignRequest, Slot, Token, TokenError, TokenInfo, TokenResult, TouchPolicy};
 use crate::prompt::{PinRequest, Prompter, Terminal};
 use crate::text::ensure_safe;
 
@@ -35,12 +35,17 @@ pub struct Owner {
     notifier: TouchNotifier,
     /// The last PIN verified here was the factory default (setup offers to change it).
     pub default_pin_in_use: bool,
+    /// FIDO: wrong PINs in a row (the device blocks PIN use until re-plugged at 3).
+    fido_wrong_pins: u8,
 }
+
+/// Stop after this many wrong FIDO PINs in a row: one more would block the key until re-plugged.
+const FIDO_WRONG_PINS_STOP: u8 = 2;
 
 impl Owner {
     pub fn new(token: Box<dyn Token>, prompter: Arc<dyn Prompter>) -> Self {
         let notifier = TouchNotifier::new(prompter.clone());
-        Owner { token, prompter, info: None, notifier, default_pin_in_use: false }
+        Owner { token, prompter, info: None, notifier, default_pin_in_use: false, fido_wrong_pins: 0 }
     }
 
     fn serial(&mut self) -> u32 {
@@ -120,6 +125,66 @@ impl Owner {
                 Err(TokenError::PinRequired { retries }) if !pin_asked => {
                     pin_asked = true;
                     self.ensure_pin(retries, context)?;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl Owner {
+    /// Get a FIDO PIN from the prompter, refusing when the device is at its retry floor or
+    /// after two wrong PINs in a row.
+    fn fido_pin_prompt(&mut self, context: &SignContext, error: Option<String>) -> TokenResult<Pin> {
+        if self.fido_wrong_pins >= FIDO_WRONG_PINS_STOP {
+            return Err(TokenError::FidoPinStopped);
+        }
+        let retries = self.token.pin_retries()?;
+        if retries <= 1 {
+            return Err(TokenError::FidoPinLastRetry);
+        }
+        let request = PinRequest {
+            serial: 0,
+            retries,
+            reason: format!("{} wants to {}", ensure_safe(&context.requester), ensure_safe(&context.purpose)),
+            error,
+            terminal: context.terminal.clone(),
+        };
+        self.prompter
+            .pin(&request)
+            .map_err(|e| TokenError::PinUnavailable(e.to_string()))?
+            .ok_or_else(|| TokenError::PinUnavailable("PIN entry was cancelled".into()))
+    }
+
+    /// Sign with an sk key: the PIN when the key needs verification and the device cannot
+    /// verify by itself (or when the device asks for it), a touch notice when the key needs a
+    /// touch, and never more than two wrong PINs in a row.
+    pub fn sign_sk(&mut self, request: &SkSignRequest, context: &SignContext) -> TokenResult<SkAssertion> {
+        let mut pin: Option<Pin> = None;
+        if request.uv_required && !self.token.sk_has_uv()? {
+            // Asked for each request, as OpenSSH does: verify-required means someone entered it.
+            pin = Some(self.fido_pin_prompt(context, None)?);
+        }
+        loop {
+            let notice = request.up.then(|| {
+                self.notifier.arm(format!("Touch your security key to let {} {}", context.requester, context.purpose))
+            });
+            let result = self.token.sk_sign(request, pin.as_ref());
+            drop(notice);
+            match result {
+                Ok(a) => {
+                    if pin.is_some() {
+                        self.fido_wrong_pins = 0;
+                    }
+                    return Ok(a);
+                }
+                Err(TokenError::PinRequired { .. }) if pin.is_none() && !request.probe => {
+                    pin = Some(self.fido_pin_prompt(context, None)?);
+                }
+                Err(TokenError::WrongPin { retries }) => {
+                    self.fido_wrong_pins += 1;
+                    tracing::warn!(retries_left = retries, in_a_row = self.fido_wrong_pins, "wrong FIDO PIN");
+                    pin = Some(self.fido_pin_prompt(context, Some(format!("Wrong PIN ({retries} tries left).")))?);
                 }
                 other => return other,
             }
@@ -315,6 +380,11 @@ impl TokenHandle {
     /// Sign with `key` on the owner thread.
     pub async fn sign(&self, key: KeyInfo, scheme: SignScheme, data: Vec<u8>, context: SignContext) -> TokenResult<Vec<u8>> {
         self.run(move |owner| owner.sign(&key, scheme, &data, &context)).await?
+    }
+
+    /// Sign with an sk key on the owner thread.
+    pub async fn sign_sk(&self, request: SkSignRequest, context: SignContext) -> TokenResult<SkAssertion> {
+        self.run(move |owner| owner.sign_sk(&request, &context)).await?
     }
 
     /// Ask the owner to re-read the key list soon.
@@ -629,5 +699,101 @@ mod tests {
         slow.ready().await;
         assert_eq!(slow.keys().len(), 4);
         assert!(wait_first_reads(|| vec![slow.clone()], Duration::ZERO).await.is_empty());
+    }
+
+    /// A FIDO device in software: a PIN with retries and the "3 wrong in a row" block.
+    struct FakeFido {
+        pin: &'static str,
+        retries: u8,
+        in_a_row: u8,
+        signed: u32,
+    }
+
+    impl Token for FakeFido {
+        fn info(&mut self) -> TokenResult<TokenInfo> {
+            Ok(TokenInfo { serial: 0, model: "fake FIDO".into(), firmware: (0, 0, 0) })
+        }
+        fn keys(&mut self) -> TokenResult<Vec<KeyInfo>> {
+            Ok(Vec::new())
+        }
+        fn pin_retries(&mut self) -> TokenResult<u8> {
+            Ok(self.retries)
+        }
+        fn verify_pin(&mut self, _pin: &Pin) -> TokenResult<()> {
+            unreachable!("FIDO never verifies a PIN on its own")
+        }
+        fn sign(&mut self, _: Slot, _: SignScheme, _: &[u8]) -> TokenResult<Vec<u8>> {
+            unreachable!()
+        }
+        fn attest(&mut self, _: Slot) -> TokenResult<crate::token::Attestation> {
+            unreachable!()
+        }
+        fn generate(&mut self, _: crate::token::GenerateRequest, _: bool) -> TokenResult<KeyInfo> {
+            unreachable!()
+        }
+        fn sk_sign(&mut self, request: &SkSignRequest, pin: Option<&Pin>) -> TokenResult<SkAssertion> {
+            let ok = || SkAssertion { flags: 0x05, counter: 1, signature: vec![], device: "fake".into() };
+            match pin {
+                None if request.uv_required => Err(TokenError::PinRequired { retries: self.retries }),
+                None => Ok(ok()),
+                Some(_) if self.in_a_row >= 3 => Err(TokenError::FidoPinAuthBlocked),
+                Some(p) if p.as_str() == self.pin => {
+                    self.in_a_row = 0;
+                    self.retries = 8;
+                    self.signed += 1;
+                    Ok(ok())
+                }
+                Some(_) => {
+                    self.retries -= 1;
+                    self.in_a_row += 1;
+                    Err(TokenError::WrongPin { retries: self.retries })
+                }
+            }
+        }
+    }
+
+    fn sk_request() -> SkSignRequest {
+        SkSignRequest { rp_id: "ssh:".into(), key_handle: vec![1], data: b"x".to_vec(), up: true, uv_required: true, cancel: None, probe: false }
+    }
+
+    fn fido_owner(retries: u8, pins: &[&'static str]) -> (Owner, Arc<Scripted>) {
+        let prompter = Scripted::new(pins);
+        let token = FakeFido { pin: "1234", retries, in_a_row: 0, signed: 0 };
+        (Owner::new(Box::new(token), prompter.clone()), prompter)
+    }
+
+    #[test]
+    fn fido_pin_rules_never_block_the_key() {
+        // Right PIN: one prompt, one signature.
+        let (mut owner, prompter) = fido_owner(8, &["1234"]);
+        owner.sign_sk(&sk_request(), &context()).unwrap();
+        assert_eq!(prompter.shown.lock().unwrap()[0].retries, 8);
+        // Wrong, then right: the second prompt says why, and the counter resets.
+        let (mut owner, prompter) = fido_owner(8, &["0000", "1234"]);
+        owner.sign_sk(&sk_request(), &context()).unwrap();
+        let shown = prompter.shown.lock().unwrap();
+        assert_eq!(shown[1].error.as_deref(), Some("Wrong PIN (7 tries left)."));
+        drop(shown);
+        // Two wrong in a row: stop, and ask no more (a third would block the key).
+        let (mut owner, prompter) = fido_owner(8, &["0000", "0000", "1234"]);
+        let err = owner.sign_sk(&sk_request(), &context()).unwrap_err();
+        assert!(matches!(err, TokenError::FidoPinStopped), "{err}");
+        assert_eq!(prompter.shown.lock().unwrap().len(), 2);
+        let err = owner.sign_sk(&sk_request(), &context()).unwrap_err();
+        assert!(matches!(err, TokenError::FidoPinStopped), "still stopped: {err}");
+        // At the retry floor nothing is asked or spent.
+        let (mut owner, prompter) = fido_owner(1, &["1234"]);
+        let err = owner.sign_sk(&sk_request(), &context()).unwrap_err();
+        assert!(matches!(err, TokenError::FidoPinLastRetry), "{err}");
+        assert!(prompter.shown.lock().unwrap().is_empty());
+        // With 2 left, one wrong PIN leaves 1: refused before a second try.
+        let (mut owner, prompter) = fido_owner(2, &["0000", "1234"]);
+        let err = owner.sign_sk(&sk_request(), &context()).unwrap_err();
+        assert!(matches!(err, TokenError::FidoPinLastRetry), "{err}");
+        assert_eq!(prompter.shown.lock().unwrap().len(), 1);
+        // A key without verify-required is signed without any PIN.
+        let (mut owner, prompter) = fido_owner(8, &[]);
+        owner.sign_sk(&SkSignRequest { uv_required: false, ..sk_request() }, &context()).unwrap();
+        assert!(prompter.shown.lock().unwrap().is_empty());
     }
 }

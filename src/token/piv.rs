@@ -186,6 +186,7 @@ impl PivToken {
                                     pin_policy,
                                     touch_policy,
                                     public_key,
+                                    fido: None,
                                 }),
                                 Err(e) => tracing::info!(serial, %slot, ?alg, "skipping a key keytap cannot use: {e}"),
                             }
@@ -211,7 +212,7 @@ impl PivToken {
                         Ok((algorithm, public_key, policy)) => {
                             let (pin_policy, touch_policy) =
                                 card_policy.or(policy).unwrap_or((PinPolicy::Once, TouchPolicy::Never));
-                            keys.push(KeyInfo { serial, slot, algorithm, pin_policy, touch_policy, public_key });
+                            keys.push(KeyInfo { serial, slot, algorithm, pin_policy, touch_policy, public_key, fido: None });
                         }
                         Err(e) => tracing::info!(serial, %slot, "skipping a certificate keytap cannot use: {e}"),
                     }
@@ -494,6 +495,7 @@ impl Token for PivToken {
             pin_policy: request.pin_policy,
             touch_policy: request.touch_policy,
             public_key,
+            fido: None,
         };
         // A self-signed certificate names the key for cards without metadata (and for other
         // PIV software) and records the policies. Signing it needs the PIN (and a touch).

@@ -194,6 +194,7 @@ mod tests {
             pin_policy: PinPolicy::Always,
             touch_policy: TouchPolicy::Cached,
             public_key: public_key.clone(),
+            fido: None,
         };
         let der = self_signed(&key, spki.as_bytes(), |tbs| {
             let sig: p256::ecdsa::Signature = sk.sign(tbs);
