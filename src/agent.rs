@@ -621,7 +621,8 @@ impl Agent {
     async fn handle(&self, conn: &mut Connection, body: &[u8], cancel: Arc<std::sync::atomic::AtomicBool>) -> Vec<u8> {
         // `ssh-add FILE` of a software key goes to an upstream as it came (keytap never keeps
         // private keys); sk keys are keytap's own (see `add_sk`).
-        if matches!(body.first(), Some(&upstream::SSH_AGENTC_ADD_IDENTITY | &upstream::SSH_AGENTC_ADD_ID_CONSTRAINED)) && !is_sk_add(body) {
+        let adding = matches!(body.first(), Some(&upstream::SSH_AGENTC_ADD_IDENTITY | &upstream::SSH_AGENTC_ADD_ID_CONSTRAINED));
+        if adding && !self.upstreams.is_empty() && !is_sk_add(body) {
             return self.add_to_upstream(conn, body).await;
         }
         let request = match parse_request(body) {
@@ -737,7 +738,7 @@ impl Agent {
             }
         };
         let Some(mut key) = SkKey::from_keypair(keypair, &comment) else {
-            tracing::warn!(peer = %conn.peer, "ssh-add refused: a software {} private key; keytap keys live on hardware tokens and keytap never holds private keys (only FIDO sk keys, whose secret stays on the security key, can be added)", keypair.algorithm().map(|a| a.to_string()).unwrap_or_default());
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: a software {} private key; keytap keys live on hardware tokens and keytap never holds private keys (only FIDO sk keys, whose secret stays on the security key, can be added); no upstream agent is configured: start keytap with `--upstream SOCKET` to keep software keys in another agent behind it (docs/upstream.md)", keypair.algorithm().map(|a| a.to_string()).unwrap_or_default());
             return failure();
         };
         let Some(store) = self.sk.clone() else {
