@@ -21,6 +21,17 @@ use crate::token::{piv, Token, TokenKind};
 
 /// `keytap agent`.
 pub fn run(args: AgentArgs) -> Result<(), AppError> {
+    // The agent serves the mock (software keys on disk) only when told to in so many words: a
+    // --state-dir alone never turns a YubiKey agent into a software one.
+    if args.token.token.is_none() && args.token.state_dir.is_some() {
+        if !args.foreground && !args.daemon_child {
+            // As start_in_background does: `eval "$(keytap agent ...)"` must fail too.
+            println!("false;");
+        }
+        return Err(AppError::Message(
+            "--state-dir is the mock TEST token's directory; to serve the mock token say so: keytap agent --token mock --state-dir DIR".into(),
+        ));
+    }
     if !args.foreground && !args.daemon_child {
         return start_in_background(&args);
     }

@@ -216,7 +216,7 @@ fn pin_entry(configured: Option<&str>) -> Check {
     let Some(program) = prompt::pinentry_program(configured, &place) else {
         let wanted = match place {
             PinPlace::Desktop => "pinentry (e.g. `sudo apt install pinentry-gnome3`)",
-            PinPlace::Terminal(_) => "pinentry-curses (`sudo apt install pinentry-curses`)",
+            PinPlace::Terminal(_) | PinPlace::Configured => "pinentry-curses (`sudo apt install pinentry-curses`)",
         };
         return Check::problem("pin entry", "no pinentry program found", format!("install {wanted}, or pass --pinentry PROGRAM"));
     };

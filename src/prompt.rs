@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use zeroize::Zeroizing;
@@ -54,6 +54,9 @@ pub enum PinPlace {
     Desktop,
     /// A terminal pinentry on this terminal.
     Terminal(Terminal),
+    /// Neither is known, but a pinentry was named with --pinentry: it runs as it is, told no
+    /// terminal (a script, or a program that knows where to ask).
+    Configured,
 }
 
 /// Pinentry's "Operation cancelled" (GPG_ERR_CANCELED from the pinentry source): the user said no.
@@ -84,6 +87,11 @@ pub fn pin_place(desktop: bool, requester: Option<&Terminal>, own: Option<&Termi
     requester.or(own).cloned().map(PinPlace::Terminal)
 }
 
+/// [`pin_place`], or [`PinPlace::Configured`] when no place is known but a pinentry was named.
+fn place_or_configured(place: Option<PinPlace>, configured: Option<&str>) -> Option<PinPlace> {
+    place.or(configured.map(|_| PinPlace::Configured))
+}
+
 /// The pinentry for a place: the configured one, else pinentry-curses (then -tty, then plain
 /// `pinentry`) for a terminal, else `pinentry` (the desktop's choice) for the desktop.
 pub fn pinentry_program(configured: Option<&str>, place: &PinPlace) -> Option<PathBuf> {
@@ -93,6 +101,7 @@ pub fn pinentry_program(configured: Option<&str>, place: &PinPlace) -> Option<Pa
     let candidates: &[&str] = match place {
         PinPlace::Desktop => &["pinentry"],
         PinPlace::Terminal(_) => &["pinentry-curses", "pinentry-tty", "pinentry"],
+        PinPlace::Configured => &[],
     };
     candidates.iter().find_map(|p| which(p))
 }
@@ -165,7 +174,8 @@ impl Prompter for SystemPrompter {
             Some(path) => PromptError::PinFile(path, "its PIN is wrong; fix the file (for a running agent, then `keytap reload`)".into()),
             None => otherwise,
         };
-        let Some(place) = pin_place(desktop_session(), request.terminal.as_ref(), self.own_terminal.as_ref()) else {
+        let place = pin_place(desktop_session(), request.terminal.as_ref(), self.own_terminal.as_ref());
+        let Some(place) = place_or_configured(place, self.pinentry.as_deref()) else {
             return Err(no_source(rejected_file, PromptError::NoPinPlace));
         };
         let Some(program) = pinentry_program(self.pinentry.as_deref(), &place) else {
@@ -273,6 +283,7 @@ pub fn describe_place(place: &PinPlace) -> String {
     match place {
         PinPlace::Desktop => "the desktop".into(),
         PinPlace::Terminal(t) => format!("terminal {}", t.path.display()),
+        PinPlace::Configured => "wherever the configured pinentry asks".into(),
     }
 }
 
@@ -280,7 +291,7 @@ pub fn describe_place(place: &PinPlace) -> String {
 /// terminal or desktop; `Ok(None)` if cancelled.
 pub fn ask_with_pinentry(pinentry: Option<&str>, description: &str, prompt: &str) -> Result<Option<Pin>, PromptError> {
     let own = Terminal::own();
-    let place = pin_place(desktop_session(), None, own.as_ref()).ok_or(PromptError::NoPinPlace)?;
+    let place = place_or_configured(pin_place(desktop_session(), None, own.as_ref()), pinentry).ok_or(PromptError::NoPinPlace)?;
     let program = pinentry_program(pinentry, &place).ok_or(PromptError::NoPinSource)?;
     pinentry_ask(&program.to_string_lossy(), &place, description, prompt)
 }
@@ -292,17 +303,18 @@ fn assuan_error(line: &str) -> Option<(u32, String)> {
     Some((code.parse().ok()?, text.trim().to_string()))
 }
 
+/// Start an Assuan server (pinentry) with its stdin and stdout piped to us.
+fn spawn_assuan(program: &Path) -> std::io::Result<(Child, ChildStdin, BufReader<ChildStdout>)> {
+    let mut child = Command::new(program).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let stdin = child.stdin.take().expect("piped");
+    let stdout = BufReader::new(child.stdout.take().expect("piped"));
+    Ok((child, stdin, stdout))
+}
+
 /// Ask for a secret through the pinentry Assuan protocol, on `place`.
 fn pinentry_ask(program: &str, place: &PinPlace, description: &str, prompt: &str) -> Result<Option<Pin>, PromptError> {
     let fail = |e: String| PromptError::Program(program.to_string(), e);
-    let mut child = Command::new(program)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| fail(e.to_string()))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let (mut child, mut stdin, mut stdout) = spawn_assuan(program.as_ref()).map_err(|e| fail(e.to_string()))?;
     let mut line = String::new();
     let expect_ok = |stdout: &mut BufReader<_>, line: &mut String| -> Result<(), PromptError> {
         line.clear();
@@ -371,14 +383,7 @@ fn pinentry_ask(program: &str, place: &PinPlace, description: &str, prompt: &str
 pub fn pinentry_check(program: &Path, place: &PinPlace) -> Result<String, PromptError> {
     let name = program.display().to_string();
     let fail = |e: String| PromptError::Program(name.clone(), e);
-    let mut child = Command::new(program)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| fail(e.to_string()))?;
-    let mut stdin = child.stdin.take().expect("piped");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+    let (mut child, mut stdin, mut stdout) = spawn_assuan(program.as_ref()).map_err(|e| fail(e.to_string()))?;
     let mut commands = Vec::new();
     if let PinPlace::Terminal(terminal) = place {
         commands.push(format!("OPTION ttyname={}", assuan_escape(&terminal.path.to_string_lossy())));

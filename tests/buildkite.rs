@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use keytap::buildkite::command::prepare;
 use keytap::buildkite::pipeline::payload;
-use support::{text, Agent, AgentOptions, Sshd};
+use support::{agent_with_config, text, Agent, Sshd};
 
 const REPO: &str = "https://github.com/example/keytap-demo.git";
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/buildkite/pipeline.yml");
@@ -252,18 +252,10 @@ fn kid_defaults_to_the_thumbprint_in_sign_and_jwks_and_can_be_named() {
     assert_eq!(out.status.code(), Some(1));
 }
 
-fn agent_with_config(config: &str) -> (Agent, PathBuf, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let audit = dir.path().join("audit.jsonl");
-    let args = vec!["--config".to_string(), config_path.display().to_string(), "--audit-log".into(), audit.display().to_string()];
-    (Agent::start_with(AgentOptions { args, ..Default::default() }), audit, dir)
-}
 
 #[test]
 fn a_jws_only_key_signs_pipelines_and_nothing_else() {
-    let (agent, audit, _dir) = agent_with_config("[[key]]\nmatch = \"slot:9c\"\nallow = [\"jws\"]\n\n[[key]]\nmatch = \"slot:9a\"\nallow = [\"raw\", \"ssh-auth\"]\n");
+    let (agent, audit) = agent_with_config("[[key]]\nmatch = \"slot:9c\"\nallow = [\"jws\"]\n\n[[key]]\nmatch = \"slot:9a\"\nallow = [\"raw\", \"ssh-auth\"]\n", &[]);
     let ok = bk(&agent, &["sign", "--repo", REPO, "--key", "9c", FIXTURE], None);
     assert!(ok.status.success(), "{}", text(&ok));
     // A key allowed raw data and logins but not `jws` does not sign a pipeline.

@@ -207,3 +207,14 @@ fn wrong_command_line() {
         "error: the following required arguments were not provided:\n  <FILE>\n\nUsage: keytap cert add <FILE>\n\nFor more information, try '--help'.\n",
     );
 }
+
+#[test]
+fn the_agent_serves_the_mock_only_when_told_to() {
+    let home = Home::new();
+    let mock = home.mock();
+    let refusal = "keytap: --state-dir is the mock TEST token's directory; to serve the mock token say so: keytap agent --token mock --state-dir DIR\n";
+    // Neither in the foreground nor detached does a --state-dir alone start a software agent.
+    assert_output(home.keytap().args(["agent", "--foreground", "--state-dir"]).arg(&mock), 1, "", refusal);
+    assert_output(home.keytap().args(["agent", "--state-dir"]).arg(&mock), 1, "false;\n", refusal);
+    assert!(!home.path("run/keytap/agent.sock").exists(), "no socket was created");
+}

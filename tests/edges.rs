@@ -9,18 +9,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{exchange, frame, key_blob, sign_request, string, text, user, Agent, AgentOptions, Sshd};
+use support::{agent_with_config, exchange, frame, key_blob, sign_request, string, text, user, Agent, Sshd};
 
-fn agent_with_config(config: &str, extra: &[&str]) -> (Agent, PathBuf, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let audit = dir.path().join("audit.jsonl");
-    let mut args = vec!["--config".to_string(), config_path.display().to_string(), "--audit-log".into(), audit.display().to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let agent = Agent::start_with(AgentOptions { args, ..Default::default() });
-    (agent, audit, dir)
-}
 
 fn records(audit: &Path) -> Vec<serde_json::Value> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(audit.parent().unwrap())
@@ -50,7 +40,7 @@ fn terminal_controls(s: &str) -> Vec<char> {
 
 #[test]
 fn keytap_log_shows_a_hostile_namespace_escaped() {
-    let (agent, audit, _dir) = agent_with_config("[[key]]\nmatch = \"slot:9d\"\nallow = [\"sshsig:git\"]\n", &[]);
+    let (agent, audit) = agent_with_config("[[key]]\nmatch = \"slot:9d\"\nallow = [\"sshsig:git\"]\n", &[]);
     // A namespace that, printed raw, returns the cursor, erases the line, forges an `allow`
     // record and hides the rest; plus a C1 CSI and a bidi override.
     let namespace = "x\r\x1b[2K2026-11-30T10:00:00.000Z allow  sign     sshsig:git key=12345678/9d\x1b[8m\u{9b}\u{202e}";
@@ -102,7 +92,7 @@ fn userauth_data(user: &[u8], key_line: &str) -> Vec<u8> {
 fn a_confirmation_shows_a_hostile_user_name_on_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let (script, seen) = scripted_askpass(dir.path(), "no");
-    let (agent, audit, _cfg) = agent_with_config("[[key]]\nmatch = \"slot:9d\"\nconfirm = true\n", &["--askpass", script.to_str().unwrap()]);
+    let (agent, audit) = agent_with_config("[[key]]\nmatch = \"slot:9d\"\nconfirm = true\n", &["--askpass", script.to_str().unwrap()]);
     let user_name = format!("alice{}pretend this is all", "\n".repeat(40));
     let line = agent.key_line("9d");
     let flags = if line.starts_with("ssh-rsa ") { 2 } else { 0 };
@@ -123,7 +113,7 @@ fn a_confirmation_shows_a_hostile_user_name_on_one_line() {
 fn a_forwarded_confirmation_says_so_first() {
     let dir = tempfile::tempdir().unwrap();
     let (script, seen) = scripted_askpass(dir.path(), "no");
-    let (agent, _audit, _cfg) = agent_with_config("", &["--askpass", script.to_str().unwrap()]);
+    let (agent, _audit) = agent_with_config("", &["--askpass", script.to_str().unwrap()]);
     let sshd = Sshd::start(&[agent.key_line("9e")], &[]);
     let msg = agent.dir.path().join("fwd");
     std::fs::write(&msg, b"x").unwrap();
@@ -138,7 +128,7 @@ fn a_forwarded_confirmation_says_so_first() {
 
 #[test]
 fn a_flood_of_refusals_cannot_rotate_an_earlier_use_out_of_the_audit_log() {
-    let (agent, audit, _dir) = agent_with_config("", &["--audit-max-bytes", "4096"]);
+    let (agent, audit) = agent_with_config("", &["--audit-max-bytes", "4096"]);
     // A use of a key, on record.
     let body = sign_request(&key_blob(&agent.key_line("9e")), b"the record to keep", 2);
     let mut s = UnixStream::connect(&agent.socket).unwrap();
@@ -304,7 +294,7 @@ fn known_hosts_rules_match_as_openssh_does() {
         "known_hosts = [\"{}\"]\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"ssh-auth:jump.example\", \"ssh-auth:build.test\"]\n",
         known_hosts.display()
     );
-    let (agent, audit, _dir) = agent_with_config(&config, &[]);
+    let (agent, audit) = agent_with_config(&config, &[]);
     for sshd in &servers {
         std::fs::write(sshd.dir.path().join("authorized_keys"), format!("{}\n", agent.key_line("9d"))).unwrap();
     }

@@ -10,22 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{exchange, frame, key_blob, sign_request, string, text, Agent, AgentOptions, Sshd};
+use support::{agent_with_config, exchange, frame, key_blob, sign_request, string, text, Agent, Sshd};
 
 const FAILURE: u8 = 5;
 const SIGN_RESPONSE: u8 = 14;
 
-fn agent_with_config(config: &str, extra: &[&str]) -> (Agent, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let audit = dir.path().join("audit.jsonl");
-    let mut args = vec!["--config".to_string(), config_path.display().to_string(), "--audit-log".into(), audit.display().to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let agent = Agent::start_with(AgentOptions { args, ..Default::default() });
-    std::mem::forget(dir);
-    (agent, audit)
-}
 
 fn records(audit: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(audit).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()

@@ -9,20 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use support::{exchange, frame, key_blob, sign_request, text, Agent, AgentOptions, Sshd};
+use support::{agent_with_config, exchange, frame, key_blob, sign_request, text, Agent, AgentOptions, Sshd};
 
-fn agent_with_config(config: &str, extra: &[&str]) -> (Agent, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("config.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let audit = dir.path().join("audit.jsonl");
-    let mut args = vec!["--config".to_string(), config_path.display().to_string(), "--audit-log".into(), audit.display().to_string()];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let agent = Agent::start_with(AgentOptions { args, ..Default::default() });
-    // Keep the config directory alive as long as the agent's.
-    std::mem::forget(dir);
-    (agent, audit)
-}
 
 fn sshsig(agent: &Agent, slot: &str, namespace: &str) -> Output {
     let pubkey = agent.key_file(slot);

@@ -105,7 +105,12 @@ pub fn perform(owner: &mut Owner, plan: Plan, context: &SignContext) -> Result<D
     if plan.protect_management_key && !owner.token.has_management_key() {
         return Err("this token has no management key, so --protect-management-key cannot apply; drop it. Nothing on the token was changed".into());
     }
-    verify_pin_first(owner, plan.change_pin.as_ref().map(|c| &c.current), context).map_err(precondition)?;
+    // A PUK change alone needs no PIN (and must stay possible while the PIN is at its retry
+    // floor); everything else does: the new key's certificate, the protected management key.
+    let puk_only = plan.change_puk.is_some() && plan.generate.is_none() && !plan.protect_management_key && plan.change_pin.is_none();
+    if !puk_only {
+        verify_pin_first(owner, plan.change_pin.as_ref().map(|c| &c.current), context).map_err(precondition)?;
+    }
 
     let mut done = Done::default();
     let mut changed: Vec<String> = Vec::new();

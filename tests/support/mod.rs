@@ -452,3 +452,18 @@ pub fn key_blob(line: &str) -> Vec<u8> {
 pub fn sign_request(blob: &[u8], data: &[u8], flags: u32) -> Vec<u8> {
     [vec![13], string(blob), string(data), flags.to_be_bytes().to_vec()].concat()
 }
+
+/// An agent on a fresh mock token with this policy config and an audit log of its own, plus
+/// `extra` agent flags; returns the agent and the audit log's path. The config's directory is
+/// kept for the rest of the test process (the agent may re-read it on reload).
+pub fn agent_with_config(config: &str, extra: &[&str]) -> (Agent, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let mut args = vec!["--config".to_string(), config_path.display().to_string(), "--audit-log".into(), audit.display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let agent = Agent::start_with(AgentOptions { args, ..Default::default() });
+    std::mem::forget(dir);
+    (agent, audit)
+}
