@@ -154,7 +154,8 @@ fn query_lists_the_extensions_and_session_bind_is_accepted_while_locked() {
 
 #[test]
 fn keytap_approvals_says_what_to_do_without_an_agent_and_when_nothing_is_remembered() {
-    let out = std::process::Command::new(support::KEYTAP).arg("approvals").env_remove("SSH_AUTH_SOCK").output().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = support::keytap_in(dir.path()).arg("approvals").output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`keytap approvals` works through the running keytap agent") && err.contains("eval $(keytap agent)"), "{err}");

@@ -300,17 +300,15 @@ fn keytap_refuses_itself_as_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("sock").join("agent.sock");
     let state = dir.path().join("mock");
-    let out = Command::new(support::KEYTAP).args(["mock", "init", "--state-dir"]).arg(&state).output().unwrap();
+    let out = support::keytap_in(dir.path()).args(["mock", "init", "--state-dir"]).arg(&state).output().unwrap();
     assert!(out.status.success());
-    let out = Command::new(support::KEYTAP)
+    let out = support::keytap_in(dir.path())
         .args(["agent", "--foreground", "--token", "mock", "--state-dir"])
         .arg(&state)
         .arg("--socket")
         .arg(&socket)
         .arg("--upstream")
         .arg(&socket)
-        .env("XDG_STATE_HOME", dir.path().join("state"))
-        .env("XDG_CONFIG_HOME", dir.path().join("config"))
         .stdin(Stdio::null())
         .output()
         .unwrap();
