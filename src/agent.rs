@@ -37,6 +37,8 @@ use crate::purpose::{self, Purpose};
 use crate::signature;
 use crate::token::owner::{SignContext, TokenHandle};
 use crate::token::{FidoKeyInfo, KeyAlgorithm, KeyInfo, PinPolicy, SkSignRequest, TouchPolicy};
+use crate::upstream::{self, UpstreamKey, Upstreams};
+use crate::remembered::{self, Approval, Approvals, Program};
 use binding::Bindings;
 use confirm::Confirmer;
 use frame::{FrameError, FrameTimeouts};
@@ -96,12 +98,16 @@ pub struct Agent {
     connections: Registry,
     /// sk keys loaded with ssh-add (None: FIDO is off, and ssh-add is refused as before).
     sk: Option<SkStore>,
+    upstreams: Upstreams,
+    approvals: Approvals,
 }
 
 /// Per-connection state.
 struct Connection {
     peer: PeerInfo,
     bindings: Bindings,
+    /// This connection's own connections to the upstream agents.
+    upstream: upstream::Link,
 }
 
 impl Connection {
@@ -228,6 +234,111 @@ impl From<&KeyInfo> for KeyReport {
     }
 }
 
+/// Who signs: a token's key, or an upstream agent's.
+enum Signer {
+    /// A token's key, or a loaded sk key (no token handle: its device is found when signing).
+    Local(Option<TokenHandle>, KeyInfo),
+    Upstream(UpstreamKey),
+}
+
+impl Signer {
+    fn key_record(&self) -> KeyRecord {
+        match self {
+            Signer::Local(_, key) => KeyRecord {
+                fingerprint: key.fingerprint(),
+                serial: key.serial,
+                slot: if key.fido.is_some() { "fido".into() } else { key.slot.to_string() },
+            },
+            Signer::Upstream(key) => KeyRecord { fingerprint: key.fingerprint(), serial: 0, slot: "upstream".into() },
+        }
+    }
+
+    fn policy(&self, policy: &Policy) -> policy::KeyPolicy {
+        match self {
+            Signer::Local(_, key) => policy.for_key(key),
+            Signer::Upstream(key) => policy.for_upstream(&key.fingerprint()),
+        }
+    }
+
+    /// An upstream's keys are software keys as far as keytap knows: no touch.
+    fn touch(&self) -> TouchPolicy {
+        match self {
+            Signer::Local(_, key) => key.touch_policy,
+            Signer::Upstream(_) => TouchPolicy::Never,
+        }
+    }
+
+    /// For a confirmation prompt; the upstream's comment is escaped (the upstream chose it).
+    fn describe(&self, upstreams: &Upstreams) -> String {
+        match self {
+            Signer::Local(_, key) => format!("{} ({})", key.place(), key.fingerprint()),
+            Signer::Upstream(key) => format!(
+                "{} \"{}\" from upstream agent {}",
+                key.fingerprint(),
+                crate::text::escape(&key.identity.comment),
+                upstreams.path(key.upstream).display()
+            ),
+        }
+    }
+}
+
+/// On a session-bound connection, only the keys whose policy could allow a login to the
+/// bound destination, certificates first: ssh offers them in this order, and a server's
+/// MaxAuthTries counts every key offered.
+async fn for_destination(policy: &Policy, conn: &Connection, ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], destination: HostKey) -> Vec<ssh_agent_lib::proto::Identity> {
+    let candidates = policy.ssh_auth_hosts();
+    let host_names = if candidates.is_empty() {
+        Vec::new()
+    } else {
+        let files = policy.known_hosts.clone();
+        tokio::task::spawn_blocking(move || host_names(&destination, &candidates, &files, crate::cert::unix_now())).await.unwrap_or_default()
+    };
+    keep_for_destination(policy, ids, keys, conn.forwarded(), &host_names)
+}
+
+/// The pure part of [`for_destination`]: keys a login to a host known as `host_names` could
+/// use, certificates first (otherwise in the order given).
+fn keep_for_destination(policy: &Policy, mut ids: Vec<ssh_agent_lib::proto::Identity>, keys: &[&KeyInfo], forwarded: bool, host_names: &[String]) -> Vec<ssh_agent_lib::proto::Identity> {
+    ids.retain(|id| {
+        let key = upstream::credential_key(&id.credential);
+        let key_policy = match keys.iter().find(|k| &k.public_key == key) {
+            Some(k) => policy.for_key(k),
+            None => policy.for_upstream(&key.fingerprint(ssh_key::HashAlg::Sha256).to_string()),
+        };
+        policy::could_log_in(&key_policy, forwarded, host_names)
+    });
+    ids.sort_by_key(|id| !matches!(id.credential, PublicCredential::Cert(_)));
+    ids
+}
+
+/// Upstream keys after keytap's own, without keys keytap already lists, within the frame cap.
+fn append_upstream(ids: &mut Vec<ssh_agent_lib::proto::Identity>, upstream_keys: Vec<UpstreamKey>) {
+    let mut room = frame::MAX_FRAME.saturating_sub(5 + ids.iter().map(upstream::encoded_len).sum::<usize>());
+    for key in upstream_keys {
+        if ids.iter().any(|id| id.credential == key.identity.credential) {
+            continue;
+        }
+        let len = upstream::encoded_len(&key.identity);
+        if len > room {
+            tracing::warn!("the key list is full; upstream key {} is left out of this answer", key.fingerprint());
+            continue;
+        }
+        room -= len;
+        ids.push(key.identity);
+    }
+}
+
+/// Whether an ADD_IDENTITY body carries an sk key (keytap's own FIDO path takes those).
+fn is_sk_add(body: &[u8]) -> bool {
+    use ssh_agent_lib::proto::PrivateCredential;
+    let credential = match parse_request(body) {
+        Ok(Request::AddIdentity(add)) => add.credential,
+        Ok(Request::AddIdConstrained(add)) => add.identity.credential,
+        _ => return false,
+    };
+    matches!(credential, PrivateCredential::Key { privkey, .. } if SkKey::from_keypair(&privkey, "").is_some())
+}
+
 /// Why a sign request got FAILURE: refused by a rule, or failed on the way.
 enum Refusal {
     Denied(String),
@@ -333,6 +444,8 @@ impl Agent {
             prompter: None,
             connections: Registry::default(),
             sk: None,
+            upstreams: Upstreams::new(Vec::new(), upstream::Timeouts::default()),
+            approvals: Approvals::default(),
             certs: cert_ext::AgentCerts::new(certs_options.cert_dir, certs_options.certs_only),
         }
     }
@@ -346,6 +459,12 @@ impl Agent {
     /// Read the policy again from here on reload (SIGHUP, `keytap reload`).
     pub fn with_policy_source(mut self, source: reload::PolicySource) -> Agent {
         self.policy_source = Some(source);
+        self
+    }
+
+    /// Serve these upstream agents' keys after the tokens' (see `upstream`).
+    pub fn with_upstreams(mut self, upstreams: Upstreams) -> Agent {
+        self.upstreams = upstreams;
         self
     }
 
@@ -459,7 +578,7 @@ impl Agent {
             return;
         }
         tracing::debug!(peer = %peer, "connected");
-        let mut conn = Connection { peer, bindings: Bindings::default() };
+        let mut conn = Connection { peer, bindings: Bindings::default(), upstream: upstream::Link::default() };
         let (reader, mut writer) = stream.split();
         let mut reader = frame::FrameReader::new(reader);
         loop {
@@ -500,6 +619,12 @@ impl Agent {
 
     /// Answer one request; every path produces an answer (FAILURE at worst).
     async fn handle(&self, conn: &mut Connection, body: &[u8], cancel: Arc<std::sync::atomic::AtomicBool>) -> Vec<u8> {
+        // `ssh-add FILE` of a software key goes to an upstream as it came (keytap never keeps
+        // private keys); sk keys are keytap's own (see `add_sk`).
+        let adding = matches!(body.first(), Some(&upstream::SSH_AGENTC_ADD_IDENTITY | &upstream::SSH_AGENTC_ADD_ID_CONSTRAINED));
+        if adding && !self.upstreams.is_empty() && !is_sk_add(body) {
+            return self.add_to_upstream(conn, body).await;
+        }
         let request = match parse_request(body) {
             Ok(request) => request,
             Err(e) => {
@@ -517,14 +642,21 @@ impl Agent {
             self.first_reads().await;
         }
         match request {
-            Request::RequestIdentities => self.identities().await,
+            Request::RequestIdentities => self.identities(conn).await,
             Request::SignRequest(req) => self.sign(conn, req, cancel).await,
             Request::AddIdentity(add) => self.add_sk(conn, add.credential, &[]).await,
             Request::AddIdConstrained(add) => self.add_sk(conn, add.identity.credential, &add.constraints).await,
+            Request::RemoveIdentity(remove) if !self.upstreams.is_empty() && !self.is_loaded_sk(&remove.credential) => {
+                self.remove_from_upstream(conn, remove.credential, body).await
+            }
             Request::RemoveIdentity(remove) => self.remove_sk(conn, remove.credential).await,
             Request::Extension(ext) => self.extension(conn, ext).await,
             Request::Lock(passphrase) => {
                 let ok = self.lock.lock(Zeroizing::new(passphrase)).await;
+                if ok {
+                    // A lock ends every remembered approval.
+                    self.approvals.clear();
+                }
                 tracing::info!(peer = %conn.peer, "lock: {}", if ok { "locked" } else { "refused (already locked)" });
                 self.audit(event_record("lock", &conn.peer, if ok { "allow" } else { "deny" }, if ok { "" } else { "already locked" })).await;
                 encode(if ok { Response::Success } else { Response::Failure })
@@ -566,6 +698,9 @@ impl Agent {
                     token.release();
                 }
                 tracing::info!(peer = %conn.peer, "ssh-add -D: keys live on tokens and stay listed; released the tokens for other programs");
+                if !self.upstreams.is_empty() {
+                    return self.remove_all_upstream(conn).await;
+                }
                 encode(Response::Success)
             }
             other => {
@@ -603,7 +738,7 @@ impl Agent {
             }
         };
         let Some(mut key) = SkKey::from_keypair(keypair, &comment) else {
-            tracing::warn!(peer = %conn.peer, "ssh-add refused: a software {} private key; keytap keys live on hardware tokens and keytap never holds private keys (only FIDO sk keys, whose secret stays on the security key, can be added)", keypair.algorithm().map(|a| a.to_string()).unwrap_or_default());
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: a software {} private key; keytap keys live on hardware tokens and keytap never holds private keys (only FIDO sk keys, whose secret stays on the security key, can be added); no upstream agent is configured: start keytap with `--upstream SOCKET` to keep software keys in another agent behind it (docs/upstream.md)", keypair.algorithm().map(|a| a.to_string()).unwrap_or_default());
             return failure();
         };
         let Some(store) = self.sk.clone() else {
@@ -677,14 +812,30 @@ impl Agent {
         }
     }
 
-    async fn identities(&self) -> Vec<u8> {
+    async fn identities(&self, conn: &mut Connection) -> Vec<u8> {
         if self.lock.is_locked() {
             return encode(Response::IdentitiesAnswer(Vec::new()));
         }
         let all = self.all_keys();
         let keys: Vec<&KeyInfo> = all.iter().collect();
-        let ids = self.certs.identities(&keys).await;
+        let mut ids = self.certs.identities(&keys).await;
+        if !self.upstreams.is_empty() {
+            let upstream_keys = self.upstreams.identities(&mut conn.upstream).await;
+            append_upstream(&mut ids, upstream_keys);
+        }
+        // Only ssh about to log in binds without is_forwarding; a forwarded socket's other
+        // clients (git, ssh-keygen on the remote host) see every key.
+        let policy = self.policy.read().expect("policy lock").clone();
+        let login = conn.bindings.last().filter(|b| !b.forwarded && policy.list_by_destination());
+        if let Some(destination) = login.map(|b| b.host_key.clone()) {
+            ids = for_destination(&policy, conn, ids, &keys, destination).await;
+        }
         encode(Response::IdentitiesAnswer(ids))
+    }
+
+    /// A loaded sk key (ssh-add -d of it is FIDO's, not an upstream's).
+    fn is_loaded_sk(&self, credential: &PublicCredential) -> bool {
+        self.sk.as_ref().is_some_and(|s| s.find(upstream::credential_key(credential)).is_some())
     }
 
     async fn sign(&self, conn: &mut Connection, req: SignRequest, cancel: Arc<std::sync::atomic::AtomicBool>) -> Vec<u8> {
@@ -709,7 +860,8 @@ impl Agent {
         let purpose = record.purpose.clone().unwrap_or_else(|| "-".into());
         let answer = match outcome {
             Ok(blob) => {
-                record.decision = "allow".into();
+                let remembered = record.details.get("remembered").is_some_and(|v| v == true);
+                record.decision = if remembered { "allow (remembered)" } else { "allow" }.into();
                 tracing::info!(peer = %conn.peer, chain = %conn.peer.chain(), key = %key, purpose = %purpose, forwarded = record.forwarded, ms = record.duration_ms, "signed");
                 sign_response(&blob)
             }
@@ -732,7 +884,7 @@ impl Agent {
         answer
     }
 
-    async fn sign_inner(&self, conn: &Connection, req: SignRequest, record: &mut Record, cancel: Arc<std::sync::atomic::AtomicBool>) -> Result<Vec<u8>, Refusal> {
+    async fn sign_inner(&self, conn: &mut Connection, req: SignRequest, record: &mut Record, cancel: Arc<std::sync::atomic::AtomicBool>) -> Result<Vec<u8>, Refusal> {
         if self.lock.is_locked() {
             return Err(Refusal::Denied("the agent is locked (unlock with `ssh-add -X`)".into()));
         }
@@ -747,24 +899,32 @@ impl Agent {
             }
         };
         let sk_key = self.sk.as_ref().and_then(|s| s.find(&key_data));
-        let (token, key) = match &sk_key {
-            Some(sk) => (None, sk_key_info(sk)),
-            None => {
-                let Some((token, key)) = self.tokens().iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) else {
-                    record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
-                    return Err(Refusal::Denied("no token holds this key".into()));
-                };
-                (Some(token), key)
-            }
+        let signer = match &sk_key {
+            Some(sk) => Signer::Local(None, sk_key_info(sk)),
+            None => match self.tokens().iter().find_map(|t| t.find(&key_data).map(|k| (t.clone(), k))) {
+                Some((token, key)) => Signer::Local(Some(token), key),
+                None => match self.upstreams.find_or_ask(&mut conn.upstream, &key_data).await {
+                    Some(key) => {
+                        record.details.insert("upstream".into(), self.upstreams.path(key.upstream).display().to_string().into());
+                        // SHA-1 `ssh-rsa` is refused whoever holds the key.
+                        let sha2 = signature::SSH_AGENT_RSA_SHA2_256 | signature::SSH_AGENT_RSA_SHA2_512;
+                        if matches!(key.key_data().algorithm(), ssh_key::Algorithm::Rsa { .. }) && req.flags & sha2 == 0 {
+                            record.key = Some(Signer::Upstream(key).key_record());
+                            return Err(Refusal::Denied(signature::SchemeError::RsaSha1.to_string()));
+                        }
+                        Signer::Upstream(key)
+                    }
+                    None => {
+                        record.key = Some(KeyRecord { fingerprint: key_data.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "-".into() });
+                        return Err(Refusal::Denied("no token or upstream agent holds this key".into()));
+                    }
+                },
+            },
         };
-        record.key = Some(KeyRecord {
-            fingerprint: key.fingerprint(),
-            serial: key.serial,
-            slot: if key.fido.is_some() { "fido".into() } else { key.slot.to_string() },
-        });
-        let scheme = match &sk_key {
-            Some(_) => None,
-            None => Some(signature::scheme_for(&key.public_key, req.flags).map_err(|e| Refusal::Denied(e.to_string()))?),
+        record.key = Some(signer.key_record());
+        let scheme = match (&signer, &sk_key) {
+            (Signer::Local(_, key), None) => Some(signature::scheme_for(&key.public_key, req.flags).map_err(|e| Refusal::Denied(e.to_string()))?),
+            _ => None,
         };
         let purpose = purpose::classify_credential(&req.data, &req.credential).map_err(|e| Refusal::Denied(e.to_string()))?;
         record.purpose = Some(purpose.name());
@@ -776,7 +936,7 @@ impl Agent {
         // local connection, the one a hostbound request names).
         let host_key = conn.bindings.destination(&purpose).map_err(Refusal::Denied)?;
         let policy = self.policy.read().expect("policy lock").clone();
-        let key_policy = policy.for_key(&key);
+        let key_policy = signer.policy(&policy);
         let host_names = match (&purpose, &host_key) {
             (Purpose::SshAuth { .. }, Some(host_key)) => {
                 let candidates: Vec<String> = key_policy
@@ -801,32 +961,44 @@ impl Agent {
             forwarded: conn.forwarded(),
             host_key: host_key.as_ref().map(HostKey::key),
             host_names: &host_names,
-            touch: key.touch_policy,
+            touch: signer.touch(),
         };
         match policy::decide(&request, &key_policy) {
             Decision::Allow => {}
             Decision::Deny(reason) => return Err(Refusal::Denied(reason)),
             Decision::Confirm => {
-                // The warning first, and the peer's text (user name, process names) escaped,
-                // so nothing the peer chose can push it out of view.
-                let message = format!(
-                    "{}Allow {} ({}) to {} with key {} ({})?",
-                    if conn.forwarded() { "FORWARDED agent: " } else { "" },
-                    conn.peer,
-                    crate::text::escape(&conn.peer.chain()),
-                    crate::text::escape(&purpose.describe()),
-                    key.place(),
-                    key.fingerprint()
-                );
-                let Some(confirmer) = &self.confirmer else {
-                    return Err(Refusal::Denied("confirmation required but no prompter is configured".into()));
+                // confirm = "remember:D": one yes per program, key, purpose and destination;
+                // a forwarded use is always asked.
+                let remember = match key_policy.remember.filter(|_| !conn.forwarded()) {
+                    Some(duration) => Some((self.approval(conn, &signer, &purpose, host_key.as_ref()).await, duration)),
+                    None => None,
                 };
-                let yes = confirmer.ask(message).await.map_err(|e| Refusal::Denied(e.to_string()))?;
-                record.details.insert("confirmed".into(), yes.into());
-                if !yes {
-                    return Err(Refusal::Denied("the user did not confirm".into()));
+                if remember.as_ref().is_some_and(|(approval, _)| self.approvals.recalls(approval, Instant::now())) {
+                    record.details.insert("remembered".into(), true.into());
+                } else {
+                    // The warning first, and the peer's text (user name, process names) escaped,
+                    // so nothing the peer chose can push it out of view.
+                    let message = format!(
+                        "{}Allow {} ({}) to {} with key {}?",
+                        if conn.forwarded() { "FORWARDED agent: " } else { "" },
+                        conn.peer,
+                        crate::text::escape(&conn.peer.chain()),
+                        crate::text::escape(&purpose.describe()),
+                        signer.describe(&self.upstreams),
+                    );
+                    let Some(confirmer) = &self.confirmer else {
+                        return Err(Refusal::Denied("confirmation required but no prompter is configured".into()));
+                    };
+                    let yes = confirmer.ask(message).await.map_err(|e| Refusal::Denied(e.to_string()))?;
+                    record.details.insert("confirmed".into(), yes.into());
+                    if !yes {
+                        return Err(Refusal::Denied("the user did not confirm".into()));
+                    }
+                    self.still_unlocked("the confirmation")?;
+                    if let Some((approval, duration)) = remember {
+                        self.approvals.remember(approval, duration, Instant::now());
+                    }
                 }
-                self.still_unlocked("the confirmation")?;
             }
         }
         // Name the destination in PIN prompts and touch notices when it is known.
@@ -838,6 +1010,19 @@ impl Agent {
         if let Some(sk) = sk_key {
             return self.sign_sk(sk, req.data, context, cancel, record).await;
         }
+        let (token, key) = match signer {
+            Signer::Local(token, key) => (token, key),
+            Signer::Upstream(key) => {
+                let data = req.data.clone();
+                let mut body = Vec::new();
+                Request::SignRequest(req).encode(&mut body).map_err(|e| Refusal::Failed(e.to_string()))?;
+                let signature = self.upstreams.sign(&mut conn.upstream, &key, &body, &data).await.map_err(|e| Refusal::Failed(e.to_string()))?;
+                self.still_unlocked("the upstream agent")?;
+                let mut blob = Vec::new();
+                signature.encode(&mut blob).map_err(|e| Refusal::Failed(e.to_string()))?;
+                return Ok(blob);
+            }
+        };
         let (Some(token), Some(scheme)) = (token, scheme) else { unreachable!("a token key has a token and a scheme") };
         let raw = token.sign(key.clone(), scheme, req.data, context).await.map_err(|e| Refusal::Failed(e.to_string()))?;
         // A signature that waited for a PIN or a touch is not handed out if the agent was
@@ -906,6 +1091,150 @@ impl Agent {
         None
     }
 
+    /// What a yes to this use covers (reads /proc on a blocking thread).
+    async fn approval(&self, conn: &Connection, signer: &Signer, purpose: &Purpose, host_key: Option<&HostKey>) -> Approval {
+        let peer = conn.peer.clone();
+        let fallback = Program { exe: None, ancestors: Vec::new(), chain: peer.chain() };
+        let program = tokio::task::spawn_blocking(move || Program::of(&peer)).await.unwrap_or(fallback);
+        let destination = match purpose {
+            Purpose::SshAuth { .. } => host_key.map(|h| h.fingerprint()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        Approval { program, key: signer.key_record().fingerprint, purpose: purpose.name(), destination }
+    }
+
+    /// Forget every remembered approval (SIGUSR1, `keytap approvals clear`); how many.
+    pub fn forget_approvals(&self) -> usize {
+        self.approvals.clear()
+    }
+
+    /// SIGUSR1, as OpenSSH 10's agent: forget remembered approvals and loaded sk keys, and
+    /// release the tokens.
+    pub async fn forget_on_signal(&self) {
+        let approvals = self.approvals.clear();
+        let sk = match self.sk.clone() {
+            Some(store) => match tokio::task::spawn_blocking(move || store.remove_all()).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    tracing::error!("SIGUSR1: {e}");
+                    0
+                }
+                Err(_) => 0,
+            },
+            None => 0,
+        };
+        for token in self.tokens() {
+            token.release();
+        }
+        tracing::info!("SIGUSR1: forgot {approvals} remembered approvals and {sk} loaded sk keys; released the tokens");
+    }
+
+    /// `keytap approvals [clear]`, for the local user only.
+    async fn approvals_extension(&self, conn: &Connection, ext: &Extension) -> Vec<u8> {
+        let op = String::decode(&mut ext.details.as_ref()).unwrap_or_default();
+        let mut reply = remembered::Reply::default();
+        if let Err(reason) = conn.local_only("keytap approvals") {
+            reply.error = Some(reason);
+        } else if self.lock.is_locked() {
+            reply.error = Some("the agent is locked; unlock it with `ssh-add -X`".into());
+        } else {
+            match op.as_str() {
+                "list" => reply.approvals = self.approvals.list(Instant::now()),
+                "clear" => {
+                    reply.cleared = self.approvals.clear();
+                    tracing::info!(peer = %conn.peer, "forgot {} remembered approvals", reply.cleared);
+                    self.audit(event_record("approvals-clear", &conn.peer, "allow", "")).await;
+                }
+                other => reply.error = Some(format!("unknown approvals operation {:?}", crate::text::escape(other))),
+            }
+        }
+        let json = serde_json::to_vec(&reply).expect("approvals reply serialises");
+        encode(Response::ExtensionResponse(Extension { name: remembered::EXT_APPROVALS.into(), details: json.into() }))
+    }
+
+    /// Upstream agents see the client's session-binds, so their own destination constraints
+    /// keep working (keytap's binding rules apply to their keys as well).
+    async fn pass_on_session_bind(&self, conn: &mut Connection, ext: Extension) {
+        if self.upstreams.is_empty() {
+            return;
+        }
+        let mut body = Vec::new();
+        if Request::Extension(ext).encode(&mut body).is_ok() {
+            self.upstreams.session_bind(&mut conn.upstream, &body).await;
+        }
+    }
+
+    /// `ssh-add FILE`: keytap holds no software keys; the first upstream agent takes it.
+    async fn add_to_upstream(&self, conn: &mut Connection, body: &[u8]) -> Vec<u8> {
+        let outcome = if self.lock.is_locked() {
+            Err("the agent is locked (unlock with `ssh-add -X`)".to_string())
+        } else if let Err(reason) = conn.local_only("adding a key") {
+            Err(reason)
+        } else {
+            self.upstreams.add(&mut conn.upstream, body).await.map_err(|e| e.to_string())
+        };
+        let mut record = event_record("add-identity", &conn.peer, "allow", "");
+        if let Some(path) = (!self.upstreams.is_empty()).then(|| self.upstreams.path(0)) {
+            record.details.insert("upstream".into(), path.display().to_string().into());
+        }
+        if let Err(reason) = &outcome {
+            tracing::warn!(peer = %conn.peer, "ssh-add refused: {reason}");
+            record.decision = "deny".into();
+            record.reason = reason.clone();
+        } else {
+            tracing::info!(peer = %conn.peer, "ssh-add: key added to upstream agent {}", self.upstreams.path(0).display());
+        }
+        let written = self.audit(record).await;
+        encode(if outcome.is_ok() && written { Response::Success } else { Response::Failure })
+    }
+
+    /// `ssh-add -d`: a key an upstream lists is removed there; token keys stay.
+    async fn remove_from_upstream(&self, conn: &mut Connection, credential: PublicCredential, body: &[u8]) -> Vec<u8> {
+        let key = upstream::credential_key(&credential).clone();
+        let outcome = if self.lock.is_locked() {
+            Err("the agent is locked (unlock with `ssh-add -X`)".to_string())
+        } else if let Err(reason) = conn.local_only("removing a key") {
+            Err(reason)
+        } else if self.tokens().iter().any(|t| t.find(&key).is_some()) {
+            Err("this key lives on a token and cannot be removed from the agent".to_string())
+        } else {
+            self.upstreams.remove(&mut conn.upstream, &key, body).await.map_err(|e| e.to_string())
+        };
+        let mut record = event_record("remove-identity", &conn.peer, "allow", "");
+        record.key = Some(KeyRecord { fingerprint: key.fingerprint(ssh_key::HashAlg::Sha256).to_string(), serial: 0, slot: "upstream".into() });
+        if let Err(reason) = &outcome {
+            tracing::warn!(peer = %conn.peer, "ssh-add -d refused: {reason}");
+            record.decision = "deny".into();
+            record.reason = reason.clone();
+        }
+        let written = self.audit(record).await;
+        encode(if outcome.is_ok() && written { Response::Success } else { Response::Failure })
+    }
+
+    /// `ssh-add -D` reaches every upstream agent.
+    async fn remove_all_upstream(&self, conn: &mut Connection) -> Vec<u8> {
+        let outcome = if self.lock.is_locked() {
+            Err("the agent is locked (unlock with `ssh-add -X`)".to_string())
+        } else if let Err(reason) = conn.local_only("removing keys") {
+            Err(reason)
+        } else {
+            let errors = self.upstreams.remove_all(&mut conn.upstream).await;
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))
+            }
+        };
+        let mut record = event_record("remove-all-upstream", &conn.peer, "allow", "");
+        if let Err(reason) = &outcome {
+            tracing::warn!(peer = %conn.peer, "ssh-add -D: {reason}");
+            record.decision = "deny".into();
+            record.reason = reason.clone();
+        }
+        let written = self.audit(record).await;
+        encode(if outcome.is_ok() && written { Response::Success } else { Response::Failure })
+    }
+
     fn still_unlocked(&self, waited_for: &str) -> Result<(), Refusal> {
         if self.lock.is_locked() {
             return Err(Refusal::Denied(format!("the agent was locked while waiting for {waited_for}; the signature is withheld (unlock with `ssh-add -X` and retry)")));
@@ -917,7 +1246,7 @@ impl Agent {
         match ext.name.as_str() {
             EXT_QUERY => {
                 let mut details = Vec::new();
-                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP, reload::EXT_RELOAD] {
+                for name in [EXT_QUERY, EXT_SESSION_BIND, EXT_STATUS, attest_ext::EXT_ATTEST, cert_ext::EXT_CERT, setup_ext::EXT_SETUP, reload::EXT_RELOAD, remembered::EXT_APPROVALS] {
                     name.encode(&mut details).expect("encoding to a vec");
                 }
                 encode(Response::ExtensionResponse(Extension { name: EXT_QUERY.into(), details: details.into() }))
@@ -925,6 +1254,7 @@ impl Agent {
             EXT_SESSION_BIND => match conn.bindings.bind(ext.details.as_ref()) {
                 Ok(bound) => {
                     tracing::debug!(peer = %conn.peer, forwarded = bound.forwarded, host_key = %bound.host_key.fingerprint(), certificate = bound.host_key.certificate().is_some(), "session bound");
+                    self.pass_on_session_bind(conn, ext).await;
                     encode(Response::Success)
                 }
                 Err(reason) => {
@@ -967,6 +1297,7 @@ impl Agent {
             }
             attest_ext::EXT_ATTEST => self.attest_extension(conn, &ext).await,
             reload::EXT_RELOAD => self.reload_extension(conn).await,
+            remembered::EXT_APPROVALS => self.approvals_extension(conn, &ext).await,
             cert_ext::EXT_CERT => {
                 let listing = matches!(cert_ext::CertOp::decode(ext.details.as_ref()), Ok(cert_ext::CertOp::List));
                 let reply = if self.lock.is_locked() {
@@ -1176,6 +1507,47 @@ mod tests {
         // A revoked CA (or host key) names nothing through certificates.
         std::fs::write(&file, format!("@cert-authority *.example {}\n@revoked * {}\n", line(&ca), line(&ca))).unwrap();
         assert!(host_names(&cert, &wanted(&["web.example"]), &files, now).is_empty());
+    }
+
+    #[test]
+    fn a_destination_list_keeps_keys_that_could_log_in_there_certificates_first() {
+        use crate::token::{KeyAlgorithm, PinPolicy, Slot};
+        let token_key = |slot: u8, k: &PrivateKey| KeyInfo {
+            serial: 1,
+            slot: Slot(slot),
+            algorithm: KeyAlgorithm::Ed25519,
+            pin_policy: PinPolicy::Once,
+            touch_policy: crate::token::TouchPolicy::Never,
+            public_key: k.public_key().key_data().clone(),
+            fido: None,
+        };
+        let (a, c, d, up, ca) = (key(), key(), key(), key(), key());
+        let (ka, kc, kd) = (token_key(0x9a, &a), token_key(0x9c, &c), token_key(0x9d, &d));
+        let mut b = Builder::new_with_random_nonce(&mut rand_core::OsRng, a.public_key().key_data().clone(), 0, 4_000_000_000).unwrap();
+        b.cert_type(CertType::User).unwrap();
+        b.all_principals_valid().unwrap();
+        let cert = b.sign(&ca).unwrap();
+        let id = |credential: PublicCredential| ssh_agent_lib::proto::Identity { credential, comment: String::new() };
+        let plain = |k: &PrivateKey| id(PublicCredential::Key(k.public_key().key_data().clone()));
+        let ids = vec![plain(&a), plain(&c), plain(&d), id(PublicCredential::Cert(Box::new(cert))), plain(&up)];
+        let policy = Policy::parse(
+            "[[key]]\nmatch = \"slot:9c\"\nallow = [\"sshsig:git\"]\n\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"ssh-auth:build.example\"]\nforwarded = false\n\n[[key]]\nmatch = \"kind:upstream\"\nallow = [\"ssh-auth:other.example\"]\n",
+        )
+        .unwrap();
+        let keys = [&ka, &kc, &kd];
+        let kinds = |ids: &[ssh_agent_lib::proto::Identity]| ids.iter().map(|i| (matches!(i.credential, PublicCredential::Cert(_)), upstream::credential_key(&i.credential).clone())).collect::<Vec<_>>();
+        let key_of = |k: &PrivateKey| k.public_key().key_data().clone();
+        // build.example: the certificate first, then 9a; 9d is allowed there; 9c (git only) and
+        // the upstream key (other.example only) are not.
+        let names = vec!["build.example".to_string()];
+        let kept = keep_for_destination(&policy, ids.clone(), &keys, false, &names);
+        assert_eq!(kinds(&kept), [(true, key_of(&a)), (false, key_of(&a)), (false, key_of(&d))]);
+        // Through a forwarded agent, 9d (forwarded = false) is left out.
+        let kept = keep_for_destination(&policy, ids.clone(), &keys, true, &names);
+        assert_eq!(kinds(&kept), [(true, key_of(&a)), (false, key_of(&a))]);
+        // other.example: the upstream key too.
+        let kept = keep_for_destination(&policy, ids, &keys, false, &["other.example".to_string()]);
+        assert_eq!(kinds(&kept), [(true, key_of(&a)), (false, key_of(&a)), (false, key_of(&up))]);
     }
 
     #[test]

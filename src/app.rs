@@ -20,6 +20,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Cot(cmd) => Ok(crate::cot::command::run(cmd)?),
         Command::Reload => crate::agent::reload::command().map_err(AppError::Message),
         Command::Completions(args) => crate::completions::completions(args),
+        Command::Approvals(args) => crate::remembered::command::run(args),
         Command::Buildkite(cmd) => Ok(crate::buildkite::command::run(cmd)?),
         Command::Fido(cmd) => crate::fido::command::run(cmd),
     }

@@ -49,12 +49,29 @@ pub enum Command {
     Cot(CotCommand),
     /// Print the shell completion script for bash, zsh or fish.
     Completions(CompletionsArgs),
+    /// Approvals the running agent remembers (`confirm = "remember:8h"`), or forget them.
+    Approvals(ApprovalsArgs),
     /// Buildkite signed pipelines: sign command steps through the agent, print the JWKS, verify.
     #[command(subcommand)]
     Buildkite(BuildkiteCommand),
     /// FIDO security keys (sk-ecdsa / sk-ed25519): load resident keys.
     #[command(subcommand)]
     Fido(FidoCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct ApprovalsArgs {
+    #[command(subcommand)]
+    pub action: Option<ApprovalsAction>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsAction {
+    /// Forget every remembered approval.
+    Clear,
 }
 
 #[derive(Args, Debug)]
@@ -287,6 +304,10 @@ pub struct AgentArgs {
     /// Release the token after this long without use (seconds; 0 = never).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub release_after: u64,
+    /// Another agent's socket whose keys keytap lists after its own and signs with under its
+    /// policy and audit (repeatable; adds to `upstream = [...]` in config.toml).
+    #[arg(long, value_name = "SOCKET")]
+    pub upstream: Vec<PathBuf>,
     /// Policy file [default: $XDG_CONFIG_HOME/keytap/config.toml when it exists].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -135,10 +135,11 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
         ..AgentOptions::default()
     };
     let known: Vec<u32> = handles.iter().filter_map(|h| h.label().strip_prefix("piv-")?.parse().ok()).collect();
+    let upstreams = crate::upstream::configured(&args.upstream, &policy.upstream, socket_path.as_deref()).map_err(|e| AppError::Message(e.to_string()))?;
     let (sk_store, fido_handles) = crate::fido::command::agent_devices(&args, owner_options.clone())?;
     let mut handles = handles;
     handles.extend(fido_handles);
-    let mut agent = Agent::new(handles, options).with_policy(policy).with_policy_source(policy_source).with_audit(audit_log).with_prompter(prompter.clone());
+    let mut agent = Agent::new(handles, options).with_policy(policy).with_policy_source(policy_source).with_audit(audit_log).with_prompter(prompter.clone()).with_upstreams(upstreams);
     if let Some(store) = sk_store {
         agent = agent.with_sk_store(store);
     }
@@ -156,6 +157,14 @@ pub fn run(args: AgentArgs) -> Result<(), AppError> {
     let result = runtime.block_on(async {
         let listener = tokio::net::UnixListener::from_std(std_listener)?;
         tokio::spawn(agent::reload::on_hangup(agent.clone()));
+        // SIGUSR1, as in OpenSSH 10: forget remembered approvals and sk keys, release the tokens.
+        let usr1_agent = agent.clone();
+        tokio::spawn(async move {
+            let Ok(mut usr1) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) else { return };
+            while usr1.recv().await.is_some() {
+                usr1_agent.forget_on_signal().await;
+            }
+        });
         agent.serve(listener, shutdown_signal()).await;
         Ok::<(), std::io::Error>(())
     });

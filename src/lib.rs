@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod remembered;
 pub mod attest;
 pub mod audit;
 pub mod buildkite;
@@ -30,3 +31,4 @@ pub mod signature;
 pub mod text;
 pub mod status;
 pub mod token;
+pub mod upstream;

@@ -105,6 +105,45 @@ fn parent_chain(pid: i32, max: usize) -> Vec<String> {
     chain
 }
 
+/// One process above a peer: its pid, start time (clock ticks after boot, so a reused pid
+/// is a different process) and executable.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Ancestor {
+    pub pid: i32,
+    pub start: u64,
+    pub exe: Option<PathBuf>,
+}
+
+/// The processes above `pid`, nearest first, stopping at init: where a program sits in the
+/// process tree (its terminal's shell, its GUI application). Reads /proc: blocking.
+#[cfg(target_os = "linux")]
+pub fn ancestry(pid: i32, max: usize) -> Vec<Ancestor> {
+    let mut chain = Vec::new();
+    let mut current = pid;
+    while chain.len() < max {
+        let Some(ppid) = proc_stat(current).map(|(_, ppid)| ppid) else { break };
+        if ppid <= 1 {
+            break;
+        }
+        chain.push(Ancestor { pid: ppid, start: start_time(ppid).unwrap_or(0), exe: process_exe(ppid) });
+        current = ppid;
+    }
+    chain
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn ancestry(_pid: i32, _max: usize) -> Vec<Ancestor> {
+    Vec::new()
+}
+
+/// Field 22 of /proc/PID/stat (`starttime`).
+#[cfg(target_os = "linux")]
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    stat[close + 2..].split_whitespace().nth(19)?.parse().ok()
+}
+
 /// (comm, ppid) from /proc/PID/stat; comm may contain spaces and parentheses.
 #[cfg(target_os = "linux")]
 fn proc_stat(pid: i32) -> Option<(String, i32)> {
@@ -197,6 +236,16 @@ mod tests {
         let peer = PeerInfo { pid: Some(7), exe: Some(PathBuf::from("/tmp/ssh\r\x1b[2Kallow\u{202e}")), ..Default::default() };
         assert_eq!(peer.to_string(), "ssh\\r\\x1b[2Kallow\\u{202e} (pid 7)");
         assert_eq!(peer.program(), "ssh\r\x1b[2Kallow\u{202e}", "raw for the audit record");
+    }
+
+    #[test]
+    fn ancestry_names_the_parent_by_pid_start_and_executable() {
+        let me = std::process::id() as i32;
+        let (_, ppid) = proc_stat(me).unwrap();
+        let chain = ancestry(me, 8);
+        assert_eq!(chain[0].pid, ppid);
+        assert!(chain[0].start > 0);
+        assert_eq!(chain, ancestry(me, 8), "stable while the processes live");
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! allow = ["ssh-auth", "sshsig:git"]
 //!
 //! [[key]]
-//! match = "slot:9c"           # or "SHA256:<fingerprint>", "serial:1234567/slot:9c", "serial:1234567", "kind:fido"
+//! match = "slot:9c"           # or "SHA256:<fingerprint>", "serial:1234567/slot:9c", "serial:1234567", "kind:fido", "kind:piv", "kind:upstream"
 //! allow = ["sshsig:git"]      # "ssh-auth", "ssh-auth:github.com", "sshsig:<ns>", "sshsig:*", "jws", "raw", "*"
 //! forwarded = false           # may a forwarded agent connection use it?
-//! confirm = false             # ask the user before each use
+//! confirm = false             # ask the user before each use; "remember:8h": once per program
 //! ```
 
 pub mod known_hosts;
@@ -67,15 +67,18 @@ pub enum KeyMatch {
     Serial(u32),
     /// `kind:fido` (sk keys on FIDO security keys) or `kind:piv` (PIV slot keys).
     Kind(KeyKind),
+    /// Every key an upstream agent lists (`kind:upstream`).
+    Upstream,
 }
 
 impl std::str::FromStr for KeyMatch {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("bad key match {s:?}: use \"slot:9c\", \"SHA256:<fingerprint>\", \"serial:N\", \"serial:N/slot:9c\", \"kind:fido\" or \"kind:piv\"");
+        let bad = || format!("bad key match {s:?}: use \"slot:9c\", \"SHA256:<fingerprint>\", \"serial:N\", \"serial:N/slot:9c\", \"kind:fido\", \"kind:piv\" or \"kind:upstream\"");
         match s {
             "kind:fido" => return Ok(KeyMatch::Kind(KeyKind::Fido)),
             "kind:piv" => return Ok(KeyMatch::Kind(KeyKind::Piv)),
+            "kind:upstream" => return Ok(KeyMatch::Upstream),
             _ => {}
         }
         if s.starts_with("SHA256:") && s.len() > 7 {
@@ -103,6 +106,17 @@ impl KeyMatch {
             KeyMatch::Key(selector) => selector.matches(key.location(), &key.fingerprint()),
             KeyMatch::Serial(serial) => key.location().is_some_and(|(s, _)| s == *serial),
             KeyMatch::Kind(kind) => key.kind() == *kind,
+            KeyMatch::Upstream => false,
+        }
+    }
+
+    /// Whether the rule covers a key an upstream agent lists (only a fingerprint or
+    /// `kind:upstream` can: it has no serial or slot).
+    pub fn matches_upstream(&self, fingerprint: &str) -> bool {
+        match self {
+            KeyMatch::Key(KeySelector::Fingerprint(f)) => f == fingerprint,
+            KeyMatch::Upstream => true,
+            _ => false,
         }
     }
 }
@@ -114,11 +128,14 @@ pub struct KeyPolicy {
     /// `None`: forwarded use only when the key needs a touch or a confirmation.
     pub forwarded: Option<bool>,
     pub confirm: bool,
+    /// `confirm = "remember:DURATION"`: a yes holds this long for the same program, key,
+    /// purpose and destination (never for a forwarded use).
+    pub remember: Option<std::time::Duration>,
 }
 
 impl Default for KeyPolicy {
     fn default() -> Self {
-        KeyPolicy { allow: vec![Allow::Any], forwarded: None, confirm: false }
+        KeyPolicy { allow: vec![Allow::Any], forwarded: None, confirm: false, remember: None }
     }
 }
 
@@ -129,20 +146,88 @@ pub struct Policy {
     rules: Vec<(KeyMatch, PartialPolicy)>,
     /// known_hosts files for `ssh-auth:HOST` rules.
     pub known_hosts: Vec<PathBuf>,
+    /// Sockets of other agents whose keys keytap serves after its own (`upstream = [...]`).
+    pub upstream: Vec<PathBuf>,
+    /// `list_by_destination = false` turns off destination-aware key lists (None: on).
+    list_by_destination: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct PartialPolicy {
     allow: Option<Vec<Allow>>,
     forwarded: Option<bool>,
-    confirm: Option<bool>,
+    confirm: Option<Confirm>,
+}
+
+/// A `confirm` setting: ask or not, and how long a yes is remembered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Confirm {
+    ask: bool,
+    remember: Option<std::time::Duration>,
+}
+
+/// `confirm` as written: `true`/`false` or `"remember:DURATION"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ConfirmField {
+    Flag(bool),
+    Text(String),
+}
+
+impl ConfirmField {
+    fn parse(field: toml::Spanned<ConfirmField>, at: &dyn Fn(std::ops::Range<usize>, String) -> PolicyError) -> Result<Confirm, PolicyError> {
+        let span = field.span();
+        match field.into_inner() {
+            ConfirmField::Flag(ask) => Ok(Confirm { ask, remember: None }),
+            ConfirmField::Text(text) => {
+                let bad = || at(span.clone(), format!("confirm = {text:?}: use true, false or \"remember:DURATION\" (for example \"remember:8h\")"));
+                let duration = text.strip_prefix("remember:").ok_or_else(bad)?;
+                let duration = humantime::parse_duration(duration).map_err(|_| bad())?;
+                if duration.is_zero() {
+                    return Err(bad());
+                }
+                Ok(Confirm { ask: true, remember: Some(duration) })
+            }
+        }
+    }
 }
 
 impl Policy {
     /// The policy for a key: the first matching `[[key]]` rule over `[defaults]`.
     pub fn for_key(&self, key: &KeyInfo) -> KeyPolicy {
+        self.first_match(|m| m.matches(key))
+    }
+
+    /// The policy for a key an upstream agent lists: the first rule naming its fingerprint
+    /// or `kind:upstream`, over `[defaults]`.
+    pub fn for_upstream(&self, fingerprint: &str) -> KeyPolicy {
+        self.first_match(|m| m.matches_upstream(fingerprint))
+    }
+
+    /// Every host an `ssh-auth:HOST` rule names: the names to look a destination up under.
+    pub fn ssh_auth_hosts(&self) -> Vec<String> {
+        let rules = self.rules.iter().filter_map(|(_, r)| r.allow.as_ref());
+        let mut hosts: Vec<String> = std::iter::once(&self.defaults.allow)
+            .chain(rules)
+            .flatten()
+            .filter_map(|a| match a {
+                Allow::SshAuthHost(h) => Some(h.clone()),
+                _ => None,
+            })
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    }
+
+    /// Whether a session-bound connection lists only the keys that could log in there.
+    pub fn list_by_destination(&self) -> bool {
+        self.list_by_destination.unwrap_or(true)
+    }
+
+    fn first_match(&self, matches: impl Fn(&KeyMatch) -> bool) -> KeyPolicy {
         let mut policy = self.defaults.clone();
-        if let Some((_, rule)) = self.rules.iter().find(|(m, _)| m.matches(key)) {
+        if let Some((_, rule)) = self.rules.iter().find(|(m, _)| matches(m)) {
             if let Some(allow) = &rule.allow {
                 policy.allow = allow.clone();
             }
@@ -150,7 +235,8 @@ impl Policy {
                 policy.forwarded = rule.forwarded;
             }
             if let Some(confirm) = rule.confirm {
-                policy.confirm = confirm;
+                policy.confirm = confirm.ask;
+                policy.remember = confirm.remember;
             }
         }
         policy
@@ -175,7 +261,9 @@ impl Policy {
                 policy.defaults.allow = allow;
             }
             policy.defaults.forwarded = partial.forwarded;
-            policy.defaults.confirm = partial.confirm.unwrap_or(false);
+            let confirm = partial.confirm.unwrap_or(Confirm { ask: false, remember: None });
+            policy.defaults.confirm = confirm.ask;
+            policy.defaults.remember = confirm.remember;
         }
         for rule in file.key {
             let key_match = rule.r#match.get_ref().parse::<KeyMatch>().map_err(|m| at(rule.r#match.span(), m))?;
@@ -186,6 +274,8 @@ impl Policy {
             Some(paths) => paths.into_iter().map(expand_home).collect(),
             None => default_known_hosts(),
         };
+        policy.upstream = file.upstream.unwrap_or_default().into_iter().map(expand_home).collect();
+        policy.list_by_destination = file.list_by_destination;
         Ok(policy)
     }
 }
@@ -229,6 +319,8 @@ struct ConfigFile {
     #[serde(default)]
     key: Vec<KeyRule>,
     known_hosts: Option<Vec<String>>,
+    upstream: Option<Vec<String>>,
+    list_by_destination: Option<bool>,
 }
 
 /// A `[[key]]` table: `match` plus the same fields as `[defaults]` (spans survive no flatten).
@@ -238,7 +330,7 @@ struct KeyRule {
     r#match: toml::Spanned<String>,
     allow: Option<Vec<toml::Spanned<String>>>,
     forwarded: Option<bool>,
-    confirm: Option<bool>,
+    confirm: Option<toml::Spanned<ConfirmField>>,
 }
 
 #[derive(Deserialize)]
@@ -246,7 +338,7 @@ struct KeyRule {
 struct RuleFields {
     allow: Option<Vec<toml::Spanned<String>>>,
     forwarded: Option<bool>,
-    confirm: Option<bool>,
+    confirm: Option<toml::Spanned<ConfirmField>>,
 }
 
 impl RuleFields {
@@ -259,7 +351,8 @@ impl RuleFields {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        Ok(PartialPolicy { allow, forwarded: self.forwarded, confirm: self.confirm })
+        let confirm = self.confirm.map(|c| ConfirmField::parse(c, at)).transpose()?;
+        Ok(PartialPolicy { allow, forwarded: self.forwarded, confirm })
     }
 }
 
@@ -307,6 +400,15 @@ pub fn decide(request: &Request, policy: &KeyPolicy) -> Decision {
     } else {
         Decision::Allow
     }
+}
+
+/// Whether `decide` could allow a login with a key of this policy to a destination known as
+/// `host_names`, on a connection that is (or is not) forwarded: for destination-aware key
+/// lists. A confirmation still counts as possible. Pure.
+pub fn could_log_in(policy: &KeyPolicy, forwarded: bool, host_names: &[String]) -> bool {
+    let purpose = Purpose::SshAuth { user: String::new(), method: "publickey-hostbound-v00@openssh.com".into(), session_id: Vec::new(), host_key: None };
+    let request = Request { purpose: &purpose, forwarded, host_key: None, host_names, touch: TouchPolicy::Never };
+    !matches!(decide(&request, policy), Decision::Deny(_))
 }
 
 fn purpose_allowed(request: &Request, policy: &KeyPolicy) -> Result<(), String> {
@@ -387,7 +489,7 @@ mod tests {
     }
 
     fn policy(allow: &[&str], forwarded: Option<bool>, confirm: bool) -> KeyPolicy {
-        KeyPolicy { allow: allow.iter().map(|a| a.parse().unwrap()).collect(), forwarded, confirm }
+        KeyPolicy { allow: allow.iter().map(|a| a.parse().unwrap()).collect(), forwarded, confirm, remember: None }
     }
 
     #[test]
@@ -472,7 +574,7 @@ allow = ["raw"]
         .unwrap();
         assert_eq!(policy.known_hosts, vec![PathBuf::from("/tmp/kh")]);
         let p = policy.for_key(&key(0x9c, 111));
-        assert_eq!(p, KeyPolicy { allow: vec![Allow::SshSig("git".into())], forwarded: Some(false), confirm: true });
+        assert_eq!(p, KeyPolicy { allow: vec![Allow::SshSig("git".into())], forwarded: Some(false), confirm: true, remember: None });
         assert_eq!(policy.for_key(&key(0x9c, 222)).allow, vec![Allow::Raw]);
         assert_eq!(policy.for_key(&key(0x9a, 111)).allow, vec![Allow::SshAuth]);
         let k = key(0x9d, 5);
@@ -491,6 +593,55 @@ allow = ["raw"]
         assert_eq!(by_serial.for_key(&key(0x9a, 5)).allow, vec![Allow::Raw]);
         assert_eq!(by_serial.for_key(&key(0x9d, 5)).allow, vec![Allow::Raw]);
         assert_eq!(by_serial.for_key(&key(0x9a, 6)).allow, vec![Allow::Any]);
+    }
+
+    #[test]
+    fn upstream_keys_match_by_fingerprint_or_kind_only() {
+        let k = key(0x9a, 5);
+        let policy = Policy::parse(&format!(
+            "upstream = [\"/run/a.sock\", \"~/b.sock\"]\nlist_by_destination = false\n[[key]]\nmatch = \"{}\"\nallow = [\"raw\"]\n\n[[key]]\nmatch = \"slot:9a\"\nallow = [\"ssh-auth\"]\n\n[[key]]\nmatch = \"kind:upstream\"\nallow = [\"sshsig:git\"]\n",
+            k.fingerprint()
+        ))
+        .unwrap();
+        assert_eq!(policy.upstream[0], PathBuf::from("/run/a.sock"));
+        assert!(policy.upstream[1].ends_with("b.sock") && policy.upstream[1].is_absolute());
+        assert!(!policy.list_by_destination());
+        assert!(Policy::parse("").unwrap().list_by_destination());
+        assert_eq!(policy.for_upstream(&k.fingerprint()).allow, vec![Allow::Raw]);
+        // A slot rule never covers an upstream key; kind:upstream never covers a token key.
+        assert_eq!(policy.for_upstream("SHA256:other").allow, vec![Allow::SshSig("git".into())]);
+        assert_eq!(policy.for_key(&key(0x9a, 6)).allow, vec![Allow::SshAuth]);
+        assert_eq!(policy.for_key(&key(0x9c, 6)).allow, vec![Allow::Any]);
+    }
+
+    #[test]
+    fn a_login_is_possible_only_where_purpose_host_and_forwarding_allow_it() {
+        let names = vec!["build.example".to_string()];
+        assert!(could_log_in(&KeyPolicy::default(), false, &[]));
+        assert!(could_log_in(&policy(&["ssh-auth"], None, true), false, &[]));
+        assert!(could_log_in(&policy(&["ssh-auth:build.example"], None, false), false, &names));
+        assert!(!could_log_in(&policy(&["ssh-auth:build.example"], None, false), false, &["other.example".to_string()]));
+        assert!(!could_log_in(&policy(&["ssh-auth:build.example"], None, false), false, &[]));
+        assert!(!could_log_in(&policy(&["sshsig:git"], None, false), false, &names));
+        // Forwarded: never with forwarded = false; by default only with a confirmation, which counts.
+        assert!(!could_log_in(&policy(&["*"], Some(false), false), true, &names));
+        assert!(could_log_in(&policy(&["*"], None, false), true, &names));
+        let p = Policy::parse("[defaults]\nallow = [\"ssh-auth:a.example\"]\n[[key]]\nmatch = \"slot:9c\"\nallow = [\"ssh-auth:b.example\", \"ssh-auth:a.example\"]\n").unwrap();
+        assert_eq!(p.ssh_auth_hosts(), ["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn confirm_can_remember_a_yes_for_a_while() {
+        let p = Policy::parse("[defaults]\nconfirm = \"remember:8h\"\n[[key]]\nmatch = \"slot:9c\"\nconfirm = true\n").unwrap();
+        let d = p.for_key(&key(0x9a, 1));
+        assert!(d.confirm);
+        assert_eq!(d.remember, Some(std::time::Duration::from_secs(8 * 3600)));
+        let c = p.for_key(&key(0x9c, 1));
+        assert_eq!((c.confirm, c.remember), (true, None));
+        for bad in ["\"remember\"", "\"remember:soon\"", "\"remember:0s\"", "\"yes\""] {
+            let err = Policy::parse(&format!("[defaults]\nconfirm = {bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("line 2") && err.contains("remember:DURATION"), "{err}");
+        }
     }
 
     #[test]

@@ -495,7 +495,8 @@ fn a_key_limited_to_git_signing_refuses_a_login() {
     let vfido = VFido::start();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, "[[key]]\nmatch = \"kind:fido\"\nallow = [\"sshsig:git\"]\n").unwrap();
+    // Lists unfiltered by destination (issue 17), so ssh offers the key and keytap's rule refuses.
+    std::fs::write(&config, "list_by_destination = false\n[[key]]\nmatch = \"kind:fido\"\nallow = [\"sshsig:git\"]\n").unwrap();
     let agent = agent(&vfido, &["--config", config.to_str().unwrap()]);
     let key = vfido.setup(dir.path(), "git_sk", &["--alg", "ed25519"]);
     assert!(ssh_add(&agent, &[key.to_str().unwrap()]).status.success());

@@ -133,8 +133,10 @@ fn host_certificate_logins_work_and_a_forwarded_peer_gets_no_local_powers() {
     let (ca, ca_pub) = keygen(ca_dir.path(), "host-ca");
     let keytap_known_hosts = ca_dir.path().join("keytap_known_hosts");
     std::fs::write(&keytap_known_hosts, format!("@cert-authority *.example {ca_pub}\n")).unwrap();
+    // Lists unfiltered by destination (issue 17), so ssh offers every key and keytap's own
+    // signing rules are what refuses.
     let config = format!(
-        "known_hosts = [\"{}\"]\n\
+        "known_hosts = [\"{}\"]\nlist_by_destination = false\n\
          [[key]]\nmatch = \"slot:9a\"\nallow = [\"ssh-auth:certhost.example\"]\n\n\
          [[key]]\nmatch = \"slot:9c\"\nallow = [\"ssh-auth:other.example\"]\n\n\
          [[key]]\nmatch = \"slot:9d\"\nforwarded = false\n\n\
@@ -219,7 +221,9 @@ fn host_certificate_logins_work_and_a_forwarded_peer_gets_no_local_powers() {
 /// Item 2: a login whose user name is not UTF-8 is still a login: a raw-only key is refused.
 #[test]
 fn a_raw_only_key_cannot_log_in_with_a_non_utf8_user_name() {
-    let (agent, audit) = agent_with_config("[[key]]\nmatch = \"slot:9d\"\nallow = [\"raw\"]\n", &[]);
+    // Lists unfiltered by destination (issue 17), so ssh offers every key and keytap's own
+    // signing rules are what refuses.
+    let (agent, audit) = agent_with_config("list_by_destination = false\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"raw\"]\n", &[]);
     let sshd = Sshd::start(&[agent.key_line("9d")], &[]);
     let mut user = support::user().into_bytes();
     user.extend_from_slice(b":\xff");
@@ -264,7 +268,7 @@ fn the_forwarding_hop_cannot_relay_a_host_restricted_key() {
     let keytap_known_hosts = kh_dir.path().join("known_hosts");
     std::fs::write(&keytap_known_hosts, format!("jump.example {}\n", jump.host_key_pub)).unwrap();
     let config = format!(
-        "known_hosts = [\"{}\"]\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"ssh-auth:jump.example\"]\nforwarded = true\n\n[[key]]\nmatch = \"slot:9e\"\nforwarded = true\n",
+        "known_hosts = [\"{}\"]\nlist_by_destination = false\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"ssh-auth:jump.example\"]\nforwarded = true\n\n[[key]]\nmatch = \"slot:9e\"\nforwarded = true\n",
         keytap_known_hosts.display()
     );
     let (agent, audit) = agent_with_config(&config, &[]);

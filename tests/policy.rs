@@ -30,7 +30,8 @@ fn sign_records(audit: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_git_only_key_signs_commits_and_nothing_else() {
-    let (agent, audit) = agent_with_config("[[key]]\nmatch = \"slot:9d\"\nallow = [\"sshsig:git\"]\n", &[]);
+    // Unfiltered lists, so ssh offers the git-only key and the refusal is keytap's.
+    let (agent, audit) = agent_with_config("list_by_destination = false\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"sshsig:git\"]\n", &[]);
     assert!(sshsig(&agent, "9d", "git").status.success());
     let out = sshsig(&agent, "9d", "file");
     assert!(!out.status.success(), "{}", text(&out));
@@ -86,7 +87,7 @@ fn host_restricted_key_logs_in_only_where_known_hosts_says() {
     let known_hosts = kh_dir.path().join("known_hosts");
     std::fs::write(&known_hosts, format!("build-host.example {}\n", sshd_a.host_key_pub)).unwrap();
     let config = format!(
-        "known_hosts = [\"{}\"]\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"ssh-auth:build-host.example\"]\n",
+        "known_hosts = [\"{}\"]\nlist_by_destination = false\n[[key]]\nmatch = \"slot:9d\"\nallow = [\"ssh-auth:build-host.example\"]\n",
         known_hosts.display()
     );
     let (agent, audit) = agent_with_config(&config, &[]);
