@@ -383,7 +383,7 @@ fn pinentry_ask(program: &str, place: &PinPlace, description: &str, prompt: &str
 pub fn pinentry_check(program: &Path, place: &PinPlace) -> Result<String, PromptError> {
     let name = program.display().to_string();
     let fail = |e: String| PromptError::Program(name.clone(), e);
-    let (mut child, mut stdin, mut stdout) = spawn_assuan(program.as_ref()).map_err(|e| fail(e.to_string()))?;
+    let (mut child, mut stdin, mut stdout) = spawn_assuan(program).map_err(|e| fail(e.to_string()))?;
     let mut commands = Vec::new();
     if let PinPlace::Terminal(terminal) = place {
         commands.push(format!("OPTION ttyname={}", assuan_escape(&terminal.path.to_string_lossy())));

@@ -220,7 +220,8 @@ fn sign_refuses_what_could_never_verify() {
     let out = bk(&agent, &["sign", "--repo", REPO, "--key", "9e", FIXTURE], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is an RSA key; keytap signs Buildkite steps with Ed25519 (EdDSA), P-256 (ES256) or P-384 (ES384) keys only"), "{}", text(&out));
-    let out = Command::new(support::KEYTAP).args(["buildkite", "sign", "--repo", REPO, FIXTURE]).env_remove("SSH_AUTH_SOCK").output().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let out = support::keytap_in(home.path()).args(["buildkite", "sign", "--repo", REPO, FIXTURE]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("SSH_AUTH_SOCK is not set"), "{}", text(&out));
 }
@@ -255,7 +256,8 @@ fn kid_defaults_to_the_thumbprint_in_sign_and_jwks_and_can_be_named() {
 
 #[test]
 fn a_jws_only_key_signs_pipelines_and_nothing_else() {
-    let (agent, audit) = agent_with_config("[[key]]\nmatch = \"slot:9c\"\nallow = [\"jws\"]\n\n[[key]]\nmatch = \"slot:9a\"\nallow = [\"raw\", \"ssh-auth\"]\n", &[]);
+    // Lists unfiltered, so that ssh offers the jws-only key and keytap itself must refuse it.
+    let (agent, audit) = agent_with_config("list_by_destination = false\n[[key]]\nmatch = \"slot:9c\"\nallow = [\"jws\"]\n\n[[key]]\nmatch = \"slot:9a\"\nallow = [\"raw\", \"ssh-auth\"]\n", &[]);
     let ok = bk(&agent, &["sign", "--repo", REPO, "--key", "9c", FIXTURE], None);
     assert!(ok.status.success(), "{}", text(&ok));
     // A key allowed raw data and logins but not `jws` does not sign a pipeline.

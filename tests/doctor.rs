@@ -172,7 +172,7 @@ fn status_says_what_to_do_about_a_missing_token_or_agent() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let missing = agent.dir.path().join("nothing.sock");
-    let out = Command::new(KEYTAP).arg("status").env("SSH_AUTH_SOCK", &missing).output().unwrap();
+    let out = support::keytap_in(agent.dir.path()).arg("status").env("SSH_AUTH_SOCK", &missing).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(stderr.ends_with("start it with `keytap agent` or check SSH_AUTH_SOCK (`keytap doctor` checks the whole set-up)\n"), "{stderr}");

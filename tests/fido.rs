@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{text, Agent, AgentOptions, Sshd, KEYTAP};
+use support::{text, Agent, AgentOptions, Sshd};
 
 const PIN: &str = "4321";
 
@@ -111,11 +111,10 @@ impl VFido {
     /// `keytap setup --fido` against this key; returns the key file path.
     fn setup(&self, dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
         let out = dir.join(name);
-        let result = Command::new(KEYTAP)
+        let result = support::keytap_in(dir)
             .args(["setup", "--fido", "--device", &self.device(), "--out"])
             .arg(&out)
             .args(extra)
-            .env_remove("SSH_AUTH_SOCK")
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -126,10 +125,9 @@ impl VFido {
     /// Give the key a PIN (`keytap setup --fido --new-pin-file --no-key`).
     fn set_pin(&self, dir: &Path) -> PathBuf {
         let pin_file = support::secret_file(dir, "fido-pin", PIN);
-        let result = Command::new(KEYTAP)
+        let result = support::keytap_in(dir)
             .args(["setup", "--fido", "--no-key", "--device", &self.device(), "--new-pin-file"])
             .arg(&pin_file)
-            .env_remove("SSH_AUTH_SOCK")
             .stdin(Stdio::null())
             .output()
             .unwrap();

@@ -120,9 +120,9 @@ fn setup() -> Setup {
     require("pinentry-curses");
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("mock");
-    let out = Command::new(KEYTAP).args(["mock", "init", "--serial", &MOCK_SERIAL.to_string(), "--state-dir"]).arg(&state).output().unwrap();
+    let out = support::keytap_in(dir.path()).args(["mock", "init", "--serial", &MOCK_SERIAL.to_string(), "--state-dir"]).arg(&state).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let out = Command::new(KEYTAP).args(["list", "--token", "mock", "--json", "--state-dir"]).arg(&state).env_remove("SSH_AUTH_SOCK").output().unwrap();
+    let out = support::keytap_in(dir.path()).args(["list", "--token", "mock", "--json", "--state-dir"]).arg(&state).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let key_line = keys.as_array().unwrap().iter().find(|k| k["slot"] == "9d").unwrap()["authorized_key"].as_str().unwrap().to_string();
