@@ -50,7 +50,9 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
-            list: Duration::from_millis(500),
+            // Short: a silent upstream must not hold up keytap's own keys; a slow one is read
+            // again in the background (`refresh_in_background`).
+            list: Duration::from_millis(80),
             sign: Duration::from_secs(30),
             retry_after: Duration::from_secs(2),
             cache_for: Duration::from_secs(10),
@@ -106,7 +108,7 @@ pub fn credential_key(credential: &PublicCredential) -> &KeyData {
 
 /// The configured upstream agents and what keytap last learned from each.
 pub struct Upstreams {
-    agents: Vec<Upstream>,
+    agents: Vec<std::sync::Arc<Upstream>>,
     timeouts: Timeouts,
 }
 
@@ -119,6 +121,8 @@ struct Upstream {
 struct Health {
     last_good: Option<(Instant, Vec<Identity>)>,
     resting_until: Option<Instant>,
+    /// A background read of the key list is under way (see `refresh_in_background`).
+    refreshing: bool,
 }
 
 /// A client connection's own connections to the upstreams, and the session-binds to replay.
@@ -155,7 +159,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 impl Upstreams {
     pub fn new(paths: Vec<PathBuf>, timeouts: Timeouts) -> Upstreams {
-        Upstreams { agents: paths.into_iter().map(|path| Upstream { path, health: Mutex::default() }).collect(), timeouts }
+        Upstreams { agents: paths.into_iter().map(|path| std::sync::Arc::new(Upstream { path, health: Mutex::default() })).collect(), timeouts }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -185,6 +189,9 @@ impl Upstreams {
                     identities
                 }
                 Err(e) => {
+                    if matches!(e, UpstreamError::Timeout(_)) {
+                        self.refresh_in_background(i);
+                    }
                     let health = agent.health.lock().expect("health lock");
                     match &health.last_good {
                         Some((at, identities)) if at.elapsed() < self.timeouts.cache_for => {
@@ -201,6 +208,40 @@ impl Upstreams {
             keys.extend(identities.into_iter().map(|identity| UpstreamKey { upstream: i, identity }));
         }
         keys
+    }
+
+    /// An upstream too slow for a listing (`Timeouts::list` is short, so that keytap's own keys
+    /// list at once) is asked again on a connection of its own with the longer signing
+    /// timeout; its answer becomes the last good list that later listings serve. One at a time.
+    fn refresh_in_background(&self, upstream: usize) {
+        let agent = self.agents[upstream].clone();
+        {
+            let mut health = agent.health.lock().expect("health lock");
+            if health.refreshing {
+                return;
+            }
+            health.refreshing = true;
+        }
+        let (name, patience) = (self.name(upstream), self.timeouts.sign);
+        tokio::spawn(async move {
+            let read = tokio::time::timeout(patience, async {
+                let mut stream = UnixStream::connect(&agent.path).await.map_err(|e| UpstreamError::Io(name.clone(), e))?;
+                let body = exchange(&mut stream, &name, &[SSH_AGENTC_REQUEST_IDENTITIES]).await?;
+                parse_identities(&agent.path, &body)
+            })
+            .await
+            .unwrap_or_else(|_| Err(UpstreamError::Timeout(name.clone())));
+            let mut health = agent.health.lock().expect("health lock");
+            health.refreshing = false;
+            match read {
+                Ok(identities) => {
+                    tracing::info!("upstream agent {name} answered slowly; its {} key(s) are listed from now on", identities.len());
+                    health.last_good = Some((Instant::now(), identities));
+                    health.resting_until = None;
+                }
+                Err(e) => tracing::debug!("{e} (background read of its key list)"),
+            }
+        });
     }
 
     /// The upstream key with this plain key, from the last good answers (no I/O).
@@ -519,6 +560,11 @@ mod tests {
 
     /// A fake upstream that answers every request with `reply` (None: accepts and stays silent).
     fn fake(dir: &Path, name: &str, reply: Option<Vec<u8>>) -> PathBuf {
+        fake_after(dir, name, reply, Duration::ZERO)
+    }
+
+    /// [`fake`], answering each request only after `delay`.
+    fn fake_after(dir: &Path, name: &str, reply: Option<Vec<u8>>, delay: Duration) -> PathBuf {
         let path = dir.join(name);
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
@@ -532,6 +578,7 @@ mod tests {
                             if stream.read_exact(&mut body).await.is_err() {
                                 return;
                             }
+                            tokio::time::sleep(delay).await;
                             let _ = stream.write_all(&(reply.len() as u32).to_be_bytes()).await;
                             let _ = stream.write_all(&reply).await;
                         }
@@ -564,6 +611,25 @@ mod tests {
         assert!(matches!(upstreams.call(&mut link, 0, &[SSH_AGENTC_REQUEST_IDENTITIES], Duration::from_secs(60)).await, Err(UpstreamError::Resting(_))));
         // No upstream takes `ssh-add` when none is configured.
         assert!(matches!(Upstreams::new(Vec::new(), timeouts()).add(&mut link, &[SSH_AGENTC_ADD_IDENTITY]).await, Err(UpstreamError::None)));
+    }
+
+    #[tokio::test]
+    async fn a_slow_upstream_is_read_in_the_background_and_listed_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key();
+        let slow = fake_after(dir.path(), "slow.sock", Some(answer(&[(blob_of(&k), "slow")])), Duration::from_millis(300));
+        let upstreams = Upstreams::new(vec![slow], Timeouts { list: Duration::from_millis(50), sign: Duration::from_secs(10), ..timeouts() });
+        let mut link = Link::default();
+        // Too slow for a listing: none of its keys this time...
+        assert!(upstreams.identities(&mut link).await.is_empty());
+        // ...but the background read fills the last good list, which later listings serve.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while upstreams.find(k.public_key().key_data()).is_none() {
+            assert!(Instant::now() < deadline, "the background read never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let keys = upstreams.identities(&mut Link::default()).await;
+        assert_eq!(keys.iter().map(|k| k.identity.comment.as_str()).collect::<Vec<_>>(), ["slow"]);
     }
 
     #[tokio::test]
