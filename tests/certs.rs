@@ -4,51 +4,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use support::{text, user, Agent, AgentOptions, Sshd};
-
-/// A throwaway CA (software key: it plays the role of gomote's coordinator).
-struct Ca {
-    dir: tempfile::TempDir,
-    key: PathBuf,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("ca");
-        let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "test-ca", "-f"]).arg(&key).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        Ca { dir, key }
-    }
-
-    fn public(&self) -> PathBuf {
-        self.key.with_extension("pub")
-    }
-
-    /// Certify `pubkey` (a .pub file) with `validity` (ssh-keygen -V); returns the cert path.
-    fn sign(&self, pubkey: &Path, id: &str, principals: &str, validity: &str) -> PathBuf {
-        let copy = self.dir.path().join(format!("{id}.pub"));
-        std::fs::copy(pubkey, &copy).unwrap();
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-s"])
-            .arg(&self.key)
-            .args(["-I", id, "-n", principals, "-V", validity])
-            .arg(&copy)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ssh-keygen -s: {}", text(&out));
-        self.dir.path().join(format!("{id}-cert.pub"))
-    }
-
-    /// sshd trusting only this CA.
-    fn sshd(&self) -> Sshd {
-        Sshd::start(&[], &[&format!("TrustedUserCAKeys {}", self.public().display())])
-    }
-}
+use support::{text, user, Agent, AgentOptions, Ca, Sshd};
 
 /// Seconds since the epoch.
 fn now() -> u64 {

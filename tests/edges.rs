@@ -7,9 +7,8 @@ mod support;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use support::{agent_with_config, exchange, frame, key_blob, sign_request, string, text, user, Agent, Sshd};
+use support::{Ca, agent_with_config, exchange, frame, key_blob, sign_request, string, text, user, Agent, Sshd};
 
 
 fn records(audit: &Path) -> Vec<serde_json::Value> {
@@ -169,39 +168,6 @@ impl EncodeBlob for ssh_key::public::KeyData {
     }
 }
 
-/// A throwaway CA that certifies the agent's keys with ssh-keygen.
-struct Ca {
-    dir: tempfile::TempDir,
-    key: PathBuf,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("ca");
-        let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "test-ca", "-f"]).arg(&key).output().unwrap();
-        assert!(out.status.success(), "{}", text(&out));
-        Ca { dir, key }
-    }
-
-    fn sign(&self, pubkey: &Path, id: &str, principals: &str) -> Result<PathBuf, Output> {
-        let copy = self.dir.path().join(format!("{id}.pub"));
-        std::fs::copy(pubkey, &copy).unwrap();
-        let out = Command::new("ssh-keygen")
-            .args(["-q", "-s"])
-            .arg(&self.key)
-            .args(["-I", id, "-n", principals, "-V", "-1m:+1h"])
-            .arg(&copy)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(self.dir.path().join(format!("{id}-cert.pub")))
-        } else {
-            Err(out)
-        }
-    }
-}
-
 fn certs_dir(agent: &Agent) -> PathBuf {
     // The fixture's agent runs with XDG_CONFIG_HOME=<dir>/config.
     let certs = agent.dir.path().join("config/keytap/certs");
@@ -221,7 +187,7 @@ fn a_fifo_and_a_dev_zero_link_in_the_certificate_directory_do_not_stop_the_agent
     let certs = certs_dir(&agent);
     nix::unistd::mkfifo(&certs.join("stuck-cert.pub"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     std::os::unix::fs::symlink("/dev/zero", certs.join("zero-cert.pub")).unwrap();
-    let good = ca.sign(&agent.key_file("9a"), "good", &user()).unwrap();
+    let good = ca.sign(&agent.key_file("9a"), "good", &user(), "-1m:+1h");
     std::fs::copy(&good, certs.join("good-cert.pub")).unwrap();
     for _ in 0..3 {
         let out = agent.cmd("timeout").args(["10", "ssh-add", "-L"]).output().unwrap();
@@ -245,7 +211,7 @@ fn many_large_certificates_still_give_an_identities_answer_under_the_frame_limit
     let principals = principals.join(",");
     let key = agent.key_file("9a");
     for i in 0..24 {
-        let cert = ca.sign(&key, &format!("big{i:02}"), &principals).unwrap();
+        let cert = ca.sign(&key, &format!("big{i:02}"), &principals, "-1m:+1h");
         std::fs::copy(&cert, certs.join(format!("big{i:02}-cert.pub"))).unwrap();
     }
     let out = agent.cmd("ssh-add").arg("-l").output().unwrap();
@@ -264,7 +230,7 @@ fn many_large_certificates_still_give_an_identities_answer_under_the_frame_limit
     // One certificate over the size cap is refused with what to do.
     // (ssh-keygen takes at most 256 principals.)
     let huge: Vec<String> = (0..250).map(|i| format!("principal-{i:04}-{}", "p".repeat(80))).collect();
-    let huge = ca.sign(&agent.key_file("9c"), "huge", &huge.join(",")).unwrap();
+    let huge = ca.sign(&agent.key_file("9c"), "huge", &huge.join(","), "-1m:+1h");
     let out = agent.keytap().args(["cert", "add"]).arg(&huge).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("over keytap's limit of 16384 bytes"), "{}", text(&out));

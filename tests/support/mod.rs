@@ -467,3 +467,53 @@ pub fn agent_with_config(config: &str, extra: &[&str]) -> (Agent, PathBuf) {
     std::mem::forget(dir);
     (agent, audit)
 }
+
+/// A throwaway user CA (a software key: it plays the role of gomote's coordinator) that
+/// certifies keys with ssh-keygen.
+pub struct Ca {
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+}
+
+impl Ca {
+    pub fn new() -> Ca {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ca");
+        let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "test-ca", "-f"]).arg(&key).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        Ca { dir, key }
+    }
+
+    pub fn public(&self) -> PathBuf {
+        self.key.with_extension("pub")
+    }
+
+    /// Certify `pubkey` (a .pub file) with `validity` (ssh-keygen -V); the cert's path, or
+    /// ssh-keygen's output when it refused.
+    pub fn try_sign(&self, pubkey: &Path, id: &str, principals: &str, validity: &str) -> Result<PathBuf, Output> {
+        let copy = self.dir.path().join(format!("{id}.pub"));
+        std::fs::copy(pubkey, &copy).unwrap();
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-s"])
+            .arg(&self.key)
+            .args(["-I", id, "-n", principals, "-V", validity])
+            .arg(&copy)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(self.dir.path().join(format!("{id}-cert.pub")))
+        } else {
+            Err(out)
+        }
+    }
+
+    /// [`Ca::try_sign`], which must succeed.
+    pub fn sign(&self, pubkey: &Path, id: &str, principals: &str, validity: &str) -> PathBuf {
+        self.try_sign(pubkey, id, principals, validity).unwrap_or_else(|out| panic!("ssh-keygen -s: {}", text(&out)))
+    }
+
+    /// sshd trusting only this CA.
+    pub fn sshd(&self) -> Sshd {
+        Sshd::start(&[], &[&format!("TrustedUserCAKeys {}", self.public().display())])
+    }
+}
