@@ -88,21 +88,31 @@ fn process_cmdline(pid: i32) -> Option<String> {
 /// Parent process names from /proc/PID/stat, stopping at init.
 #[cfg(target_os = "linux")]
 fn parent_chain(pid: i32, max: usize) -> Vec<String> {
-    let mut chain = Vec::new();
+    parent_pids(pid, max)
+        .into_iter()
+        .map(|ppid| {
+            process_exe(ppid)
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .or_else(|| proc_stat(ppid).map(|(comm, _)| comm))
+                .unwrap_or_else(|| format!("pid {ppid}"))
+        })
+        .collect()
+}
+
+/// The pids above `pid`, nearest first, at most `max`, stopping at init.
+#[cfg(target_os = "linux")]
+fn parent_pids(pid: i32, max: usize) -> Vec<i32> {
+    let mut pids = Vec::new();
     let mut current = pid;
-    while chain.len() < max {
+    while pids.len() < max {
         let Some(ppid) = proc_stat(current).map(|(_, ppid)| ppid) else { break };
         if ppid <= 1 {
             break;
         }
-        let name = process_exe(ppid)
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .or_else(|| proc_stat(ppid).map(|(comm, _)| comm))
-            .unwrap_or_else(|| format!("pid {ppid}"));
-        chain.push(name);
+        pids.push(ppid);
         current = ppid;
     }
-    chain
+    pids
 }
 
 /// One process above a peer: its pid, start time (clock ticks after boot, so a reused pid
@@ -118,17 +128,7 @@ pub struct Ancestor {
 /// process tree (its terminal's shell, its GUI application). Reads /proc: blocking.
 #[cfg(target_os = "linux")]
 pub fn ancestry(pid: i32, max: usize) -> Vec<Ancestor> {
-    let mut chain = Vec::new();
-    let mut current = pid;
-    while chain.len() < max {
-        let Some(ppid) = proc_stat(current).map(|(_, ppid)| ppid) else { break };
-        if ppid <= 1 {
-            break;
-        }
-        chain.push(Ancestor { pid: ppid, start: start_time(ppid).unwrap_or(0), exe: process_exe(ppid) });
-        current = ppid;
-    }
-    chain
+    parent_pids(pid, max).into_iter().map(|ppid| Ancestor { pid: ppid, start: start_time(ppid).unwrap_or(0), exe: process_exe(ppid) }).collect()
 }
 
 #[cfg(not(target_os = "linux"))]
