@@ -16,27 +16,9 @@ TARGET=${CARGO_TARGET_DIR:-target}
 cargo build --release --quiet
 KEYTAP="$TARGET/release/keytap"
 
-WORK=$(mktemp -d)
-chmod 700 "$WORK"
-AGENT_PID=
-cleanup() {
-    if [ -n "$AGENT_PID" ]; then kill "$AGENT_PID" 2>/dev/null || true; wait "$AGENT_PID" 2>/dev/null || true; fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
+. scripts/mock-agent.sh
 # A mock-token agent on a private socket, PIN from a 0600 file (9c: PIN always, touch auto-approved).
-"$KEYTAP" mock init --state-dir "$WORK/mock" >/dev/null
-printf '123456\n' >"$WORK/pin"
-chmod 600 "$WORK/pin"
-KEYTAP_LOG=warn "$KEYTAP" agent --token mock --foreground --state-dir "$WORK/mock" \
-    --socket "$WORK/agent.sock" --pin-file "$WORK/pin" >/dev/null 2>&1 &
-AGENT_PID=$!
-export SSH_AUTH_SOCK="$WORK/agent.sock"
-for _ in $(seq 200); do
-    if [ -S "$SSH_AUTH_SOCK" ] && [ "$(ssh-add -L 2>/dev/null | wc -l)" -ge 1 ]; then break; fi
-    sleep 0.05
-done
+start_mock_agent
 
 echo "creating $FILES files of $FILE_BYTES bytes in $WORK/artifacts ..." >&2
 mkdir -p "$WORK/artifacts/public/build"
