@@ -5,8 +5,12 @@
 //! to numbers, booleans and nulls). Emitting writes block style: comments and anchors are not
 //! kept, but every value reads back as the same value.
 
-use yaml_rust2::parser::{Event, Parser, Tag};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+pub use yaml_rust2::parser::Event;
+use yaml_rust2::parser::{Parser, Tag};
+pub use yaml_rust2::scanner::TScalarStyle as ScalarStyle;
+
+mod fast;
+use yaml_rust2::scanner::TScalarStyle;
 
 /// Refuse documents that expand past this many nodes (alias bombs).
 const MAX_NODES: usize = 1_000_000;
@@ -16,6 +20,23 @@ pub struct Node {
     pub kind: Kind,
     /// 1-based line in the input (0 for nodes keytap adds).
     pub line: usize,
+    /// Where the node starts in the input, for writing signatures into the text as it is:
+    /// byte offset and 0-based column in characters. A block mapping starts at its first
+    /// written key, a flow mapping at its `{`. `NOWHERE` for nodes keytap adds and for
+    /// copies made by aliases and merges.
+    pub offset: usize,
+    pub col: usize,
+}
+
+/// The offset of a node that is not at one place in the input.
+pub const NOWHERE: usize = usize::MAX;
+
+/// A parsed document and what the text-preserving writer needs to know about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    pub root: Node,
+    /// The document used an alias (so one place in the text can stand for several nodes).
+    pub aliases: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -54,15 +75,15 @@ fn err<T>(line: usize, message: impl std::fmt::Display) -> Result<T, YamlError> 
 
 impl Node {
     pub fn scalar(text: &str, plain: bool) -> Node {
-        Node { kind: Kind::Scalar(Scalar { text: text.into(), plain }), line: 0 }
+        Node { kind: Kind::Scalar(Scalar { text: text.into(), plain }), line: 0, offset: NOWHERE, col: 0 }
     }
 
     pub fn map(entries: Vec<(Node, Node)>) -> Node {
-        Node { kind: Kind::Map(entries), line: 0 }
+        Node { kind: Kind::Map(entries), line: 0, offset: NOWHERE, col: 0 }
     }
 
     pub fn seq(items: Vec<Node>) -> Node {
-        Node { kind: Kind::Seq(items), line: 0 }
+        Node { kind: Kind::Seq(items), line: 0, offset: NOWHERE, col: 0 }
     }
 
     /// The scalar's resolved value, `None` for collections.
@@ -111,34 +132,104 @@ pub fn map_key(key: &Node) -> Result<String, YamlError> {
 
 /// Parse a YAML document (one document; an empty input is a null document).
 pub fn parse(text: &str) -> Result<Node, YamlError> {
-    let mut parser = Parser::new_from_str(text);
-    let mut builder = Builder { anchors: Vec::new(), nodes: 0 };
+    parse_source(text).map(|p| p.root)
+}
+
+/// Parse a YAML document, keeping where each node starts in the text.
+pub fn parse_source(text: &str) -> Result<Parsed, YamlError> {
+    // The fast reader takes the plain block style most pipelines are written in and gives up
+    // on anything else; yaml-rust2 reads everything.
+    match build(&mut fast::FastEvents::new(text), text) {
+        Err(Stop::Unsupported) => {}
+        Err(Stop::Yaml(e)) => return Err(e),
+        Ok(parsed) => return Ok(parsed),
+    }
+    build(&mut Rust2Events::new(text), text).map_err(|e| match e {
+        Stop::Yaml(e) => e,
+        Stop::Unsupported => YamlError("the YAML reader gave up on the pipeline".into()),
+    })
+}
+
+/// Where an event starts: byte offset, 1-based line, 0-based column in characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pos {
+    pub offset: usize,
+    pub line: usize,
+    pub col: usize,
+}
+
+/// Why a reader stopped before the end.
+#[derive(Debug, PartialEq)]
+pub enum Stop {
+    Yaml(YamlError),
+    /// The fast reader met something it leaves to yaml-rust2.
+    Unsupported,
+}
+
+/// A source of YAML events in yaml-rust2's terms, positions in bytes.
+pub trait Events {
+    fn next_event(&mut self) -> Result<(Event, Pos), Stop>;
+}
+
+/// yaml-rust2's parser, with its character positions turned into byte offsets.
+pub struct Rust2Events<'t> {
+    parser: Parser<std::str::Chars<'t>>,
+    /// Character index -> byte offset, for text that is not all ASCII.
+    bytes_at: Option<Vec<usize>>,
+}
+
+impl<'t> Rust2Events<'t> {
+    pub fn new(text: &'t str) -> Self {
+        let bytes_at = if text.is_ascii() { None } else { Some(text.char_indices().map(|(b, _)| b).chain([text.len()]).collect()) };
+        Rust2Events { parser: Parser::new_from_str(text), bytes_at }
+    }
+}
+
+impl Events for Rust2Events<'_> {
+    fn next_event(&mut self) -> Result<(Event, Pos), Stop> {
+        let (event, mark) = self.parser.next_token().map_err(|e| Stop::Yaml(YamlError(format!("invalid YAML: {e}"))))?;
+        let offset = match &self.bytes_at {
+            None => mark.index(),
+            Some(map) => map.get(mark.index()).copied().unwrap_or(NOWHERE),
+        };
+        Ok((event, Pos { offset, line: mark.line(), col: mark.col() }))
+    }
+}
+
+fn stop<T>(line: usize, message: impl std::fmt::Display) -> Result<T, Stop> {
+    err(line, message).map_err(Stop::Yaml)
+}
+
+fn build(events: &mut dyn Events, text: &str) -> Result<Parsed, Stop> {
+    let mut builder = Builder { anchors: Vec::new(), nodes: 0, aliases: false, text };
     let mut root = None;
     loop {
-        let (event, mark) = parser.next_token().map_err(|e| YamlError(format!("invalid YAML: {e}")))?;
+        let (event, pos) = events.next_event()?;
         match event {
             Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
             Event::StreamEnd => break,
             Event::DocumentStart => {
                 if root.is_some() {
-                    return err(mark.line(), "more than one YAML document; a pipeline is one document");
+                    return stop(pos.line, "more than one YAML document; a pipeline is one document");
                 }
-                let (e, m) = parser.next_token().map_err(|e| YamlError(format!("invalid YAML: {e}")))?;
-                root = Some(builder.node(&mut parser, e, m)?);
+                let (e, p) = events.next_event()?;
+                root = Some(builder.node(events, e, p)?);
             }
-            other => return err(mark.line(), format!("unexpected YAML event {other:?}")),
+            other => return stop(pos.line, format!("unexpected YAML event {other:?}")),
         }
     }
-    Ok(root.unwrap_or_else(|| Node::scalar("", true)))
+    Ok(Parsed { root: root.unwrap_or_else(|| Node::scalar("", true)), aliases: builder.aliases })
 }
 
-struct Builder {
+struct Builder<'t> {
     /// Anchor id -> node (ids start at 1).
     anchors: Vec<Option<Node>>,
     nodes: usize,
+    aliases: bool,
+    text: &'t str,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn count(&mut self, n: usize, line: usize) -> Result<(), YamlError> {
         self.nodes += n;
         if self.nodes > MAX_NODES {
@@ -157,64 +248,68 @@ impl Builder {
         self.anchors[id] = Some(node.clone());
     }
 
-    fn next(&mut self, parser: &mut Parser<std::str::Chars>) -> Result<(Event, Marker), YamlError> {
-        parser.next_token().map_err(|e| YamlError(format!("invalid YAML: {e}")))
-    }
-
-    fn node(&mut self, parser: &mut Parser<std::str::Chars>, event: Event, mark: Marker) -> Result<Node, YamlError> {
-        let line = mark.line();
-        self.count(1, line)?;
+    fn node(&mut self, events: &mut dyn Events, event: Event, pos: Pos) -> Result<Node, Stop> {
+        let Pos { offset, line, col } = pos;
+        self.count(1, line).map_err(Stop::Yaml)?;
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let plain = match tag {
                     None => style == TScalarStyle::Plain,
                     Some(tag) if is_str_tag(&tag) => false,
-                    Some(tag) => return err(line, format!("YAML tag {}{} is not supported; remove it", tag.handle, tag.suffix)),
+                    Some(tag) => return stop(line, format!("YAML tag {}{} is not supported; remove it", tag.handle, tag.suffix)),
                 };
-                let node = Node { kind: Kind::Scalar(Scalar { text, plain }), line };
+                let node = Node { kind: Kind::Scalar(Scalar { text, plain }), line, offset, col };
                 self.anchor(anchor, &node);
                 Ok(node)
             }
             Event::SequenceStart(anchor, tag) => {
-                refuse_tag(tag, line)?;
+                refuse_tag(tag, line).map_err(Stop::Yaml)?;
                 let mut items = Vec::new();
                 loop {
-                    let (e, m) = self.next(parser)?;
+                    let (e, p) = events.next_event()?;
                     if e == Event::SequenceEnd {
                         break;
                     }
-                    items.push(self.node(parser, e, m)?);
+                    items.push(self.node(events, e, p)?);
                 }
-                let node = Node { kind: Kind::Seq(items), line };
+                let node = Node { kind: Kind::Seq(items), line, offset, col };
                 self.anchor(anchor, &node);
                 Ok(node)
             }
             Event::MappingStart(anchor, tag) => {
-                refuse_tag(tag, line)?;
+                refuse_tag(tag, line).map_err(Stop::Yaml)?;
+                // A flow mapping's event is at its `{`; a block mapping's is past its first
+                // key, so the mapping is placed at that key.
+                let flow = self.text.as_bytes().get(offset) == Some(&b'{');
+                let mut at = pos;
                 let mut raw = Vec::new();
                 loop {
-                    let (e, m) = self.next(parser)?;
+                    let (e, p) = events.next_event()?;
                     if e == Event::MappingEnd {
                         break;
                     }
-                    let key = self.node(parser, e, m)?;
-                    let (e, m) = self.next(parser)?;
-                    let value = self.node(parser, e, m)?;
+                    let key = self.node(events, e, p)?;
+                    if raw.is_empty() && !flow {
+                        at = Pos { offset: key.offset, line: key.line, col: key.col };
+                    }
+                    let (e, p) = events.next_event()?;
+                    let value = self.node(events, e, p)?;
                     raw.push((key, value));
                 }
-                let node = Node { kind: Kind::Map(merge(raw, line)?), line };
+                let node = Node { kind: Kind::Map(merge(raw, line).map_err(Stop::Yaml)?), line: at.line, offset: at.offset, col: at.col };
                 self.anchor(anchor, &node);
                 Ok(node)
             }
             Event::Alias(id) => {
                 let Some(Some(node)) = self.anchors.get(id) else {
-                    return err(line, "alias to an unknown anchor");
+                    return stop(line, "alias to an unknown anchor");
                 };
                 let node = node.clone();
-                self.count(size(&node), line)?;
+                self.count(size(&node), line).map_err(Stop::Yaml)?;
+                self.aliases = true;
                 Ok(node)
             }
-            other => err(line, format!("unexpected YAML event {other:?}")),
+            other => stop(line, format!("unexpected YAML event {other:?}")),
         }
     }
 }
