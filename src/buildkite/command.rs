@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ssh_agent_lib::proto::PublicCredential;
 use ssh_key::public::KeyData;
@@ -14,7 +15,7 @@ use crate::token::{KeySelector, Slot};
 
 use super::jws::{self, Alg, Jwks};
 use super::pipeline::{self, StepSignature, ENV_PREFIX, REQUIRED_FIELDS};
-use super::yaml::{self, Node};
+use super::yaml::{self, Node, Parsed};
 use super::BuildkiteError;
 
 pub fn run(cmd: BuildkiteCommand) -> Result<(), BuildkiteError> {
@@ -116,64 +117,131 @@ fn read_stdin() -> Result<String, BuildkiteError> {
     Ok(text)
 }
 
-fn parse_pipeline(text: &str) -> Result<Node, BuildkiteError> {
-    let root = yaml::parse(text).map_err(|e| BuildkiteError::Input(format!("the pipeline: {e}")))?;
-    pipeline::check_pipeline(&root).map_err(BuildkiteError::Input)?;
-    Ok(root)
+fn parse_pipeline(text: &str) -> Result<Parsed, BuildkiteError> {
+    let parsed = yaml::parse_source(text).map_err(|e| BuildkiteError::Input(format!("the pipeline: {e}")))?;
+    pipeline::check_pipeline(&parsed.root).map_err(BuildkiteError::Input)?;
+    Ok(parsed)
 }
 
 /// Everything computed before the agent is asked for anything.
 pub struct Prepared {
-    pub root: Node,
+    pub parsed: Parsed,
     pub steps: Vec<(pipeline::StepRef, BTreeMap<String, serde_json::Value>)>,
 }
 
 /// Parse a pipeline and compute every command step's signed values (no signing).
 pub fn prepare(text: &str, repo: &str) -> Result<Prepared, BuildkiteError> {
-    let root = parse_pipeline(text)?;
-    let env = pipeline::pipeline_env(&root).map_err(BuildkiteError::Input)?;
-    let refs = pipeline::command_steps(&root).map_err(BuildkiteError::Input)?;
+    let parsed = parse_pipeline(text)?;
+    let env = pipeline::pipeline_env(&parsed.root).map_err(BuildkiteError::Input)?;
+    let refs = pipeline::command_steps(&parsed.root).map_err(BuildkiteError::Input)?;
     let mut steps = Vec::with_capacity(refs.len());
     for r in refs {
-        let step = pipeline::step_at(&root, &r.path);
+        let step = pipeline::step_at(&parsed.root, &r.path);
         let values = pipeline::signed_values(step, repo, &env)
             .and_then(|v| pipeline::check_interpolation(&v).map(|()| v))
             .map_err(|message| BuildkiteError::Step { step: r.name.clone(), message })?;
         steps.push((r, values));
     }
-    Ok(Prepared { root, steps })
+    Ok(Prepared { parsed, steps })
 }
 
-/// The signature for one step's values: payload, signing input, the agent's signature.
-pub fn sign_step(
+/// Where `sign_pipeline` spent its time (the benchmark reads it; the command does not).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    /// Canonical payloads and JWS signing inputs.
+    pub encode: Duration,
+    /// Raw signatures, the local check, the detached JWS values.
+    pub check: Duration,
+    /// Waiting for the agent's answers (the token's time not hidden by the work above).
+    pub wait: Duration,
+    /// The signatures written into the text.
+    pub write: Duration,
+}
+
+/// Sign every prepared step through the agent and return the pipeline text with the
+/// signatures written in. One request is in flight at a time (a refusal stops everything);
+/// while the token signs step i, step i+1's signing input is built and step i-1's signature
+/// checked, so keytap's own work hides behind the token's.
+pub fn sign_pipeline(
     client: &mut AgentClient,
     key: &AgentKey,
     alg: Alg,
     header_b64: &str,
+    text: &str,
+    prepared: &Prepared,
+    timings: &mut Timings,
+) -> Result<String, BuildkiteError> {
+    let jwk = jws::jwk_for(&key.key, Some("check")).map_err(BuildkiteError::Key)?;
+    let steps = &prepared.steps;
+    let step_error = |i: usize, e: BuildkiteError| BuildkiteError::Step { step: steps[i].0.name.clone(), message: e.to_string() };
+    let input = |i: usize| -> Result<String, BuildkiteError> {
+        let payload = pipeline::payload(alg.name(), &steps[i].1).map_err(BuildkiteError::Input)?;
+        Ok(jws::signing_input(header_b64, &payload))
+    };
+    let send = |client: &mut AgentClient, input: &str| client.send_sign(&key.key, input.as_bytes(), 0).map_err(BuildkiteError::Agent);
+    let mut signatures: Vec<(Vec<usize>, StepSignature)> = Vec::with_capacity(steps.len());
+    let mut pending: Option<(String, ssh_key::Signature)> = None;
+    let mut current = match steps.is_empty() {
+        true => None,
+        false => Some(input(0).map_err(|e| step_error(0, e))?),
+    };
+    if let Some(first) = &current {
+        send(client, first).map_err(|e| step_error(0, e))?;
+    }
+    for i in 0..steps.len() {
+        // While the token works on step i.
+        let t = Instant::now();
+        let next = if i + 1 < steps.len() { Some(input(i + 1).map_err(|e| step_error(i + 1, e))?) } else { None };
+        timings.encode += t.elapsed();
+        if let Some((input, sig)) = pending.take() {
+            let t = Instant::now();
+            signatures.push((steps[i - 1].0.path.clone(), check(alg, &jwk, header_b64, &input, &sig, &steps[i - 1].1).map_err(|e| step_error(i - 1, e))?));
+            timings.check += t.elapsed();
+        }
+        let t = Instant::now();
+        let sig = client.receive_signature().map_err(|e| match e {
+            ClientError::Refused => step_error(i, BuildkiteError::AgentRefused(key.describe())),
+            other => step_error(i, BuildkiteError::Agent(other)),
+        })?;
+        timings.wait += t.elapsed();
+        if let Some(next) = &next {
+            send(client, next).map_err(|e| step_error(i + 1, e))?;
+        }
+        pending = Some((current.take().expect("the input sent for step i"), sig));
+        current = next;
+    }
+    if let Some((input, sig)) = pending.take() {
+        let t = Instant::now();
+        let last = steps.len() - 1;
+        signatures.push((steps[last].0.path.clone(), check(alg, &jwk, header_b64, &input, &sig, &steps[last].1).map_err(|e| step_error(last, e))?));
+        timings.check += t.elapsed();
+    }
+    let t = Instant::now();
+    let out = pipeline::signed_text(text, &prepared.parsed, &signatures);
+    timings.write += t.elapsed();
+    Ok(out)
+}
+
+/// The step's signature from the agent's answer, checked before it is ever printed.
+fn check(
+    alg: Alg,
+    jwk: &jws::Jwk,
+    header_b64: &str,
+    input: &str,
+    sig: &ssh_key::Signature,
     values: &BTreeMap<String, serde_json::Value>,
 ) -> Result<StepSignature, BuildkiteError> {
-    let payload = pipeline::payload(alg.name(), values).map_err(BuildkiteError::Input)?;
-    let input = jws::signing_input(header_b64, &payload);
-    let sig = client.sign(&key.key, input.as_bytes(), 0).map_err(|e| match e {
-        ClientError::Refused => BuildkiteError::AgentRefused(key.describe()),
-        other => BuildkiteError::Agent(other),
-    })?;
-    let raw = jws::raw_signature(alg, &sig).map_err(|e| BuildkiteError::Key(format!("the agent's signature is unusable: {e}; check the token and retry")))?;
+    let raw = jws::raw_signature(alg, sig).map_err(|e| BuildkiteError::Key(format!("the agent's signature is unusable: {e}; check the token and retry")))?;
     // Never print a signature that would not verify.
-    let jwk = jws::jwk_for(&key.key, Some("check")).map_err(BuildkiteError::Key)?;
-    jws::verify_raw(&jwk, alg, input.as_bytes(), &raw)
+    jws::verify_raw(jwk, alg, input.as_bytes(), &raw)
         .map_err(|e| BuildkiteError::Key(format!("the agent's signature does not check out ({e}); check the token and retry")))?;
-    Ok(StepSignature {
-        algorithm: alg.name().to_string(),
-        signed_fields: values.keys().cloned().collect(),
-        value: jws::detached(header_b64, &raw),
-    })
+    Ok(StepSignature { algorithm: alg.name().to_string(), signed_fields: values.keys().cloned().collect(), value: jws::detached(header_b64, &raw) })
 }
 
 fn sign(args: BuildkiteSignArgs) -> Result<(), BuildkiteError> {
     let text = read_input(args.file.as_deref())?;
     // Find problems in the pipeline before the agent is asked to sign anything.
-    let mut prepared = prepare(&text, &args.repo)?;
+    let prepared = prepare(&text, &args.repo)?;
     let mut client = connect()?;
     let key = select_key(&agent_keys(&mut client)?, args.key.as_deref())?;
     let alg = jws::alg_for(&key.key).map_err(|e| BuildkiteError::Key(format!("{} {e}", key.describe())))?;
@@ -184,12 +252,7 @@ fn sign(args: BuildkiteSignArgs) -> Result<(), BuildkiteError> {
     };
     let header = jws::header_b64(alg, &kid);
     eprintln!("keytap: signing {} command step(s) with {} as {} (kid {kid})", prepared.steps.len(), key.describe(), alg.name());
-    for (r, values) in &prepared.steps {
-        let sig = sign_step(&mut client, &key, alg, &header, values)
-            .map_err(|e| BuildkiteError::Step { step: r.name.clone(), message: e.to_string() })?;
-        pipeline::set_signature(&mut prepared.root, &r.path, &sig);
-    }
-    print!("{}", yaml::emit(&prepared.root));
+    print!("{}", sign_pipeline(&mut client, &key, alg, &header, &text, &prepared, &mut Timings::default())?);
     Ok(())
 }
 
@@ -261,7 +324,7 @@ fn verify(args: BuildkiteVerifyArgs) -> Result<(), BuildkiteError> {
         extra.push((k.to_string(), v.to_string()));
     }
     let text = read_input(args.file.as_deref())?;
-    let root = parse_pipeline(&text)?;
+    let root = parse_pipeline(&text)?.root;
     let mut env = pipeline::pipeline_env(&root).map_err(BuildkiteError::Input)?;
     for (k, v) in extra {
         env.retain(|(ek, _)| *ek != k);

@@ -28,21 +28,30 @@ fn write(v: &Value, out: &mut String) -> Option<()> {
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
-            out.push('{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                string(k, out);
-                out.push(':');
-                write(v, out)?;
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object(map.iter(), out)?,
     }
+    Some(())
+}
+
+/// An object from its entries in any order (members are sorted by UTF-16 code units).
+pub fn write_object<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut String) -> Option<()> {
+    let mut entries: Vec<(&String, &Value)> = entries.collect();
+    // Entries usually come sorted by UTF-8 bytes, which is UTF-16 order unless a key mixes
+    // characters above U+FFFF with U+E000..U+FFFF: check before sorting.
+    let utf16 = |a: &str, b: &str| a.encode_utf16().cmp(b.encode_utf16());
+    if entries.windows(2).any(|w| utf16(w[0].0, w[1].0) != std::cmp::Ordering::Less) {
+        entries.sort_by(|a, b| utf16(a.0, b.0));
+    }
+    out.push('{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        string(k, out);
+        out.push(':');
+        write(v, out)?;
+    }
+    out.push('}');
     Some(())
 }
 
@@ -73,21 +82,33 @@ pub fn number(f: f64) -> Option<String> {
     Some(format!("{sign}{body}"))
 }
 
-fn string(s: &str, out: &mut String) {
+/// A string with only the escapes RFC 8785 requires.
+pub fn string(s: &str, out: &mut String) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{8}' => out.push_str("\\b"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\u{c}' => out.push_str("\\f"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
+    // Copy runs of characters that need no escape; only ASCII bytes ever do, so a run never
+    // splits a UTF-8 sequence.
+    let mut run = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            0x0c => "\\f",
+            b'\r' => "\\r",
+            b if b < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[run..i]);
+        if escape.is_empty() {
+            out.push_str(&format!("\\u{b:04x}"));
+        } else {
+            out.push_str(escape);
         }
+        run = i + 1;
     }
+    out.push_str(&s[run..]);
     out.push('"');
 }
 

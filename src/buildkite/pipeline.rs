@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value as Json};
 
 use super::jcs;
-use super::yaml::{go_sprint, map_key, Kind, Node, Value};
+use super::yaml::{emit, go_sprint, insert_first_entry, map_key, Flat, Insert, Kind, Node, Parsed, Value};
 
 /// A command step: where it sits and how to name it in messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,6 +176,38 @@ fn step_at_mut<'a>(root: &'a mut Node, path: &[usize]) -> &'a mut Node {
             }
         }
     }
+}
+
+/// The pipeline text with each command step's signature written in: into the text as it is
+/// where that can be done exactly (comments, quoting and anchors kept, each signature the
+/// step's first key), otherwise the whole document written again in block style (a document
+/// with aliases, a step that already has a `signature`).
+pub fn signed_text(text: &str, parsed: &Parsed, signatures: &[(Vec<usize>, StepSignature)]) -> String {
+    if !parsed.aliases {
+        let inserts: Option<Vec<Insert>> = signatures
+            .iter()
+            .map(|(path, sig)| {
+                let step = step_at(&parsed.root, path);
+                (!step.has("signature")).then(|| Insert {
+                    map: step,
+                    key: "signature",
+                    fields: vec![
+                        ("algorithm", Flat::Str(&sig.algorithm)),
+                        ("signed_fields", Flat::List(&sig.signed_fields)),
+                        ("value", Flat::Str(&sig.value)),
+                    ],
+                })
+            })
+            .collect();
+        if let Some(out) = inserts.and_then(|inserts| insert_first_entry(text, &inserts)) {
+            return out;
+        }
+    }
+    let mut root = parsed.root.clone();
+    for (path, sig) in signatures {
+        set_signature(&mut root, path, sig);
+    }
+    emit(&root)
 }
 
 /// Put `signature` on the step (replacing one it had), as the last key.
@@ -534,8 +566,14 @@ pub fn check_interpolation(values: &BTreeMap<String, Json>) -> Result<(), String
 
 /// The canonical payload: JCS of `{"alg": ALG, "values": VALUES}`.
 pub fn payload(alg: &str, values: &BTreeMap<String, Json>) -> Result<Vec<u8>, String> {
-    let doc = serde_json::json!({"alg": alg, "values": values});
-    jcs::canonical(&doc).map(String::into_bytes).ok_or_else(|| "a value cannot be written as JSON".to_string())
+    // "alg" < "values", so the outer object is written in order, without copying the values.
+    let mut out = String::with_capacity(512);
+    out.push_str("{\"alg\":");
+    jcs::string(alg, &mut out);
+    out.push_str(",\"values\":");
+    jcs::write_object(values.iter(), &mut out).ok_or_else(|| "a value cannot be written as JSON".to_string())?;
+    out.push('}');
+    Ok(out.into_bytes())
 }
 
 #[cfg(test)]
@@ -572,6 +610,81 @@ mod tests {
         }
         for s in ["echo $1", "cost: 5$", "a $ b", "plain"] {
             assert!(!has_interpolation(s), "{s}");
+        }
+    }
+
+    /// The tree as values (without positions or quoting), with each mapping's `signature`
+    /// moved to its end.
+    fn normalised(node: &Node) -> Node {
+        let kind = match &node.kind {
+            Kind::Scalar(_) => Kind::Scalar(crate::buildkite::yaml::Scalar { text: format!("{:?}", node.value()), plain: false }),
+            Kind::Seq(items) => Kind::Seq(items.iter().map(normalised).collect()),
+            Kind::Map(entries) => {
+                let (rest, sig): (Vec<_>, Vec<_>) = entries.iter().partition(|(k, _)| k.str_text() != Some("signature"));
+                Kind::Map(rest.into_iter().chain(sig).map(|(k, v)| (normalised(k), normalised(v))).collect())
+            }
+        };
+        Node { kind, line: 0, offset: crate::buildkite::yaml::NOWHERE, col: 0 }
+    }
+
+    fn sign_all(text: &str) -> (String, Node) {
+        let parsed = crate::buildkite::yaml::parse_source(text).unwrap();
+        let sigs: Vec<(Vec<usize>, StepSignature)> = command_steps(&parsed.root)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let sig = StepSignature {
+                    algorithm: "ES256".into(),
+                    signed_fields: vec!["command".into(), "env::A B".into(), "env::#x".into(), "env::x: y".into()],
+                    value: format!("eyJhbGciOiJFUzI1NiJ9..sig-{i}_x"),
+                };
+                (r.path, sig)
+            })
+            .collect();
+        let mut expected = parsed.root.clone();
+        for (path, sig) in &sigs {
+            set_signature(&mut expected, path, sig);
+        }
+        (signed_text(text, &parsed, &sigs), expected)
+    }
+
+    #[test]
+    fn signatures_are_written_into_the_text_as_it_is() {
+        let cases = [
+            "# top comment\nenv:\n  A: 1 # why\nsteps:\n  - label: \"a\" # keep\n    command: make\n\n  # between\n  - wait\n  - group: g\n    steps:\n      - command: x\n        matrix: [a, b]\n",
+            "steps:\n- command: indentless\n- {command: flow, env: {A: b}}\n-\n  command: own line\n-   command: wide\n    label: w\n",
+            "- command: top-level list\n  plugins: [docker#v1]\n- label: é ünïcode\n  commands:\n    - |\n      echo a\n      echo b\n",
+            "steps:\n  - \"command\": quoted key\n  - 'label': q\n    command: 'single'\n  - type: script\n    label: s\n  - {\n      command: multi-line flow,\n    }\n",
+            "steps:\n  - <<: {env: {A: b}}\n    command: merged inline\n",
+        ];
+        for text in cases {
+            let (out, expected) = sign_all(text);
+            // Nothing of the original is lost: every original line still ends a line, in order
+            // (a flow mapping gets its signature after its `{`).
+            let mut lines = out.lines();
+            for line in text.lines() {
+                let tail = line.split_once('{').map_or(line.trim_start_matches(['-', ' ']), |(_, t)| t);
+                assert!(lines.any(|l| l.ends_with(tail)), "{line:?} lost in\n{out}");
+            }
+            let reread = parse(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+            assert_eq!(normalised(&reread), normalised(&expected), "\n{out}");
+        }
+    }
+
+    #[test]
+    fn documents_the_text_writer_cannot_take_are_written_again_whole() {
+        let cases = [
+            // Aliases: one place in the text stands for several steps.
+            "x: &s\n  command: a\nsteps:\n  - *s\n  - command: b\n",
+            // A step signed before: its old signature is replaced.
+            "steps:\n  - command: a\n    signature: {algorithm: EdDSA, signed_fields: [command], value: old}\n",
+        ];
+        for text in cases {
+            let (out, expected) = sign_all(text);
+            // Written again whole: the anchor is expanded, the old signature gone.
+            assert!(!out.contains("&s") && !out.contains("old"), "{out}");
+            assert_eq!(normalised(&parse(&out).unwrap()), normalised(&expected), "\n{out}");
         }
     }
 

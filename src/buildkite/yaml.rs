@@ -101,13 +101,20 @@ impl Node {
 
     /// The value under `key` (a word, e.g. `steps`) of a mapping.
     pub fn get(&self, key: &str) -> Option<&Node> {
+        // The names asked for are words, whose canonical form is their own text, so a key's
+        // string text is all there is to compare.
+        debug_assert!(resolve_special(key).is_none(), "{key} is a word");
         match &self.kind {
-            // The names asked for are words, whose canonical form is their own text: compare
-            // the text first and canonicalise only a match.
-            Kind::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| matches!(&k.kind, Kind::Scalar(s) if s.text == key) && map_key(k).ok().as_deref() == Some(key))
-                .map(|(_, v)| v),
+            Kind::Map(entries) => entries.iter().find(|(k, _)| k.str_text() == Some(key)).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// A scalar's text when it is read as that string (quoted, or plain and not a null,
+    /// boolean or number), without copying it.
+    pub fn str_text(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Scalar(s) if !s.plain || resolve_special(&s.text).is_none() => Some(&s.text),
             _ => None,
         }
     }
@@ -119,6 +126,18 @@ impl Node {
 
 /// A mapping key as go-pipeline canonicalises it: booleans as true/false, integers in decimal.
 pub fn map_key(key: &Node) -> Result<String, YamlError> {
+    key_text(key).map(std::borrow::Cow::into_owned)
+}
+
+/// `map_key`, borrowing the text of string keys (nearly all of them).
+pub fn key_text(key: &Node) -> Result<std::borrow::Cow<'_, str>, YamlError> {
+    if let Some(text) = key.str_text() {
+        return Ok(std::borrow::Cow::Borrowed(text));
+    }
+    map_key_special(key).map(std::borrow::Cow::Owned)
+}
+
+fn map_key_special(key: &Node) -> Result<String, YamlError> {
     match key.value() {
         None => err(key.line, "a mapping key must be a scalar"),
         Some(Value::Null) => err(key.line, "null is not supported as a mapping key"),
@@ -342,10 +361,14 @@ fn is_merge_key(key: &Node) -> bool {
 fn merge(raw: Vec<(Node, Node)>, line: usize) -> Result<Vec<(Node, Node)>, YamlError> {
     let mut seen = std::collections::HashSet::new();
     for (k, _) in raw.iter().filter(|(k, _)| !is_merge_key(k)) {
-        if !seen.insert(map_key(k)?) {
+        if !seen.insert(key_text(k)?) {
             return err(k.line, format!("duplicate mapping key {:?}", map_key(k)?));
         }
     }
+    if !raw.iter().any(|(k, _)| is_merge_key(k)) {
+        return Ok(raw);
+    }
+    let mut seen: std::collections::HashSet<String> = seen.into_iter().map(std::borrow::Cow::into_owned).collect();
     let mut out = Vec::with_capacity(raw.len());
     for (k, v) in raw {
         if !is_merge_key(&k) {
@@ -375,40 +398,46 @@ fn merge(raw: Vec<(Node, Node)>, line: usize) -> Result<Vec<(Node, Node)>, YamlE
 
 /// Resolve a plain scalar. Timestamps stay strings (yaml.v3 keeps them as text in `any`).
 pub fn resolve(text: &str) -> Value {
+    resolve_special(text).unwrap_or_else(|| Value::Str(text.into()))
+}
+
+/// What a plain scalar resolves to when that is not its own text as a string; `None` for
+/// strings (most scalars, read without copying them).
+fn resolve_special(text: &str) -> Option<Value> {
     match text {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Value::Float(f64::INFINITY),
-        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        "" | "~" | "null" | "Null" | "NULL" => return Some(Value::Null),
+        "true" | "True" | "TRUE" => return Some(Value::Bool(true)),
+        "false" | "False" | "FALSE" => return Some(Value::Bool(false)),
+        ".nan" | ".NaN" | ".NAN" => return Some(Value::Float(f64::NAN)),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return Some(Value::Float(f64::INFINITY)),
+        "-.inf" | "-.Inf" | "-.INF" => return Some(Value::Float(f64::NEG_INFINITY)),
         _ => {}
     }
     let first = text.as_bytes()[0];
     if first == b'.' {
         if let Some(f) = go_parse_float(text) {
-            return Value::Float(f);
+            return Some(Value::Float(f));
         }
-        return Value::Str(text.into());
+        return None;
     }
     if !(first.is_ascii_digit() || first == b'+' || first == b'-') {
-        return Value::Str(text.into());
+        return None;
     }
     let plain: String = text.chars().filter(|&c| c != '_').collect();
     if let Some(i) = go_parse_int(&plain) {
-        return Value::Int(i);
+        return Some(Value::Int(i));
     }
     if !plain.starts_with(['+', '-']) {
         if let Some(u) = go_parse_uint(&plain) {
-            return Value::Uint(u);
+            return Some(Value::Uint(u));
         }
     }
     if yaml_style_float(&plain) {
         if let Some(f) = go_parse_float(&plain) {
-            return Value::Float(f);
+            return Some(Value::Float(f));
         }
     }
-    Value::Str(text.into())
+    None
 }
 
 /// Go's `strconv.ParseUint(s, 0, 64)` (prefixes 0x, 0o, 0b and a bare leading 0 for octal).
@@ -582,13 +611,133 @@ pub fn emit(root: &Node) -> String {
     out
 }
 
-fn pad(n: usize) -> String {
-    " ".repeat(n)
+/// A value `insert_first_entry` writes: a string or a list of strings.
+pub enum Flat<'a> {
+    Str(&'a str),
+    List(&'a [String]),
+}
+
+/// One entry to put first in a mapping: `key` holding a mapping of `fields`.
+pub struct Insert<'a> {
+    pub map: &'a Node,
+    pub key: &'a str,
+    pub fields: Vec<(&'a str, Flat<'a>)>,
+}
+
+/// Write each insert as the first entry of its mapping in `text`, keeping the rest of the
+/// text as written (comments, quoting, anchors). `None` when a mapping is not at one place in
+/// the text (keytap's own, or copied by an alias) or does not start the way the insertion
+/// relies on: a flow mapping at its `{`, a block mapping at its first key with only
+/// indentation and `- ` before it on its line. Each mapping may appear once.
+pub fn insert_first_entry(text: &str, inserts: &[Insert]) -> Option<String> {
+    let mut at: Vec<(usize, String)> = Vec::with_capacity(inserts.len());
+    for insert in inserts {
+        let map = insert.map;
+        let Kind::Map(_) = &map.kind else { return None };
+        let offset = map.offset;
+        if offset >= text.len() || !text.is_char_boundary(offset) {
+            return None;
+        }
+        let mut piece = String::with_capacity(512);
+        if text.as_bytes()[offset] == b'{' {
+            // After the `{`: `key: {field: value, ...}, ` in flow style, every string quoted
+            // (so flow indicators in it are harmless).
+            piece.push_str(&double_quoted(insert.key));
+            piece.push_str(": {");
+            for (i, (name, value)) in insert.fields.iter().enumerate() {
+                if i > 0 {
+                    piece.push_str(", ");
+                }
+                piece.push_str(&double_quoted(name));
+                piece.push_str(": ");
+                match value {
+                    Flat::Str(v) => piece.push_str(&double_quoted(v)),
+                    Flat::List(items) => {
+                        piece.push('[');
+                        for (j, item) in items.iter().enumerate() {
+                            if j > 0 {
+                                piece.push_str(", ");
+                            }
+                            piece.push_str(&double_quoted(item));
+                        }
+                        piece.push(']');
+                    }
+                }
+            }
+            piece.push_str("}, ");
+            at.push((offset + 1, piece));
+            continue;
+        }
+        let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let prefix = &text.as_bytes()[line_start..offset];
+        let plain_prefix = prefix.iter().enumerate().all(|(i, &b)| b == b' ' || (b == b'-' && prefix.get(i + 1) == Some(&b' ')));
+        if !plain_prefix || prefix.len() != map.col {
+            return None;
+        }
+        // Block style at the mapping's column, then the first key again at that column.
+        let col = map.col;
+        push_string(&mut piece, insert.key);
+        piece.push_str(":\n");
+        for (name, value) in &insert.fields {
+            pad(&mut piece, col + 2);
+            push_string(&mut piece, name);
+            piece.push(':');
+            match value {
+                Flat::Str(v) => {
+                    piece.push(' ');
+                    push_string(&mut piece, v);
+                    piece.push('\n');
+                }
+                Flat::List([]) => piece.push_str(" []\n"),
+                Flat::List(items) => {
+                    piece.push('\n');
+                    for item in *items {
+                        pad(&mut piece, col + 4);
+                        piece.push_str("- ");
+                        push_string(&mut piece, item);
+                        piece.push('\n');
+                    }
+                }
+            }
+        }
+        pad(&mut piece, col);
+        at.push((offset, piece));
+    }
+    at.sort_by_key(|(offset, _)| *offset);
+    if at.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + at.iter().map(|(_, p)| p.len()).sum::<usize>());
+    let mut copied = 0;
+    for (offset, piece) in at {
+        out.push_str(&text[copied..offset]);
+        out.push_str(&piece);
+        copied = offset;
+    }
+    out.push_str(&text[copied..]);
+    Some(out)
+}
+
+/// A string on one line in block context: plain where it reads back as the same string.
+fn push_string(out: &mut String, t: &str) {
+    // Words, base64url and field names like `env::NAME`: plain, checked in one cheap pass.
+    let word = t.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+        && !t.ends_with(':')
+        && t.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':'));
+    if (word || plain_safe(t)) && resolve_special(t).is_none() {
+        out.push_str(t);
+    } else {
+        out.push_str(&double_quoted(t));
+    }
+}
+
+fn pad(out: &mut String, n: usize) {
+    out.extend(std::iter::repeat(' ').take(n));
 }
 
 fn emit_map(entries: &[(Node, Node)], indent: usize, out: &mut String) {
     for (k, v) in entries {
-        out.push_str(&pad(indent));
+        pad(out, indent);
         out.push_str(&scalar_key(k));
         out.push(':');
         emit_value_after(v, indent, out);
@@ -597,7 +746,7 @@ fn emit_map(entries: &[(Node, Node)], indent: usize, out: &mut String) {
 
 fn emit_seq(items: &[Node], indent: usize, out: &mut String) {
     for item in items {
-        out.push_str(&pad(indent));
+        pad(out, indent);
         out.push('-');
         match &item.kind {
             Kind::Map(e) if !e.is_empty() => {
@@ -688,13 +837,22 @@ fn plain_safe(t: &str) -> bool {
     if t.ends_with(|c: char| c.is_whitespace() || c == ':') {
         return false;
     }
-    if t.contains(": ") || t.contains(" #") || t.contains(":\t") || t.contains("\t#") {
-        return false;
-    }
     if t == "<<" {
         return false;
     }
-    t.chars().all(|c| !c.is_control() && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}'))
+    // One pass: no `: `, ` #` (or with tabs), no control characters; the rest only for
+    // text that is not ASCII.
+    let b = t.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        let next = b.get(i + 1).copied();
+        match c {
+            b':' if matches!(next, Some(b' ' | b'\t')) => return false,
+            b' ' | b'\t' if next == Some(b'#') => return false,
+            c if c < 0x20 || c == 0x7f => return false,
+            _ => {}
+        }
+    }
+    t.is_ascii() || t.chars().all(|c| !c.is_control() && !matches!(c, '\u{85}' | '\u{2028}' | '\u{2029}' | '\u{feff}'))
 }
 
 /// `|` block for multi-line text whose lines survive a literal block unchanged.
@@ -728,7 +886,7 @@ fn literal_block(t: &str, content_indent: usize) -> Option<String> {
     for l in &lines {
         out.push('\n');
         if !l.is_empty() {
-            out.push_str(&pad(content_indent));
+            pad(&mut out, content_indent);
             out.push_str(l);
         }
     }
