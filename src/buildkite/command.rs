@@ -154,14 +154,17 @@ pub struct Timings {
     pub check: Duration,
     /// Waiting for the agent's answers (the token's time not hidden by the work above).
     pub wait: Duration,
-    /// The signatures written into the text.
+    /// Each step's signature text, made while the token signs the next step.
     pub write: Duration,
+    /// The pipeline text put together at the end.
+    pub finish: Duration,
 }
 
 /// Sign every prepared step through the agent and return the pipeline text with the
 /// signatures written in. One request is in flight at a time (a refusal stops everything);
 /// while the token signs step i, step i+1's signing input is built and step i-1's signature
-/// checked, so keytap's own work hides behind the token's.
+/// checked, so keytap's own work hides behind the token's. (A failed check, which means a
+/// broken token or agent, is thus noticed one signature late; that signature is dropped.)
 pub fn sign_pipeline(
     client: &mut AgentClient,
     key: &AgentKey,
@@ -179,7 +182,17 @@ pub fn sign_pipeline(
         Ok(jws::signing_input(header_b64, &payload))
     };
     let send = |client: &mut AgentClient, input: &str| client.send_sign(&key.key, input.as_bytes(), 0).map_err(BuildkiteError::Agent);
-    let mut signatures: Vec<(Vec<usize>, StepSignature)> = Vec::with_capacity(steps.len());
+    let mut writer = pipeline::SignedText::new(text, &prepared.parsed);
+    // Check step i's signature and make its text (while the token signs step i + 1).
+    let mut finish_step = |i: usize, input: &str, sig: &ssh_key::Signature, timings: &mut Timings| -> Result<(), BuildkiteError> {
+        let t = Instant::now();
+        let signature = check(alg, &jwk, header_b64, input, sig, &steps[i].1).map_err(|e| step_error(i, e))?;
+        let t2 = Instant::now();
+        writer.add(&steps[i].0.path, signature);
+        timings.check += t2 - t;
+        timings.write += t2.elapsed();
+        Ok(())
+    };
     let mut pending: Option<(String, ssh_key::Signature)> = None;
     let mut current = match steps.is_empty() {
         true => None,
@@ -194,9 +207,7 @@ pub fn sign_pipeline(
         let next = if i + 1 < steps.len() { Some(input(i + 1).map_err(|e| step_error(i + 1, e))?) } else { None };
         timings.encode += t.elapsed();
         if let Some((input, sig)) = pending.take() {
-            let t = Instant::now();
-            signatures.push((steps[i - 1].0.path.clone(), check(alg, &jwk, header_b64, &input, &sig, &steps[i - 1].1).map_err(|e| step_error(i - 1, e))?));
-            timings.check += t.elapsed();
+            finish_step(i - 1, &input, &sig, timings)?;
         }
         let t = Instant::now();
         let sig = client.receive_signature().map_err(|e| match e {
@@ -211,14 +222,11 @@ pub fn sign_pipeline(
         current = next;
     }
     if let Some((input, sig)) = pending.take() {
-        let t = Instant::now();
-        let last = steps.len() - 1;
-        signatures.push((steps[last].0.path.clone(), check(alg, &jwk, header_b64, &input, &sig, &steps[last].1).map_err(|e| step_error(last, e))?));
-        timings.check += t.elapsed();
+        finish_step(steps.len() - 1, &input, &sig, timings)?;
     }
     let t = Instant::now();
-    let out = pipeline::signed_text(text, &prepared.parsed, &signatures);
-    timings.write += t.elapsed();
+    let out = writer.finish();
+    timings.finish += t.elapsed();
     Ok(out)
 }
 

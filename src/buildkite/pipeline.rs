@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value as Json};
 
 use super::jcs;
-use super::yaml::{emit, go_sprint, insert_first_entry, map_key, Flat, Insert, Kind, Node, Parsed, Value};
+use super::yaml::{emit, go_sprint, map_key, piece, splice, Flat, Insert, Kind, Node, Parsed, Value};
 
 /// A command step: where it sits and how to name it in messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,31 +183,58 @@ fn step_at_mut<'a>(root: &'a mut Node, path: &[usize]) -> &'a mut Node {
 /// step's first key), otherwise the whole document written again in block style (a document
 /// with aliases, a step that already has a `signature`).
 pub fn signed_text(text: &str, parsed: &Parsed, signatures: &[(Vec<usize>, StepSignature)]) -> String {
-    if !parsed.aliases {
-        let inserts: Option<Vec<Insert>> = signatures
-            .iter()
-            .map(|(path, sig)| {
-                let step = step_at(&parsed.root, path);
-                (!step.has("signature")).then(|| Insert {
-                    map: step,
-                    key: "signature",
-                    fields: vec![
-                        ("algorithm", Flat::Str(&sig.algorithm)),
-                        ("signed_fields", Flat::List(&sig.signed_fields)),
-                        ("value", Flat::Str(&sig.value)),
-                    ],
-                })
-            })
-            .collect();
-        if let Some(out) = inserts.and_then(|inserts| insert_first_entry(text, &inserts)) {
+    let mut writer = SignedText::new(text, parsed);
+    for (path, sig) in signatures {
+        writer.add(path, sig.clone());
+    }
+    writer.finish()
+}
+
+/// `signed_text` one signature at a time, so each step's text can be made while the token
+/// signs the next one.
+pub struct SignedText<'a> {
+    text: &'a str,
+    parsed: &'a Parsed,
+    /// What to write where; `None` once a signature cannot go into the text as it is.
+    pieces: Option<Vec<(usize, String)>>,
+    signatures: Vec<(Vec<usize>, StepSignature)>,
+}
+
+impl<'a> SignedText<'a> {
+    pub fn new(text: &'a str, parsed: &'a Parsed) -> Self {
+        SignedText { text, parsed, pieces: (!parsed.aliases).then(Vec::new), signatures: Vec::new() }
+    }
+
+    pub fn add(&mut self, path: &[usize], sig: StepSignature) {
+        if let Some(pieces) = &mut self.pieces {
+            let step = step_at(&self.parsed.root, path);
+            let insert = Insert {
+                map: step,
+                key: "signature",
+                fields: vec![
+                    ("algorithm", Flat::Str(&sig.algorithm)),
+                    ("signed_fields", Flat::List(&sig.signed_fields)),
+                    ("value", Flat::Str(&sig.value)),
+                ],
+            };
+            match (!step.has("signature")).then(|| piece(self.text, &insert)).flatten() {
+                Some(p) => pieces.push(p),
+                None => self.pieces = None,
+            }
+        }
+        self.signatures.push((path.to_vec(), sig));
+    }
+
+    pub fn finish(self) -> String {
+        if let Some(out) = self.pieces.and_then(|pieces| splice(self.text, pieces)) {
             return out;
         }
+        let mut root = self.parsed.root.clone();
+        for (path, sig) in &self.signatures {
+            set_signature(&mut root, path, sig);
+        }
+        emit(&root)
     }
-    let mut root = parsed.root.clone();
-    for (path, sig) in signatures {
-        set_signature(&mut root, path, sig);
-    }
-    emit(&root)
 }
 
 /// Put `signature` on the step (replacing one it had), as the last key.
@@ -246,6 +273,9 @@ pub fn signature_of(step: &Node) -> Result<Option<StepSignature>, String> {
 
 /// A scalar as go-pipeline puts it in a string field.
 fn sprint(node: &Node, what: &str) -> Result<String, String> {
+    if let Some(text) = node.str_text() {
+        return Ok(text.to_string());
+    }
     match node.value() {
         None => Err(format!("line {}: {what} must be a scalar", node.line)),
         Some(v) => go_sprint(&v).ok_or_else(|| format!("line {}: {what} is an integer too large for Buildkite; quote it", node.line)),
@@ -530,22 +560,22 @@ pub fn signed_values(step: &Node, repo: &str, outer_env: &[(String, String)]) ->
         None => None,
         Some(e) => string_map(e, "the step's `env`")?,
     };
-    let env_json = match &env {
-        None => Json::Null,
-        Some(pairs) => Json::Object(pairs.iter().map(|(k, v)| (k.clone(), Json::String(v.clone()))).collect()),
-    };
     let mut values = BTreeMap::new();
-    values.insert("command".to_string(), Json::String(command(step)?));
-    values.insert("env".to_string(), env_json);
-    values.insert("plugins".to_string(), plugins(step)?);
-    values.insert("matrix".to_string(), matrix(step)?);
-    values.insert("repository_url".to_string(), Json::String(repo.to_string()));
     for (k, v) in outer_env {
         if env.as_ref().is_some_and(|pairs| pairs.iter().any(|(sk, _)| sk == k)) {
             continue;
         }
         values.insert(format!("{ENV_PREFIX}{k}"), Json::String(v.clone()));
     }
+    let env_json = match env {
+        None => Json::Null,
+        Some(pairs) => Json::Object(pairs.into_iter().map(|(k, v)| (k, Json::String(v))).collect()),
+    };
+    values.insert("command".to_string(), Json::String(command(step)?));
+    values.insert("env".to_string(), env_json);
+    values.insert("plugins".to_string(), plugins(step)?);
+    values.insert("matrix".to_string(), matrix(step)?);
+    values.insert("repository_url".to_string(), Json::String(repo.to_string()));
     Ok(values)
 }
 

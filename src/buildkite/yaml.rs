@@ -624,92 +624,91 @@ pub struct Insert<'a> {
     pub fields: Vec<(&'a str, Flat<'a>)>,
 }
 
-/// Write each insert as the first entry of its mapping in `text`, keeping the rest of the
-/// text as written (comments, quoting, anchors). `None` when a mapping is not at one place in
-/// the text (keytap's own, or copied by an alias) or does not start the way the insertion
-/// relies on: a flow mapping at its `{`, a block mapping at its first key with only
-/// indentation and `- ` before it on its line. Each mapping may appear once.
-pub fn insert_first_entry(text: &str, inserts: &[Insert]) -> Option<String> {
-    let mut at: Vec<(usize, String)> = Vec::with_capacity(inserts.len());
-    for insert in inserts {
-        let map = insert.map;
-        let Kind::Map(_) = &map.kind else { return None };
-        let offset = map.offset;
-        if offset >= text.len() || !text.is_char_boundary(offset) {
-            return None;
-        }
-        let mut piece = String::with_capacity(512);
-        if text.as_bytes()[offset] == b'{' {
-            // After the `{`: `key: {field: value, ...}, ` in flow style, every string quoted
-            // (so flow indicators in it are harmless).
-            piece.push_str(&double_quoted(insert.key));
-            piece.push_str(": {");
-            for (i, (name, value)) in insert.fields.iter().enumerate() {
-                if i > 0 {
-                    piece.push_str(", ");
-                }
-                piece.push_str(&double_quoted(name));
-                piece.push_str(": ");
-                match value {
-                    Flat::Str(v) => piece.push_str(&double_quoted(v)),
-                    Flat::List(items) => {
-                        piece.push('[');
-                        for (j, item) in items.iter().enumerate() {
-                            if j > 0 {
-                                piece.push_str(", ");
-                            }
-                            piece.push_str(&double_quoted(item));
-                        }
-                        piece.push(']');
-                    }
-                }
-            }
-            piece.push_str("}, ");
-            at.push((offset + 1, piece));
-            continue;
-        }
-        let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-        let prefix = &text.as_bytes()[line_start..offset];
-        let plain_prefix = prefix.iter().enumerate().all(|(i, &b)| b == b' ' || (b == b'-' && prefix.get(i + 1) == Some(&b' ')));
-        if !plain_prefix || prefix.len() != map.col {
-            return None;
-        }
-        // Block style at the mapping's column, then the first key again at that column.
-        let col = map.col;
-        push_string(&mut piece, insert.key);
-        piece.push_str(":\n");
-        for (name, value) in &insert.fields {
-            pad(&mut piece, col + 2);
-            push_string(&mut piece, name);
-            piece.push(':');
-            match value {
-                Flat::Str(v) => {
-                    piece.push(' ');
-                    push_string(&mut piece, v);
-                    piece.push('\n');
-                }
-                Flat::List([]) => piece.push_str(" []\n"),
-                Flat::List(items) => {
-                    piece.push('\n');
-                    for item in *items {
-                        pad(&mut piece, col + 4);
-                        piece.push_str("- ");
-                        push_string(&mut piece, item);
-                        piece.push('\n');
-                    }
-                }
-            }
-        }
-        pad(&mut piece, col);
-        at.push((offset, piece));
-    }
-    at.sort_by_key(|(offset, _)| *offset);
-    if at.windows(2).any(|w| w[0].0 == w[1].0) {
+/// What to write where for one insert: `None` when its mapping is not at one place in the
+/// text (keytap's own, or copied by an alias) or does not start the way the insertion relies
+/// on: a flow mapping at its `{`, a block mapping at its first key with only indentation and
+/// `- ` before it on its line.
+pub fn piece(text: &str, insert: &Insert) -> Option<(usize, String)> {
+    let map = insert.map;
+    let Kind::Map(_) = &map.kind else { return None };
+    let offset = map.offset;
+    if offset >= text.len() || !text.is_char_boundary(offset) {
         return None;
     }
-    let mut out = String::with_capacity(text.len() + at.iter().map(|(_, p)| p.len()).sum::<usize>());
+    let mut piece = String::with_capacity(512);
+    if text.as_bytes()[offset] == b'{' {
+        // After the `{`: `key: {field: value, ...}, ` in flow style, every string quoted
+        // (so flow indicators in it are harmless).
+        piece.push_str(&double_quoted(insert.key));
+        piece.push_str(": {");
+        for (i, (name, value)) in insert.fields.iter().enumerate() {
+            if i > 0 {
+                piece.push_str(", ");
+            }
+            piece.push_str(&double_quoted(name));
+            piece.push_str(": ");
+            match value {
+                Flat::Str(v) => piece.push_str(&double_quoted(v)),
+                Flat::List(items) => {
+                    piece.push('[');
+                    for (j, item) in items.iter().enumerate() {
+                        if j > 0 {
+                            piece.push_str(", ");
+                        }
+                        piece.push_str(&double_quoted(item));
+                    }
+                    piece.push(']');
+                }
+            }
+        }
+        piece.push_str("}, ");
+        return Some((offset + 1, piece));
+    }
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let prefix = &text.as_bytes()[line_start..offset];
+    let plain_prefix = prefix.iter().enumerate().all(|(i, &b)| b == b' ' || (b == b'-' && prefix.get(i + 1) == Some(&b' ')));
+    if !plain_prefix || prefix.len() != map.col {
+        return None;
+    }
+    // Block style at the mapping's column, then the first key again at that column.
+    let col = map.col;
+    push_string(&mut piece, insert.key);
+    piece.push_str(":\n");
+    for (name, value) in &insert.fields {
+        pad(&mut piece, col + 2);
+        push_string(&mut piece, name);
+        piece.push(':');
+        match value {
+            Flat::Str(v) => {
+                piece.push(' ');
+                push_string(&mut piece, v);
+                piece.push('\n');
+            }
+            Flat::List([]) => piece.push_str(" []\n"),
+            Flat::List(items) => {
+                piece.push('\n');
+                for item in *items {
+                    pad(&mut piece, col + 4);
+                    piece.push_str("- ");
+                    push_string(&mut piece, item);
+                    piece.push('\n');
+                }
+            }
+        }
+    }
+    pad(&mut piece, col);
+    Some((offset, piece))
+}
+
+/// The text with each piece written at its offset; `None` if two share an offset.
+pub fn splice(text: &str, mut pieces: Vec<(usize, String)>) -> Option<String> {
+    pieces.sort_by_key(|(offset, _)| *offset);
+    if pieces.windows(2).any(|w| w[0].0 == w[1].0) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len() + pieces.iter().map(|(_, p)| p.len()).sum::<usize>());
     let mut copied = 0;
-    for (offset, piece) in at {
+    for (offset, piece) in pieces {
         out.push_str(&text[copied..offset]);
         out.push_str(&piece);
         copied = offset;
