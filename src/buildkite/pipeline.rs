@@ -111,15 +111,25 @@ fn step_kind(step: &Node) -> Result<StepKind, String> {
     }
 }
 
-fn describe(step: &Node, number: &str) -> String {
+fn describe(step: &Node, number: std::fmt::Arguments) -> String {
+    use std::fmt::Write;
+    let mut name = String::with_capacity(32);
+    write!(name, "step {number} ").expect("writing to a String");
     for key in ["label", "name", "key", "identifier", "id", "group"] {
-        if let Some(Value::Str(s)) = step.get(key).and_then(Node::value) {
-            if !s.is_empty() {
-                return format!("step {number} {s:?}");
+        if let Some(s) = step.get(key).and_then(Node::str_text).filter(|s| !s.is_empty()) {
+            // Quoted as `{:?}` quotes; printable ASCII without `"` or `\` needs no escape.
+            if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+                name.push('"');
+                name.push_str(s);
+                name.push('"');
+            } else {
+                write!(name, "{s:?}").expect("writing to a String");
             }
+            return name;
         }
     }
-    format!("step {number} (line {})", step.line)
+    write!(name, "(line {})", step.line).expect("writing to a String");
+    name
 }
 
 /// Every command step, also inside groups, in order. Errors on a step of unknown type.
@@ -128,7 +138,7 @@ pub fn command_steps(root: &Node) -> Result<Vec<StepRef>, String> {
     let Some(steps) = top_steps(root)? else { return Ok(out) };
     for (i, step) in steps.iter().enumerate() {
         match step_kind(step)? {
-            StepKind::Command => out.push(StepRef { path: vec![i], name: describe(step, &(i + 1).to_string()) }),
+            StepKind::Command => out.push(StepRef { path: vec![i], name: describe(step, format_args!("{}", i + 1)) }),
             StepKind::Other => {}
             StepKind::Group => {
                 let inner = match step.get("steps").map(|s| &s.kind) {
@@ -139,7 +149,7 @@ pub fn command_steps(root: &Node) -> Result<Vec<StepRef>, String> {
                 };
                 for (j, s) in inner.iter().enumerate() {
                     match step_kind(s)? {
-                        StepKind::Command => out.push(StepRef { path: vec![i, j], name: describe(s, &format!("{}.{}", i + 1, j + 1)) }),
+                        StepKind::Command => out.push(StepRef { path: vec![i, j], name: describe(s, format_args!("{}.{}", i + 1, j + 1)) }),
                         StepKind::Other => {}
                         StepKind::Group => return Err(format!("line {}: a group inside a group is not a Buildkite pipeline", s.line)),
                     }
@@ -289,7 +299,8 @@ fn string_map(node: &Node, what: &str) -> Result<Option<Vec<(String, String)>>, 
         Kind::Map(entries) => {
             let mut out = Vec::with_capacity(entries.len());
             for (k, v) in entries {
-                out.push((map_key(k).map_err(|e| e.0)?, sprint(v, &format!("a value of {what}"))?));
+                let value = sprint(v, "").map_err(|_| sprint(v, &format!("a value of {what}")).expect_err("fails again"))?;
+                out.push((map_key(k).map_err(|e| e.0)?, value));
             }
             Ok((!out.is_empty()).then_some(out))
         }
@@ -532,6 +543,10 @@ fn matrix(step: &Node) -> Result<Json, String> {
 
 /// Does a string hold a `$` interpolation (or an escape) that Buildkite's backend rewrites?
 pub fn has_interpolation(s: &str) -> bool {
+    // Most values hold no `$` at all (a plain loop beats a searcher on short strings).
+    if !s.bytes().any(|b| b == b'$') {
+        return false;
+    }
     let b = s.as_bytes();
     b.iter().enumerate().any(|(i, &c)| {
         (c == b'$' && b.get(i + 1).is_some_and(|&n| n.is_ascii_alphabetic() || n == b'_' || n == b'{' || n == b'$'))

@@ -104,8 +104,9 @@ impl Node {
         // The names asked for are words, whose canonical form is their own text, so a key's
         // string text is all there is to compare.
         debug_assert!(resolve_special(key).is_none(), "{key} is a word");
+        // And a scalar whose text is such a word is that string, plain or quoted.
         match &self.kind {
-            Kind::Map(entries) => entries.iter().find(|(k, _)| k.str_text() == Some(key)).map(|(_, v)| v),
+            Kind::Map(entries) => entries.iter().find(|(k, _)| matches!(&k.kind, Kind::Scalar(s) if s.text == key)).map(|(_, v)| v),
             _ => None,
         }
     }
