@@ -21,23 +21,55 @@ const MAX_KEY: usize = 1000;
 
 pub struct FastEvents<'t> {
     text: &'t str,
-    events: Option<std::vec::IntoIter<(Event, Pos)>>,
+    events: Option<std::vec::IntoIter<(Ev, Pos)>>,
+    owned: Vec<String>,
 }
 
 impl<'t> FastEvents<'t> {
     pub fn new(text: &'t str) -> Self {
-        FastEvents { text, events: None }
+        FastEvents { text, events: None, owned: Vec::new() }
     }
 }
 
 impl Events for FastEvents<'_> {
     fn next_event(&mut self) -> Result<(Event, Pos), Stop> {
         if self.events.is_none() {
-            let events = read(self.text).map_err(|Unsupported| Stop::Unsupported)?;
+            let (events, owned) = read(self.text).map_err(|Unsupported| Stop::Unsupported)?;
             self.events = Some(events.into_iter());
+            self.owned = owned;
         }
-        self.events.as_mut().and_then(Iterator::next).ok_or(Stop::Unsupported)
+        let (ev, pos) = self.events.as_mut().and_then(Iterator::next).ok_or(Stop::Unsupported)?;
+        let event = match ev {
+            Ev::StreamStart => Event::StreamStart,
+            Ev::StreamEnd => Event::StreamEnd,
+            Ev::DocumentStart => Event::DocumentStart,
+            Ev::DocumentEnd => Event::DocumentEnd,
+            Ev::MappingStart => Event::MappingStart(0, None),
+            Ev::MappingEnd => Event::MappingEnd,
+            Ev::SequenceStart => Event::SequenceStart(0, None),
+            Ev::SequenceEnd => Event::SequenceEnd,
+            Ev::Slice(style, a, b) => Event::Scalar(self.text[a as usize..b as usize].to_owned(), style, 0, None),
+            Ev::Owned(style, i) => Event::Scalar(std::mem::take(&mut self.owned[i as usize]), style, 0, None),
+        };
+        Ok((event, pos))
     }
+}
+
+/// An event as the reader records it: scalars by where their text is.
+#[derive(Clone, Copy)]
+enum Ev {
+    StreamStart,
+    StreamEnd,
+    DocumentStart,
+    DocumentEnd,
+    MappingStart,
+    MappingEnd,
+    SequenceStart,
+    SequenceEnd,
+    /// Text that is a slice of the input (byte range).
+    Slice(ScalarStyle, u32, u32),
+    /// Text built while reading (escapes, literal blocks), by index.
+    Owned(ScalarStyle, u32),
 }
 
 /// Where the value after `key:` or `-` sits.
@@ -49,17 +81,18 @@ enum Ctx {
     Seq(usize),
 }
 
-fn read(text: &str) -> R<Vec<(Event, Pos)>> {
-    if text.contains('\r') || !allowed_chars(text) {
+fn read(text: &str) -> R<(Vec<(Ev, Pos)>, Vec<String>)> {
+    let ascii = text.is_ascii();
+    if text.len() > u32::MAX as usize || !allowed_chars(text, ascii) {
         return Err(Unsupported);
     }
-    let mut r = Reader { b: text.as_bytes(), text, i: 0, line: 1, line_start: 0, ascii: text.is_ascii(), document_start: true, events: Vec::with_capacity(text.len() / 8) };
+    let mut r = Reader { b: text.as_bytes(), text, i: 0, line: 1, line_start: 0, ascii, document_start: true, events: Vec::with_capacity(text.len() / 6), owned: Vec::new() };
     let start = Pos { offset: 0, line: 1, col: 0 };
-    r.events.push((Event::StreamStart, start));
+    r.events.push((Ev::StreamStart, start));
     let Some(mut col) = r.skip_to_content()? else {
         let end = r.end_pos();
-        r.events.push((Event::StreamEnd, end));
-        return Ok(r.events);
+        r.events.push((Ev::StreamEnd, end));
+        return Ok((r.events, r.owned));
     };
     let doc_pos = r.pos();
     r.document_start = false;
@@ -68,24 +101,22 @@ fn read(text: &str) -> R<Vec<(Event, Pos)>> {
         r.finish_line()?;
         col = r.skip_to_content()?.ok_or(Unsupported)?;
     }
-    r.events.push((Event::DocumentStart, doc_pos));
+    r.events.push((Ev::DocumentStart, doc_pos));
     let next = r.block_node(col, None)?;
     if next.is_some() {
         return Err(Unsupported);
     }
     let end = r.end_pos();
-    r.events.push((Event::DocumentEnd, end));
-    r.events.push((Event::StreamEnd, end));
-    Ok(r.events)
+    r.events.push((Ev::DocumentEnd, end));
+    r.events.push((Ev::StreamEnd, end));
+    Ok((r.events, r.owned))
 }
 
 /// Characters yaml-rust2 treats specially or may refuse (line breaks other than LF, BOMs,
-/// control characters) are left to it.
-fn allowed_chars(text: &str) -> bool {
-    if text.bytes().any(|c| (c < 0x20 && c != b'\n' && c != b'\t' && c != b'\r') || c == 0x7f) {
-        return false;
-    }
-    text.is_ascii() || !text.chars().any(|c| matches!(c, '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'))
+/// C1 controls) are left to it.
+fn allowed_chars(text: &str, ascii: bool) -> bool {
+    // Control characters are refused where the reader meets them (`control`).
+    ascii || !text.chars().any(|c| matches!(c, '\u{80}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'))
 }
 
 struct Reader<'t> {
@@ -98,7 +129,31 @@ struct Reader<'t> {
     ascii: bool,
     /// Before the first content, where `---` may start the document.
     document_start: bool,
-    events: Vec<(Event, Pos)>,
+    events: Vec<(Ev, Pos)>,
+    /// The text of scalars that are not a slice of the input.
+    owned: Vec<String>,
+}
+
+/// Bytes a block plain scalar must look at: the ends of words and lines, and `:`.
+static PLAIN_STOP: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'\n' as usize] = true;
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b':' as usize] = true;
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[0x7f] = true;
+    t
+};
+
+/// ASCII control characters other than LF and tab (CR included), which the reader leaves to
+/// yaml-rust2 wherever it meets them.
+fn control(c: u8) -> bool {
+    (c < 0x20 && c != b'\n' && c != b'\t') || c == 0x7f
 }
 
 fn blank_or_end(c: Option<&u8>) -> bool {
@@ -143,16 +198,20 @@ impl Reader<'_> {
                 Ok(())
             }
             Some(b'#') if self.i == self.line_start || self.b[self.i - 1] == b' ' => {
-                self.skip_comment();
+                self.skip_comment()?;
                 self.finish_line()
             }
             _ => Err(Unsupported),
         }
     }
 
-    fn skip_comment(&mut self) {
-        while self.at(self.i).is_some_and(|c| c != b'\n') {
-            self.i += 1;
+    fn skip_comment(&mut self) -> R<()> {
+        loop {
+            match self.at(self.i) {
+                None | Some(b'\n') => return Ok(()),
+                Some(c) if control(c) => return Err(Unsupported),
+                _ => self.i += 1,
+            }
         }
     }
 
@@ -165,7 +224,7 @@ impl Reader<'_> {
                 None => return Ok(None),
                 Some(b'\n') => self.finish_line()?,
                 Some(b'#') => {
-                    self.skip_comment();
+                    self.skip_comment()?;
                     self.finish_line()?;
                 }
                 Some(b'\t') => return Err(Unsupported),
@@ -199,8 +258,13 @@ impl Reader<'_> {
         self.at(self.i) == Some(b'-') && blank_or_end(self.b.get(self.i + 1))
     }
 
+    fn owned(&mut self, style: ScalarStyle, text: String) -> Ev {
+        self.owned.push(text);
+        Ev::Owned(style, (self.owned.len() - 1) as u32)
+    }
+
     fn empty(&mut self, pos: Pos) {
-        self.events.push((Event::Scalar(String::new(), ScalarStyle::Plain, 0, None), pos));
+        self.events.push((Ev::Slice(ScalarStyle::Plain, 0, 0), pos));
     }
 
     /// A node whose first line starts at the content at column `col` (the current position),
@@ -247,7 +311,7 @@ impl Reader<'_> {
     }
 
     /// A single-line plain or quoted scalar in block context at the current position.
-    fn scalar_here(&mut self) -> R<(Event, Pos)> {
+    fn scalar_here(&mut self) -> R<(Ev, Pos)> {
         let pos = self.pos();
         let event = match self.at(self.i).ok_or(Unsupported)? {
             b'\'' => self.single_quoted()?,
@@ -258,8 +322,8 @@ impl Reader<'_> {
     }
 
     /// A block mapping at column `col` whose first key was just read; the position is at its `:`.
-    fn block_map(&mut self, col: usize, first: (Event, Pos)) -> R<Option<usize>> {
-        self.events.push((Event::MappingStart(0, None), self.pos()));
+    fn block_map(&mut self, col: usize, first: (Ev, Pos)) -> R<Option<usize>> {
+        self.events.push((Ev::MappingStart, self.pos()));
         let mut key = first;
         loop {
             if key.1.offset + MAX_KEY < self.i {
@@ -282,7 +346,7 @@ impl Reader<'_> {
                 }
                 Some(n) if n > col => return Err(Unsupported),
                 next => {
-                    self.events.push((Event::MappingEnd, self.pos()));
+                    self.events.push((Ev::MappingEnd, self.pos()));
                     return Ok(next);
                 }
             }
@@ -293,18 +357,18 @@ impl Reader<'_> {
     /// when it is a mapping value written at the mapping's own column.
     fn block_seq(&mut self, col: usize, indentless: Option<Pos>) -> R<Option<usize>> {
         let start = indentless.unwrap_or_else(|| self.pos());
-        self.events.push((Event::SequenceStart(0, None), start));
+        self.events.push((Ev::SequenceStart, start));
         loop {
             self.i += 1; // the `-`
             match self.after_indicator(Ctx::Seq(col))? {
                 Some(n) if n == col && self.is_entry() => {}
                 Some(n) if n == col && indentless.is_some() => {
-                    self.events.push((Event::SequenceEnd, self.pos()));
+                    self.events.push((Ev::SequenceEnd, self.pos()));
                     return Ok(Some(n));
                 }
                 Some(n) if n >= col => return Err(Unsupported),
                 next => {
-                    self.events.push((Event::SequenceEnd, self.pos()));
+                    self.events.push((Ev::SequenceEnd, self.pos()));
                     return Ok(next);
                 }
             }
@@ -381,11 +445,12 @@ impl Reader<'_> {
     }
 
     /// A single-line plain scalar in block context.
-    fn plain_block(&mut self) -> R<Event> {
+    fn plain_block(&mut self) -> R<Ev> {
         let start = self.i;
         let first = self.b[start];
         match first {
             b'-' if blank_or_end(self.b.get(start + 1)) => return Err(Unsupported),
+            c if control(c) => return Err(Unsupported),
             b'?' | b':' | b',' | b'[' | b']' | b'{' | b'}' | b'#' | b'&' | b'*' | b'!' | b'|' | b'>' | b'\'' | b'"' | b'%' | b'@' | b'`' | b' ' | b'\t' | b'\n' => {
                 return Err(Unsupported)
             }
@@ -408,17 +473,22 @@ impl Reader<'_> {
                     j = k;
                 }
                 Some(b':') if blank_or_end(self.b.get(j + 1)) => break,
+                Some(c) if control(c) => return Err(Unsupported),
                 Some(_) => {
                     j += 1;
+                    // The bytes that need no thought, at once.
+                    while self.b.get(j).is_some_and(|&c| !PLAIN_STOP[c as usize]) {
+                        j += 1;
+                    }
                     end = j;
                 }
             }
         }
         self.i = end;
-        Ok(Event::Scalar(self.text[start..end].to_owned(), ScalarStyle::Plain, 0, None))
+        Ok(Ev::Slice(ScalarStyle::Plain, start as u32, end as u32))
     }
 
-    fn single_quoted(&mut self) -> R<Event> {
+    fn single_quoted(&mut self) -> R<Ev> {
         let start = self.i + 1;
         let mut j = start;
         let mut out: Option<String> = None;
@@ -433,21 +503,21 @@ impl Reader<'_> {
                     from = j;
                 }
                 b'\'' => break,
+                c if control(c) => return Err(Unsupported),
                 _ => j += 1,
             }
         }
-        let text = match out {
-            None => self.text[start..j].to_owned(),
+        self.i = j + 1;
+        Ok(match out {
+            None => Ev::Slice(ScalarStyle::SingleQuoted, start as u32, j as u32),
             Some(mut s) => {
                 s.push_str(&self.text[from..j]);
-                s
+                self.owned(ScalarStyle::SingleQuoted, s)
             }
-        };
-        self.i = j + 1;
-        Ok(Event::Scalar(text, ScalarStyle::SingleQuoted, 0, None))
+        })
     }
 
-    fn double_quoted(&mut self) -> R<Event> {
+    fn double_quoted(&mut self) -> R<Ev> {
         let start = self.i + 1;
         let mut j = start;
         let mut out: Option<String> = None;
@@ -464,18 +534,18 @@ impl Reader<'_> {
                     j += len;
                     from = j;
                 }
+                c if control(c) => return Err(Unsupported),
                 _ => j += 1,
             }
         }
-        let text = match out {
-            None => self.text[start..j].to_owned(),
+        self.i = j + 1;
+        Ok(match out {
+            None => Ev::Slice(ScalarStyle::DoubleQuoted, start as u32, j as u32),
             Some(mut s) => {
                 s.push_str(&self.text[from..j]);
-                s
+                self.owned(ScalarStyle::DoubleQuoted, s)
             }
-        };
-        self.i = j + 1;
-        Ok(Event::Scalar(text, ScalarStyle::DoubleQuoted, 0, None))
+        })
     }
 
     /// The escape at `j` (its backslash) as yaml-rust2 reads it, and its length in bytes.
@@ -608,7 +678,13 @@ impl Reader<'_> {
             breaks = 0;
             first = false;
             let mut e = k;
-            while self.at(e).is_some_and(|c| c != b'\n') {
+            while let Some(c) = self.at(e) {
+                if c == b'\n' {
+                    break;
+                }
+                if control(c) {
+                    return Err(Unsupported);
+                }
                 e += 1;
             }
             text.push_str(&self.text[k..e]);
@@ -636,7 +712,8 @@ impl Reader<'_> {
                 }
             }
         }
-        self.events.push((Event::Scalar(text, ScalarStyle::Literal, 0, None), pos));
+        let ev = self.owned(ScalarStyle::Literal, text);
+        self.events.push((ev, pos));
         Ok(())
     }
 
@@ -644,7 +721,7 @@ impl Reader<'_> {
     fn flow_node(&mut self) -> R<()> {
         let pos = self.pos();
         let map = self.b[self.i] == b'{';
-        self.events.push((if map { Event::MappingStart(0, None) } else { Event::SequenceStart(0, None) }, pos));
+        self.events.push((if map { Ev::MappingStart } else { Ev::SequenceStart }, pos));
         self.i += 1;
         let close = if map { b'}' } else { b']' };
         self.skip_spaces();
@@ -680,7 +757,7 @@ impl Reader<'_> {
             }
         }
         let end = self.pos_of(self.i - 1);
-        self.events.push((if map { Event::MappingEnd } else { Event::SequenceEnd }, end));
+        self.events.push((if map { Ev::MappingEnd } else { Ev::SequenceEnd }, end));
         Ok(())
     }
 
@@ -698,10 +775,11 @@ impl Reader<'_> {
     }
 
     /// A plain scalar inside a flow collection: no `:` or `#` in it (left to yaml-rust2).
-    fn plain_flow(&mut self) -> R<Event> {
+    fn plain_flow(&mut self) -> R<Ev> {
         let start = self.i;
         match self.b[start] {
             b'-' if matches!(self.at(start + 1), None | Some(b' ' | b'\n' | b',' | b'[' | b']' | b'{' | b'}')) => return Err(Unsupported),
+            c if control(c) => return Err(Unsupported),
             b'?' | b':' | b',' | b'[' | b']' | b'{' | b'}' | b'#' | b'&' | b'*' | b'!' | b'|' | b'>' | b'\'' | b'"' | b'%' | b'@' | b'`' | b' ' | b'\t' | b'\n' => {
                 return Err(Unsupported)
             }
@@ -712,6 +790,7 @@ impl Reader<'_> {
         loop {
             match self.at(j) {
                 None | Some(b'\n' | b'\t' | b'#') => return Err(Unsupported),
+                Some(c) if control(c) => return Err(Unsupported),
                 // A key's end (a flow mapping checks that it is one).
                 Some(b':') if self.at(j + 1) == Some(b' ') => break,
                 Some(b':') => return Err(Unsupported),
@@ -724,7 +803,7 @@ impl Reader<'_> {
             }
         }
         self.i = end;
-        Ok(Event::Scalar(self.text[start..end].to_owned(), ScalarStyle::Plain, 0, None))
+        Ok(Ev::Slice(ScalarStyle::Plain, start as u32, end as u32))
     }
 }
 
@@ -1146,7 +1225,7 @@ mod tests {
 
     const WORDS: &[&str] = &["a", "b", "x1", "make test", "echo $X", "01", "true", "~", "null", "1.5", "-x", "--flag", "a:b", "a#b", "é", "✓ ok", "http://x/y", "docker#v1.0", "<<", "0x1F", "key"];
     const NASTY: &[&str] = &[
-        "#", " #", ": ", ":", "-", "- ", "'", "\"", "''", "[", "]", "{", "}", ",", "|", ">", "&a ", "*a", "!t ", "\t", "é", "✓", "  ", "~", "?", "? ", "%", "@", "`", "\\", "\\n", "\\u00e9", "---", "...", "\n", "\n  ", "\n- ", " ", "|-", "\r",
+        "#", " #", ": ", ":", "-", "- ", "'", "\"", "''", "[", "]", "{", "}", ",", "|", ">", "&a ", "*a", "!t ", "\t", "é", "✓", "  ", "~", "?", "? ", "%", "@", "`", "\\", "\\n", "\\u00e9", "---", "...", "\n", "\n  ", "\n- ", " ", "|-", "\r", "\u{1}", "\u{7f}", "\u{85}", "\u{feff}", "\u{2028}", "\u{1b}",
     ];
     const ESCAPES: &[&str] = &["\\n", "\\t", "\\\\", "\\\"", "\\/", "\\u00e9", "\\x41", "\\U0001F600", "\\0", "\\e", "\\ ", "\\_", "\\q", "\\u12", "\\ud800"];
 
