@@ -24,24 +24,30 @@ const MAX_DEPTH: usize = 256;
 
 pub struct FastEvents<'t> {
     text: &'t str,
-    events: Option<std::vec::IntoIter<(Ev, Pos)>>,
+    /// The events once read, and the next one to hand out.
+    events: Option<Vec<(Ev, Pos)>>,
+    next: usize,
     owned: Vec<String>,
 }
 
 impl<'t> FastEvents<'t> {
     pub fn new(text: &'t str) -> Self {
-        FastEvents { text, events: None, owned: Vec::new() }
+        FastEvents { text, events: None, next: 0, owned: Vec::new() }
     }
 }
 
 impl Events for FastEvents<'_> {
     fn next_event(&mut self) -> Result<(Event, Pos), Stop> {
-        if self.events.is_none() {
-            let (events, owned) = read(self.text).map_err(|Unsupported| Stop::Unsupported)?;
-            self.events = Some(events.into_iter());
-            self.owned = owned;
-        }
-        let (ev, pos) = self.events.as_mut().and_then(Iterator::next).ok_or(Stop::Unsupported)?;
+        let events = match &self.events {
+            Some(events) => events,
+            None => {
+                let (events, owned) = read(self.text).map_err(|Unsupported| Stop::Unsupported)?;
+                self.owned = owned;
+                self.events.insert(events)
+            }
+        };
+        let (ev, pos) = *events.get(self.next).ok_or(Stop::Unsupported)?;
+        self.next += 1;
         let event = match ev {
             Ev::StreamStart => Event::StreamStart,
             Ev::StreamEnd => Event::StreamEnd,
@@ -180,6 +186,12 @@ impl Reader<'_> {
 
     fn pos(&self) -> Pos {
         self.pos_of(self.i)
+    }
+
+    /// Where a collection's end event is put: the builder reads no position from it, so it
+    /// is not worked out (the column is 0).
+    fn end_mark(&self) -> Pos {
+        Pos { offset: self.i, line: self.line, col: 0 }
     }
 
     /// yaml-rust2's mark at the end of the stream (it ends an unfinished last line).
@@ -354,7 +366,7 @@ impl Reader<'_> {
                 }
                 Some(n) if n > col => return Err(Unsupported),
                 next => {
-                    self.events.push((Ev::MappingEnd, self.pos()));
+                    self.events.push((Ev::MappingEnd, self.end_mark()));
                     return Ok(next);
                 }
             }
@@ -371,12 +383,12 @@ impl Reader<'_> {
             match self.after_indicator(Ctx::Seq(col))? {
                 Some(n) if n == col && self.is_entry() => {}
                 Some(n) if n == col && indentless.is_some() => {
-                    self.events.push((Ev::SequenceEnd, self.pos()));
+                    self.events.push((Ev::SequenceEnd, self.end_mark()));
                     return Ok(Some(n));
                 }
                 Some(n) if n >= col => return Err(Unsupported),
                 next => {
-                    self.events.push((Ev::SequenceEnd, self.pos()));
+                    self.events.push((Ev::SequenceEnd, self.end_mark()));
                     return Ok(next);
                 }
             }
@@ -781,7 +793,7 @@ impl Reader<'_> {
                 }
             }
         }
-        let end = self.pos_of(self.i - 1);
+        let end = self.end_mark();
         self.events.push((if map { Ev::MappingEnd } else { Ev::SequenceEnd }, end));
         self.depth -= 1;
         Ok(())
