@@ -1445,6 +1445,9 @@ mod tests {
                     self.value(out, indent, depth, true);
                 } else {
                     self.scalar(out, false);
+                    if self.rng.chance(5) {
+                        out.push_str("  ");
+                    }
                     out.push(':');
                     self.maybe_nasty(out);
                     self.value(out, indent, depth, false);
@@ -1460,8 +1463,18 @@ mod tests {
             if self.rng.chance(10) {
                 out.push_str("# head\n");
             }
-            let indent = self.rng.below(2);
-            self.block(&mut out, indent, 0);
+            match self.rng.below(10) {
+                // A document that is one scalar or flow collection.
+                0 => self.scalar(&mut out, false),
+                1 => self.flow(&mut out, 0),
+                _ => {
+                    let indent = self.rng.below(2);
+                    self.block(&mut out, indent, 0);
+                }
+            }
+            if self.rng.chance(5) {
+                out.push_str(self.rng.pick(&["\n---\nx: 1\n", "\n...\n", "\nx\n", "\n  x: y\n"]));
+            }
             match self.rng.below(5) {
                 0 => {
                     out.pop();
