@@ -25,7 +25,7 @@ const MAX_DEPTH: usize = 256;
 pub struct FastEvents<'t> {
     text: &'t str,
     /// The events once read, and the next one to hand out.
-    events: Option<Vec<(Ev, Pos)>>,
+    events: Option<Vec<(Ev, Mark)>>,
     next: usize,
     owned: Vec<String>,
 }
@@ -46,7 +46,8 @@ impl Events for FastEvents<'_> {
                 self.events.insert(events)
             }
         };
-        let (ev, pos) = *events.get(self.next).ok_or(Stop::Unsupported)?;
+        let (ev, mark) = *events.get(self.next).ok_or(Stop::Unsupported)?;
+        let pos = Pos { offset: mark.offset as usize, line: mark.line as usize, col: mark.col as usize };
         self.next += 1;
         let event = match ev {
             Ev::StreamStart => Event::StreamStart,
@@ -62,6 +63,15 @@ impl Events for FastEvents<'_> {
         };
         Ok((event, pos))
     }
+}
+
+/// A `Pos` as recorded (the text is under 4 GiB): the records stay small, as they are read
+/// back from memory once the whole document is read.
+#[derive(Clone, Copy)]
+struct Mark {
+    offset: u32,
+    line: u32,
+    col: u32,
 }
 
 /// An event as the reader records it: scalars by where their text is.
@@ -91,8 +101,10 @@ enum Ctx {
 }
 
 /// The events, and the texts `Ev::Owned` points into.
-type Recorded = (Vec<(Ev, Pos)>, Vec<String>);
+type Recorded = (Vec<(Ev, Mark)>, Vec<String>);
 
+// Kept out of `next_event`, which runs once per event and should stay small.
+#[inline(never)]
 fn read(text: &str) -> R<Recorded> {
     let ascii = text.is_ascii();
     if text.len() > u32::MAX as usize || !allowed_chars(text, ascii) {
@@ -100,10 +112,10 @@ fn read(text: &str) -> R<Recorded> {
     }
     let mut r = Reader { b: text.as_bytes(), text, i: 0, line: 1, line_start: 0, ascii, document_start: true, depth: 0, events: Vec::with_capacity(text.len() / 6), owned: Vec::new() };
     let start = Pos { offset: 0, line: 1, col: 0 };
-    r.events.push((Ev::StreamStart, start));
+    r.push(Ev::StreamStart, start);
     let Some(mut col) = r.skip_to_content()? else {
         let end = r.end_pos();
-        r.events.push((Ev::StreamEnd, end));
+        r.push(Ev::StreamEnd, end);
         return Ok((r.events, r.owned));
     };
     let doc_pos = r.pos();
@@ -113,14 +125,14 @@ fn read(text: &str) -> R<Recorded> {
         r.finish_line()?;
         col = r.skip_to_content()?.ok_or(Unsupported)?;
     }
-    r.events.push((Ev::DocumentStart, doc_pos));
+    r.push(Ev::DocumentStart, doc_pos);
     let next = r.block_node(col, None)?;
     if next.is_some() {
         return Err(Unsupported);
     }
     let end = r.end_pos();
-    r.events.push((Ev::DocumentEnd, end));
-    r.events.push((Ev::StreamEnd, end));
+    r.push(Ev::DocumentEnd, end);
+    r.push(Ev::StreamEnd, end);
     Ok((r.events, r.owned))
 }
 
@@ -143,7 +155,7 @@ struct Reader<'t> {
     document_start: bool,
     /// Nesting of the values being read.
     depth: usize,
-    events: Vec<(Ev, Pos)>,
+    events: Vec<(Ev, Mark)>,
     /// The text of scalars that are not a slice of the input.
     owned: Vec<String>,
 }
@@ -278,13 +290,17 @@ impl Reader<'_> {
         self.at(self.i) == Some(b'-') && blank_or_end(self.b.get(self.i + 1))
     }
 
+    fn push(&mut self, ev: Ev, pos: Pos) {
+        self.events.push((ev, Mark { offset: pos.offset as u32, line: pos.line as u32, col: pos.col as u32 }));
+    }
+
     fn owned(&mut self, style: ScalarStyle, text: String) -> Ev {
         self.owned.push(text);
         Ev::Owned(style, (self.owned.len() - 1) as u32)
     }
 
     fn empty(&mut self, pos: Pos) {
-        self.events.push((Ev::Slice(ScalarStyle::Plain, 0, 0), pos));
+        self.push(Ev::Slice(ScalarStyle::Plain, 0, 0), pos);
     }
 
     /// A node whose first line starts at the content at column `col` (the current position),
@@ -307,7 +323,7 @@ impl Reader<'_> {
                 if self.colon_follows() {
                     self.block_map(col, (key, pos))
                 } else {
-                    self.events.push((key, pos));
+                    self.push(key, pos);
                     self.finish_line()?;
                     self.skip_to_content()
                 }
@@ -343,13 +359,13 @@ impl Reader<'_> {
 
     /// A block mapping at column `col` whose first key was just read; the position is at its `:`.
     fn block_map(&mut self, col: usize, first: (Ev, Pos)) -> R<Option<usize>> {
-        self.events.push((Ev::MappingStart, self.pos()));
+        self.push(Ev::MappingStart, self.pos());
         let mut key = first;
         loop {
             if key.1.offset + MAX_KEY < self.i {
                 return Err(Unsupported);
             }
-            self.events.push(key);
+            self.push(key.0, key.1);
             self.i += 1; // the `:`
             match self.after_indicator(Ctx::Map(col))? {
                 Some(n) if n == col => {
@@ -366,7 +382,7 @@ impl Reader<'_> {
                 }
                 Some(n) if n > col => return Err(Unsupported),
                 next => {
-                    self.events.push((Ev::MappingEnd, self.end_mark()));
+                    self.push(Ev::MappingEnd, self.end_mark());
                     return Ok(next);
                 }
             }
@@ -377,18 +393,18 @@ impl Reader<'_> {
     /// when it is a mapping value written at the mapping's own column.
     fn block_seq(&mut self, col: usize, indentless: Option<Pos>) -> R<Option<usize>> {
         let start = indentless.unwrap_or_else(|| self.pos());
-        self.events.push((Ev::SequenceStart, start));
+        self.push(Ev::SequenceStart, start);
         loop {
             self.i += 1; // the `-`
             match self.after_indicator(Ctx::Seq(col))? {
                 Some(n) if n == col && self.is_entry() => {}
                 Some(n) if n == col && indentless.is_some() => {
-                    self.events.push((Ev::SequenceEnd, self.end_mark()));
+                    self.push(Ev::SequenceEnd, self.end_mark());
                     return Ok(Some(n));
                 }
                 Some(n) if n >= col => return Err(Unsupported),
                 next => {
-                    self.events.push((Ev::SequenceEnd, self.end_mark()));
+                    self.push(Ev::SequenceEnd, self.end_mark());
                     return Ok(next);
                 }
             }
@@ -473,7 +489,7 @@ impl Reader<'_> {
                     }
                     return self.block_map(col, (scalar, pos));
                 }
-                self.events.push((scalar, pos));
+                self.push(scalar, pos);
                 self.finish_line()?;
                 self.skip_to_content()
             }
@@ -743,7 +759,7 @@ impl Reader<'_> {
             }
         }
         let ev = self.owned(ScalarStyle::Literal, text);
-        self.events.push((ev, pos));
+        self.push(ev, pos);
         Ok(())
     }
 
@@ -752,7 +768,7 @@ impl Reader<'_> {
         self.deeper()?;
         let pos = self.pos();
         let map = self.b[self.i] == b'{';
-        self.events.push((if map { Ev::MappingStart } else { Ev::SequenceStart }, pos));
+        self.push(if map { Ev::MappingStart } else { Ev::SequenceStart }, pos);
         self.i += 1;
         let close = if map { b'}' } else { b']' };
         self.skip_spaces();
@@ -788,7 +804,7 @@ impl Reader<'_> {
             }
         }
         let end = self.end_mark();
-        self.events.push((if map { Ev::MappingEnd } else { Ev::SequenceEnd }, end));
+        self.push(if map { Ev::MappingEnd } else { Ev::SequenceEnd }, end);
         self.depth -= 1;
         Ok(())
     }
@@ -802,7 +818,7 @@ impl Reader<'_> {
             b'"' => self.double_quoted()?,
             _ => self.plain_flow()?,
         };
-        self.events.push((event, pos));
+        self.push(event, pos);
         Ok(())
     }
 
