@@ -194,26 +194,56 @@ pub trait Events {
 /// yaml-rust2's parser, with its character positions turned into byte offsets.
 pub struct Rust2Events<'t> {
     parser: Parser<std::str::Chars<'t>>,
-    /// Character index -> byte offset, for text that is not all ASCII.
-    bytes_at: Option<Vec<usize>>,
+    text: &'t str,
+    /// Where each line starts (bytes), for text that is not all ASCII: yaml-rust2's character
+    /// index runs ahead after non-ASCII text in a block scalar (it adds such a line's bytes),
+    /// while its line and column stay right, so offsets are worked out from those.
+    line_starts: Option<Vec<usize>>,
 }
 
 impl<'t> Rust2Events<'t> {
     pub fn new(text: &'t str) -> Self {
-        let bytes_at = if text.is_ascii() { None } else { Some(text.char_indices().map(|(b, _)| b).chain([text.len()]).collect()) };
-        Rust2Events { parser: Parser::new_from_str(text), bytes_at }
+        let line_starts = (!text.is_ascii()).then(|| line_starts(text));
+        Rust2Events { parser: Parser::new_from_str(text), text, line_starts }
     }
 }
 
 impl Events for Rust2Events<'_> {
     fn next_event(&mut self) -> Result<(Event, Pos), Stop> {
         let (event, mark) = self.parser.next_token().map_err(|e| Stop::Yaml(YamlError(format!("invalid YAML: {e}"))))?;
-        let offset = match &self.bytes_at {
+        let offset = match &self.line_starts {
             None => mark.index(),
-            Some(map) => map.get(mark.index()).copied().unwrap_or(NOWHERE),
+            Some(starts) => match starts.get(mark.line().wrapping_sub(1)) {
+                // The end of the stream is on a line of its own past the text.
+                None => self.text.len(),
+                Some(&start) => {
+                    let line = &self.text[start..];
+                    let line = &line[..line.find(['\n', '\r']).unwrap_or(line.len())];
+                    start + line.char_indices().nth(mark.col()).map_or(line.len(), |(b, _)| b)
+                }
+            },
         };
         Ok((event, Pos { offset, line: mark.line(), col: mark.col() }))
     }
+}
+
+/// Where each line starts, with yaml-rust2's line breaks (LF, CR LF, CR).
+fn line_starts(text: &str) -> Vec<usize> {
+    let b = text.as_bytes();
+    let mut starts = vec![0];
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\r' if b.get(i + 1) == Some(&b'\n') => {
+                i += 1;
+                starts.push(i + 1);
+            }
+            b'\r' | b'\n' => starts.push(i + 1),
+            _ => {}
+        }
+        i += 1;
+    }
+    starts
 }
 
 fn stop<T>(line: usize, message: impl std::fmt::Display) -> Result<T, Stop> {
