@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use keytap::buildkite::command::{prepare, select_key, sign_pipeline, AgentKey, Timings};
-use keytap::buildkite::{jws, pipeline};
+use keytap::buildkite::{jws, pipeline, yaml};
 use keytap::client::AgentClient;
 
 fn pipeline_text(steps: usize) -> String {
@@ -63,7 +63,7 @@ fn main() {
 
     let header = jws::header_b64(alg, &jws::thumbprint(&key.key).unwrap());
 
-    let mut parse_t = vec![];
+    let (mut parse_t, mut fast_t, mut rust2_t) = (vec![], vec![], vec![]);
     let (mut encode_t, mut check_t, mut wait_t, mut write_t, mut finish_t, mut sign_t, mut token_t) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut signed_steps = 0;
     for _ in 0..rounds {
@@ -74,6 +74,13 @@ fn main() {
         let prepared = prepare(&text, repo).expect("the pipeline prepares");
         parse_t.push(t.elapsed());
         signed_steps = prepared.steps.len();
+        // Of that, reading the YAML; and what yaml-rust2 alone would take.
+        let t = Instant::now();
+        yaml::parse_source(&text).expect("the fast reader");
+        fast_t.push(t.elapsed());
+        let t = Instant::now();
+        yaml::parse_source_yaml_rust2(&text).expect("yaml-rust2");
+        rust2_t.push(t.elapsed());
         let mut timings = Timings::default();
         let t = Instant::now();
         let out = sign_pipeline(&mut client, &key, alg, &header, &text, &prepared, &mut timings).expect("the pipeline signs");
@@ -99,11 +106,13 @@ fn main() {
     }
     let n = signed_steps;
     let [p, e, c, w, wr, f, s, k] = [parse_t, encode_t, check_t, wait_t, write_t, finish_t, sign_t, token_t].map(|v| per_step(median(v), n));
+    let [fast, rust2] = [fast_t, rust2_t].map(|v| per_step(median(v), n));
     let outside = p + e + wr + f;
     let not_hidden = p + f;
     let added = p + s - k;
     println!("{n} command steps ({steps} pipeline steps), key {slot} {}, {rounds} rounds, medians per step:", alg.name());
     println!("  parse + signed values   {p:>9.2} us  (before the first signature)");
+    println!("    of which YAML read    {fast:>9.2} us  (yaml-rust2 alone: {rust2:.2} us)");
     println!("  canonicalise + encode   {e:>9.2} us  (while the token signs the step before)");
     println!("  signature text          {wr:>9.2} us  (while the token signs the next step)");
     println!("  text put together       {f:>9.2} us  (after the last signature)");

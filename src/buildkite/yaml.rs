@@ -164,6 +164,12 @@ pub fn parse_source(text: &str) -> Result<Parsed, YamlError> {
         Err(Stop::Yaml(e)) => return Err(e),
         Ok(parsed) => return Ok(parsed),
     }
+    parse_source_yaml_rust2(text)
+}
+
+/// `parse_source` with yaml-rust2 alone (the reference the fast reader is held to; for tests
+/// and the benchmark).
+pub fn parse_source_yaml_rust2(text: &str) -> Result<Parsed, YamlError> {
     build(&mut Rust2Events::new(text), text).map_err(|e| match e {
         Stop::Yaml(e) => e,
         Stop::Unsupported => YamlError("the YAML reader gave up on the pipeline".into()),
@@ -199,12 +205,16 @@ pub struct Rust2Events<'t> {
     /// index runs ahead after non-ASCII text in a block scalar (it adds such a line's bytes),
     /// while its line and column stay right, so offsets are worked out from those.
     line_starts: Option<Vec<usize>>,
+    /// The last position worked out (line, column, byte): events come in text order, so the
+    /// next one on the same line is found from there (a long line costs linear time, not
+    /// quadratic).
+    last: (usize, usize, usize),
 }
 
 impl<'t> Rust2Events<'t> {
     pub fn new(text: &'t str) -> Self {
         let line_starts = (!text.is_ascii()).then(|| line_starts(text));
-        Rust2Events { parser: Parser::new_from_str(text), text, line_starts }
+        Rust2Events { parser: Parser::new_from_str(text), text, line_starts, last: (0, 0, 0) }
     }
 }
 
@@ -217,9 +227,16 @@ impl Events for Rust2Events<'_> {
                 // The end of the stream is on a line of its own past the text.
                 None => self.text.len(),
                 Some(&start) => {
-                    let line = &self.text[start..];
-                    let line = &line[..line.find(['\n', '\r']).unwrap_or(line.len())];
-                    start + line.char_indices().nth(mark.col()).map_or(line.len(), |(b, _)| b)
+                    let (line_no, col) = (mark.line(), mark.col());
+                    let (from_col, from) = match self.last {
+                        (l, c, b) if l == line_no && c <= col => (c, b),
+                        _ => (0, start),
+                    };
+                    let rest = &self.text[from..];
+                    let rest = &rest[..rest.find(['\n', '\r']).unwrap_or(rest.len())];
+                    let offset = from + rest.char_indices().nth(col - from_col).map_or(rest.len(), |(b, _)| b);
+                    self.last = (line_no, col, offset);
+                    offset
                 }
             },
         };
