@@ -1,10 +1,11 @@
 //! Benchmark for `keytap buildkite sign`: the time per command step spent outside the token
 //! (parse, signed values, canonical JSON, JWS encoding, signature conversion and local check,
-//! writing the YAML back) against the agent's signing round trip for the same step.
+//! writing the signatures into the text), by phase and by whether a signature overlaps it,
+//! against the agent's signing round trip for the same steps run side by side.
 //! A measurement, never a test. Run through `scripts/bench-buildkite.sh`, which starts a
 //! mock-token agent; or by hand with SSH_AUTH_SOCK pointing at a keytap agent:
 //!
-//!   cargo run --release --example buildkite_bench -- [--steps 500] [--rounds 5] [--key 9c]
+//!   cargo run --release --example buildkite_bench -- [--steps 500] [--rounds 9] [--key 9c]
 
 use std::time::{Duration, Instant};
 
