@@ -13,20 +13,8 @@ use keytap::buildkite::command::{prepare, select_key, sign_pipeline, AgentKey, T
 use keytap::buildkite::{jws, pipeline, yaml};
 use keytap::client::AgentClient;
 
-fn pipeline_text(steps: usize) -> String {
-    let mut s = String::from("env:\n  DEPLOY_TARGET: staging\n  RETRIES: 3\nsteps:\n");
-    for i in 0..steps {
-        match i % 4 {
-            0 => s.push_str(&format!("  - label: build {i}\n    command: make -j4 target-{i}\n    env:\n      RETRIES: 5\n      SHARD: {i}\n")),
-            1 => s.push_str(&format!(
-                "  - label: test {i}\n    commands:\n      - make test\n      - ./report.sh {i}\n    plugins:\n      - docker#v5.9.0:\n          image: golang:1.22\n          propagate-environment: true\n      - artifacts#v1.9.0\n"
-            )),
-            2 => s.push_str(&format!("  - label: matrix {i}\n    command: ./run.sh\n    matrix:\n      setup:\n        os: [linux, darwin]\n        arch: [amd64, arm64]\n")),
-            _ => s.push_str(&format!("  - group: group {i}\n    steps:\n      - label: inner {i}\n        command: echo {i}\n        matrix: [a, b, c]\n")),
-        }
-    }
-    s
-}
+// `pipeline_text(steps)`: the generated pipeline (the YAML reader's tests read it too).
+include!("../tests/fixtures/buildkite/bench_pipeline.rs");
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

@@ -176,6 +176,16 @@ static PLAIN_STOP: [bool; 256] = {
     t
 };
 
+/// Whether a plain scalar may start with `c` here; indicators, quotes, blanks and control
+/// characters are left to yaml-rust2.
+fn plain_start(c: u8) -> R<()> {
+    match c {
+        c if control(c) => Err(Unsupported),
+        b'?' | b':' | b',' | b'[' | b']' | b'{' | b'}' | b'#' | b'&' | b'*' | b'!' | b'|' | b'>' | b'\'' | b'"' | b'%' | b'@' | b'`' | b' ' | b'\t' | b'\n' => Err(Unsupported),
+        _ => Ok(()),
+    }
+}
+
 /// ASCII control characters other than LF and tab (CR included), which the reader leaves to
 /// yaml-rust2 wherever it meets them.
 fn control(c: u8) -> bool {
@@ -350,8 +360,8 @@ impl Reader<'_> {
     fn scalar_here(&mut self) -> R<(Ev, Pos)> {
         let pos = self.pos();
         let event = match self.at(self.i).ok_or(Unsupported)? {
-            b'\'' => self.single_quoted()?,
-            b'"' => self.double_quoted()?,
+            b'\'' => self.quoted(ScalarStyle::SingleQuoted)?,
+            b'"' => self.quoted(ScalarStyle::DoubleQuoted)?,
             _ => self.plain_block()?,
         };
         Ok((event, pos))
@@ -500,14 +510,10 @@ impl Reader<'_> {
     fn plain_block(&mut self) -> R<Ev> {
         let start = self.i;
         let first = self.b[start];
-        match first {
-            b'-' if blank_or_end(self.b.get(start + 1)) => return Err(Unsupported),
-            c if control(c) => return Err(Unsupported),
-            b'?' | b':' | b',' | b'[' | b']' | b'{' | b'}' | b'#' | b'&' | b'*' | b'!' | b'|' | b'>' | b'\'' | b'"' | b'%' | b'@' | b'`' | b' ' | b'\t' | b'\n' => {
-                return Err(Unsupported)
-            }
-            _ => {}
+        if first == b'-' && blank_or_end(self.b.get(start + 1)) {
+            return Err(Unsupported);
         }
+        plain_start(first)?;
         let mut end = start;
         let mut j = start;
         loop {
@@ -540,62 +546,41 @@ impl Reader<'_> {
         Ok(Ev::Slice(ScalarStyle::Plain, start as u32, end as u32))
     }
 
-    fn single_quoted(&mut self) -> R<Ev> {
+    /// A single-line quoted scalar (`style` is SingleQuoted or DoubleQuoted): `''` escapes a
+    /// quote in single quotes, a backslash starts an escape in double quotes.
+    fn quoted(&mut self, style: ScalarStyle) -> R<Ev> {
+        let quote = if style == ScalarStyle::SingleQuoted { b'\'' } else { b'"' };
         let start = self.i + 1;
-        let mut j = start;
+        let (mut j, mut from) = (start, start);
         let mut out: Option<String> = None;
-        let mut from = start;
         loop {
-            match self.at(j).ok_or(Unsupported)? {
+            let c = self.at(j).ok_or(Unsupported)?;
+            let escape = match c {
+                b'\'' if quote == b'\'' && self.at(j + 1) == Some(b'\'') => Some(('\'', 2)),
+                b'\\' if quote == b'"' => Some(self.escape(j)?),
+                _ => None,
+            };
+            if let Some((ch, len)) = escape {
+                let s = out.get_or_insert_with(String::new);
+                s.push_str(&self.text[from..j]);
+                s.push(ch);
+                j += len;
+                from = j;
+                continue;
+            }
+            match c {
                 b'\n' => return Err(Unsupported),
-                b'\'' if self.at(j + 1) == Some(b'\'') => {
-                    let s = out.get_or_insert_with(String::new);
-                    s.push_str(&self.text[from..=j]);
-                    j += 2;
-                    from = j;
-                }
-                b'\'' => break,
+                c if c == quote => break,
                 c if control(c) => return Err(Unsupported),
                 _ => j += 1,
             }
         }
         self.i = j + 1;
         Ok(match out {
-            None => Ev::Slice(ScalarStyle::SingleQuoted, start as u32, j as u32),
+            None => Ev::Slice(style, start as u32, j as u32),
             Some(mut s) => {
                 s.push_str(&self.text[from..j]);
-                self.owned(ScalarStyle::SingleQuoted, s)
-            }
-        })
-    }
-
-    fn double_quoted(&mut self) -> R<Ev> {
-        let start = self.i + 1;
-        let mut j = start;
-        let mut out: Option<String> = None;
-        let mut from = start;
-        loop {
-            match self.at(j).ok_or(Unsupported)? {
-                b'\n' => return Err(Unsupported),
-                b'"' => break,
-                b'\\' => {
-                    let s = out.get_or_insert_with(String::new);
-                    s.push_str(&self.text[from..j]);
-                    let (c, len) = self.escape(j)?;
-                    s.push(c);
-                    j += len;
-                    from = j;
-                }
-                c if control(c) => return Err(Unsupported),
-                _ => j += 1,
-            }
-        }
-        self.i = j + 1;
-        Ok(match out {
-            None => Ev::Slice(ScalarStyle::DoubleQuoted, start as u32, j as u32),
-            Some(mut s) => {
-                s.push_str(&self.text[from..j]);
-                self.owned(ScalarStyle::DoubleQuoted, s)
+                self.owned(style, s)
             }
         })
     }
@@ -814,8 +799,8 @@ impl Reader<'_> {
         let pos = self.pos();
         let event = match self.at(self.i).ok_or(Unsupported)? {
             b'[' | b'{' if nested => return self.flow_node(),
-            b'\'' => self.single_quoted()?,
-            b'"' => self.double_quoted()?,
+            b'\'' => self.quoted(ScalarStyle::SingleQuoted)?,
+            b'"' => self.quoted(ScalarStyle::DoubleQuoted)?,
             _ => self.plain_flow()?,
         };
         self.push(event, pos);
@@ -825,14 +810,10 @@ impl Reader<'_> {
     /// A plain scalar inside a flow collection: no `:` or `#` in it (left to yaml-rust2).
     fn plain_flow(&mut self) -> R<Ev> {
         let start = self.i;
-        match self.b[start] {
-            b'-' if matches!(self.at(start + 1), None | Some(b' ' | b'\n' | b',' | b'[' | b']' | b'{' | b'}')) => return Err(Unsupported),
-            c if control(c) => return Err(Unsupported),
-            b'?' | b':' | b',' | b'[' | b']' | b'{' | b'}' | b'#' | b'&' | b'*' | b'!' | b'|' | b'>' | b'\'' | b'"' | b'%' | b'@' | b'`' | b' ' | b'\t' | b'\n' => {
-                return Err(Unsupported)
-            }
-            _ => {}
+        if self.b[start] == b'-' && matches!(self.at(start + 1), None | Some(b' ' | b'\n' | b',' | b'[' | b']' | b'{' | b'}')) {
+            return Err(Unsupported);
         }
+        plain_start(self.b[start])?;
         let mut end = start;
         let mut j = start;
         loop {
@@ -1253,7 +1234,7 @@ mod tests {
 
     #[test]
     fn the_fast_reader_takes_the_common_subset() {
-        handled(&bench_pipeline(50));
+        handled(&pipeline_text(50));
         handled(FIXTURE);
         let p = handled(REALISTIC);
         assert!(p.root.get("steps").is_some());
@@ -1539,7 +1520,7 @@ mod tests {
     #[test]
     fn the_readers_agree_on_mutated_texts() {
         let mut rng = Rng(0x1234_5678_9abc_def1);
-        let seeds: Vec<String> = TRICKY.iter().map(|s| s.to_string()).chain([FIXTURE.to_string(), REALISTIC.to_string(), bench_pipeline(4)]).filter(|s| s.len() > 4).collect();
+        let seeds: Vec<String> = TRICKY.iter().map(|s| s.to_string()).chain([FIXTURE.to_string(), REALISTIC.to_string(), pipeline_text(4)]).filter(|s| s.len() > 4).collect();
         for _ in 0..3000 * scale() {
             let mut text: Vec<char> = seeds[rng.below(seeds.len())].chars().collect();
             for _ in 0..1 + rng.below(3) {
@@ -1565,19 +1546,6 @@ mod tests {
         std::env::var("KEYTAP_YAML_FUZZ_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1)
     }
 
-    /// `pipeline_text` of examples/buildkite_bench.rs.
-    fn bench_pipeline(steps: usize) -> String {
-        let mut s = String::from("env:\n  DEPLOY_TARGET: staging\n  RETRIES: 3\nsteps:\n");
-        for i in 0..steps {
-            match i % 4 {
-                0 => s.push_str(&format!("  - label: build {i}\n    command: make -j4 target-{i}\n    env:\n      RETRIES: 5\n      SHARD: {i}\n")),
-                1 => s.push_str(&format!(
-                    "  - label: test {i}\n    commands:\n      - make test\n      - ./report.sh {i}\n    plugins:\n      - docker#v5.9.0:\n          image: golang:1.22\n          propagate-environment: true\n      - artifacts#v1.9.0\n"
-                )),
-                2 => s.push_str(&format!("  - label: matrix {i}\n    command: ./run.sh\n    matrix:\n      setup:\n        os: [linux, darwin]\n        arch: [amd64, arm64]\n")),
-                _ => s.push_str(&format!("  - group: group {i}\n    steps:\n      - label: inner {i}\n        command: echo {i}\n        matrix: [a, b, c]\n")),
-            }
-        }
-        s
-    }
+    // `pipeline_text(steps)`: the benchmark's pipeline.
+    include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/buildkite/bench_pipeline.rs"));
 }
