@@ -138,6 +138,58 @@ fn keytap_signatures_verify_independently_and_with_keytap() {
     }
 }
 
+/// Pipelines written in the styles people use; each is signed into its own text (or, with an
+/// alias, written again whole), and both verifiers must accept the result.
+#[test]
+fn signatures_written_into_styled_pipelines_verify_independently() {
+    let agent = Agent::start();
+    let out = bk(&agent, &["jwks", "--key", "9a"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let jwks = write(agent.dir.path(), "jwks.json", &out.stdout);
+    let styled = concat!(
+        "# deploy pipeline\n",
+        "env: {DEPLOY_TARGET: staging}   # flow env\n",
+        "steps:\n",
+        "- label: \"build ✓\"\n",
+        "  command: |\n",
+        "    make\n",
+        "    make test   # not a comment: part of the script\n",
+        "\n",
+        "  # the tests\n",
+        "- {label: unit, command: go test ./..., matrix: [linux, darwin]}\n",
+        "-\n",
+        "  'command': echo own line\n",
+        "  env:\n",
+        "    RETRIES: 5\n",
+        "- wait\n",
+        "- group: later\n",
+        "  steps:\n",
+        "    -   command: ./late.sh\n",
+        "        plugins: [docker#v5.9.0]\n",
+    );
+    let aliased = "defaults: &d\n  command: ./x.sh\nsteps:\n  - *d\n  - label: y\n    command: ./y.sh\n";
+    for (name, pipeline, kept, steps) in [("styled", styled, "# the tests\n", 4), ("aliased", aliased, "", 2)] {
+        let input = write(agent.dir.path(), &format!("{name}.yml"), pipeline.as_bytes());
+        let out = bk(&agent, &["sign", "--repo", REPO, "--key", "9a", input.to_str().unwrap()], None);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        let signed_text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(signed_text.matches("signature").count(), steps, "{name}:\n{signed_text}");
+        assert!(signed_text.contains(kept), "{name}: {kept:?} lost:\n{signed_text}");
+        if name == "styled" {
+            // Everything written stays written as it was.
+            for line in ["# deploy pipeline", "env: {DEPLOY_TARGET: staging}   # flow env", "    make test   # not a comment: part of the script", "- wait"] {
+                assert!(signed_text.lines().any(|l| l == line), "{line:?} changed:\n{signed_text}");
+            }
+        }
+        let signed = write(agent.dir.path(), &format!("{name}-signed.yml"), signed_text.as_bytes());
+        let ok = verify(&agent, &jwks, &signed, &[]);
+        assert!(ok.status.success(), "{name}: {}", text(&ok));
+        let py = python(&["verify", jwks.to_str().unwrap(), REPO, signed.to_str().unwrap()]);
+        assert!(py.status.success(), "{name}: the independent verifier rejected it: {}\n{signed_text}", text(&py));
+        assert_eq!(String::from_utf8_lossy(&py.stdout).lines().count(), steps, "{name}: {}", text(&py));
+    }
+}
+
 #[test]
 fn keytap_verifies_signatures_made_by_the_independent_signer() {
     let agent = Agent::start();

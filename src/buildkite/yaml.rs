@@ -685,25 +685,25 @@ pub fn piece(text: &str, insert: &Insert) -> Option<(usize, String)> {
     }
     let mut piece = String::with_capacity(512);
     if text.as_bytes()[offset] == b'{' {
-        // After the `{`: `key: {field: value, ...}, ` in flow style, every string quoted
-        // (so flow indicators in it are harmless).
-        piece.push_str(&double_quoted(insert.key));
+        // After the `{`: `key: {field: value, ...}, ` in flow style, plain words and
+        // everything else quoted (so flow indicators in it are harmless).
+        push_flow_string(&mut piece, insert.key);
         piece.push_str(": {");
         for (i, (name, value)) in insert.fields.iter().enumerate() {
             if i > 0 {
                 piece.push_str(", ");
             }
-            piece.push_str(&double_quoted(name));
+            push_flow_string(&mut piece, name);
             piece.push_str(": ");
             match value {
-                Flat::Str(v) => piece.push_str(&double_quoted(v)),
+                Flat::Str(v) => push_flow_string(&mut piece, v),
                 Flat::List(items) => {
                     piece.push('[');
                     for (j, item) in items.iter().enumerate() {
                         if j > 0 {
                             piece.push_str(", ");
                         }
-                        piece.push_str(&double_quoted(item));
+                        push_flow_string(&mut piece, item);
                     }
                     piece.push(']');
                 }
@@ -763,6 +763,17 @@ pub fn splice(text: &str, mut pieces: Vec<(usize, String)>) -> Option<String> {
     }
     out.push_str(&text[copied..]);
     Some(out)
+}
+
+/// A string in flow context: plain for words and base64url (nothing a flow collection or a
+/// key could take for its own), double-quoted otherwise.
+fn push_flow_string(out: &mut String, t: &str) {
+    let word = t.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) && t.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
+    if word && resolve_special(t).is_none() {
+        out.push_str(t);
+    } else {
+        out.push_str(&double_quoted(t));
+    }
 }
 
 /// A string on one line in block context: plain where it reads back as the same string.
