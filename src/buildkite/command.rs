@@ -194,10 +194,7 @@ pub fn sign_pipeline(
         Ok(())
     };
     let mut pending: Option<(String, ssh_key::Signature)> = None;
-    let mut current = match steps.is_empty() {
-        true => None,
-        false => Some(input(0).map_err(|e| step_error(0, e))?),
-    };
+    let mut current = if steps.is_empty() { None } else { Some(input(0).map_err(|e| step_error(0, e))?) };
     if let Some(first) = &current {
         send(client, first).map_err(|e| step_error(0, e))?;
     }
