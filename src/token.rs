@@ -341,6 +341,8 @@ pub enum TokenError {
     PukLastRetry,
     #[error("no PIN was given: {0}")]
     PinUnavailable(String),
+    #[error("{0} signature requests are already waiting for this token, so this one was refused (a flood of requests, or a token waiting for a touch: touch it or check `keytap status`, then retry)")]
+    Busy(usize),
     #[error("touch was not given in time; touch the token when it blinks and retry")]
     TouchTimeout,
     #[error("touch was refused on the token")]

@@ -297,6 +297,22 @@ struct Shared {
     label: String,
     /// Set once the owner's first key read has ended (with keys, or with the token absent).
     read_once: watch::Sender<bool>,
+    /// Signature requests queued or running on the owner thread.
+    signs_waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// Signature requests one token holds at once (queued or running). Each connection has at
+/// most one request in flight, so this only stops floods (a forwarded peer queueing many
+/// requests ahead of the user's own, whose touch could then approve one of them).
+pub const MAX_SIGNS_WAITING: usize = 128;
+
+/// Counts a signature request as waiting until it has run or was dropped unrun.
+struct Waiting(Arc<Shared>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.signs_waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Owner thread settings.
@@ -322,6 +338,7 @@ impl TokenHandle {
             info: RwLock::new(None),
             label,
             read_once: watch::Sender::new(false),
+            signs_waiting: std::sync::atomic::AtomicUsize::new(0),
         });
         let (tx, rx) = mpsc::channel::<Message>();
         let thread_shared = shared.clone();
@@ -379,12 +396,47 @@ impl TokenHandle {
 
     /// Sign with `key` on the owner thread.
     pub async fn sign(&self, key: KeyInfo, scheme: SignScheme, data: Vec<u8>, context: SignContext) -> TokenResult<Vec<u8>> {
-        self.run(move |owner| owner.sign(&key, scheme, &data, &context)).await?
+        self.run_sign(move |owner| owner.sign(&key, scheme, &data, &context)).await?
     }
 
     /// Sign with an sk key on the owner thread.
     pub async fn sign_sk(&self, request: SkSignRequest, context: SignContext) -> TokenResult<SkAssertion> {
-        self.run(move |owner| owner.sign_sk(&request, &context)).await?
+        self.run_sign(move |owner| owner.sign_sk(&request, &context)).await?
+    }
+
+    /// Signature requests queued or running on the owner thread now.
+    pub fn signs_waiting(&self) -> usize {
+        self.shared.signs_waiting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `run` for a signature: refused when `MAX_SIGNS_WAITING` are already waiting, and
+    /// skipped on the owner thread when its requester has gone (no touch, PIN prompt or
+    /// signature for nobody).
+    async fn run_sign<R, F>(&self, f: F) -> TokenResult<TokenResult<R>>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Owner) -> TokenResult<R> + Send + 'static,
+    {
+        use std::sync::atomic::Ordering;
+        let waiting = self.shared.signs_waiting.fetch_add(1, Ordering::SeqCst);
+        let guard = Waiting(self.shared.clone());
+        if waiting >= MAX_SIGNS_WAITING {
+            return Err(TokenError::Busy(waiting));
+        }
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |owner| {
+            if reply.is_closed() {
+                return;
+            }
+            let result = f(owner);
+            // No longer waiting once the answer is on its way.
+            drop(guard);
+            let _ = reply.send(result);
+        });
+        self.tx
+            .send(Message::Run(job))
+            .map_err(|_| TokenError::Other("the token's owner thread has stopped; restart keytap".into()))?;
+        answer.await.map_err(|_| TokenError::Other("the token's owner thread failed; see the agent log".into()))
     }
 
     /// Ask the owner to re-read the key list soon.
@@ -627,6 +679,7 @@ mod tests {
     struct Gated {
         inner: MockToken,
         gate: Option<std::sync::mpsc::Receiver<()>>,
+        signed: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Token for Gated {
@@ -646,6 +699,7 @@ mod tests {
             self.inner.verify_pin(pin)
         }
         fn sign(&mut self, slot: Slot, scheme: SignScheme, message: &[u8]) -> TokenResult<Vec<u8>> {
+            self.signed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.sign(slot, scheme, message)
         }
         fn attest(&mut self, slot: Slot) -> TokenResult<crate::token::Attestation> {
@@ -657,11 +711,56 @@ mod tests {
     }
 
     fn gated(dir: &std::path::Path) -> (TokenHandle, std::sync::mpsc::Sender<()>) {
+        let (handle, open, _) = gated_counting(dir);
+        (handle, open)
+    }
+
+    /// `gated`, and how many signatures the token has made.
+    fn gated_counting(dir: &std::path::Path) -> (TokenHandle, std::sync::mpsc::Sender<()>, Arc<std::sync::atomic::AtomicUsize>) {
         MockToken::init(dir, &InitOptions { force: false, serial: Some(4243) }).unwrap();
         let (open, gate) = std::sync::mpsc::channel();
-        let token = Gated { inner: MockToken::open(dir).unwrap(), gate: Some(gate) };
+        let signed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let token = Gated { inner: MockToken::open(dir).unwrap(), gate: Some(gate), signed: signed.clone() };
         let handle = TokenHandle::spawn("slow".into(), Box::new(token), Scripted::new(&[]), OwnerOptions::default());
-        (handle, open)
+        (handle, open, signed)
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_signature_requests_is_refused_and_abandoned_ones_never_reach_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slow, open, signed) = gated_counting(dir.path());
+        // 9e needs no PIN and no touch; the owner is stuck in its first key read meanwhile.
+        let key = MockToken::open(dir.path()).unwrap().keys().unwrap().into_iter().find(|k| k.slot == Slot::CARD_AUTHENTICATION).unwrap();
+        let sign = |slow: &TokenHandle| {
+            let (slow, key) = (slow.clone(), key.clone());
+            tokio::spawn(async move { slow.sign(key, SignScheme::RsaPkcs1Sha256, b"x".to_vec(), context()).await })
+        };
+        let queued: Vec<_> = (0..MAX_SIGNS_WAITING).map(|_| sign(&slow)).collect();
+        while slow.signs_waiting() < MAX_SIGNS_WAITING {
+            tokio::task::yield_now().await;
+        }
+        let err = sign(&slow).await.unwrap().unwrap_err();
+        assert!(matches!(err, TokenError::Busy(MAX_SIGNS_WAITING)), "{err}");
+        assert!(err.to_string().contains("already waiting"), "{err}");
+        // Their requesters go away: the owner drops the requests instead of signing them.
+        for q in &queued {
+            q.abort();
+        }
+        for q in queued {
+            assert!(q.await.unwrap_err().is_cancelled());
+        }
+        // Until the owner is free again they still count (so abandoning and asking again
+        // cannot pile up requests); then it drops them at once.
+        assert_eq!(slow.signs_waiting(), MAX_SIGNS_WAITING);
+        open.send(()).unwrap();
+        slow.ready().await;
+        while slow.signs_waiting() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let raw = sign(&slow).await.unwrap().unwrap();
+        assert!(!raw.is_empty());
+        assert_eq!(signed.load(std::sync::atomic::Ordering::SeqCst), 1, "only the request still awaited was signed");
+        assert_eq!(slow.signs_waiting(), 0);
     }
 
     #[tokio::test]
