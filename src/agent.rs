@@ -594,9 +594,11 @@ impl Agent {
                 }
             };
             let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let answer = if body.first() == Some(&13) && self.sk.is_some() {
-                // A signature may wait for a touch: a client that hangs up meanwhile cancels it
-                // (CTAPHID CANCEL), so the key stops blinking for nobody.
+            let answer = if body.first() == Some(&13) {
+                // A signature may wait behind others or for a touch: a client that hangs up
+                // meanwhile cancels it. A request still queued for its token is dropped before
+                // it reaches it; a security key's wait is cancelled (CTAPHID CANCEL), so the
+                // key stops blinking for nobody.
                 let body = Zeroizing::new(body.to_vec());
                 let handling = self.handle(&mut conn, &body, cancel.clone());
                 tokio::pin!(handling);
@@ -1006,7 +1008,7 @@ impl Agent {
             Some(host) => format!("{} on {host}", purpose.describe()),
             None => purpose.describe(),
         };
-        let context = SignContext { requester: conn.peer.to_string(), purpose: what, terminal: conn.peer.terminal.clone() };
+        let context = SignContext { requester: conn.peer.to_string(), purpose: what, terminal: conn.peer.terminal.clone(), gone: Some(cancel.clone()) };
         if let Some(sk) = sk_key {
             return self.sign_sk(sk, req.data, context, cancel, record).await;
         }

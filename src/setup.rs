@@ -109,7 +109,7 @@ pub fn run(args: SetupArgs) -> Result<(), AppError> {
         requester: "keytap setup".into(),
         purpose: crate::agent::setup_ext::purpose(key_slot, args.protect_management_key, change_pin.is_some(), change_puk.is_some()),
         // No requester terminal: the prompter uses this command's own.
-        terminal: None,
+        ..Default::default()
     };
     let plan = crate::agent::setup_ext::Plan {
         generate: key_slot.map(|slot| GenerateRequest { slot, algorithm: args.alg, pin_policy: args.pin_policy, touch_policy: args.touch }),

@@ -612,7 +612,7 @@ fn a_slot_key_cannot_mint_attestations() {
         extensions: Some(extensions),
     };
     let tbs_der = tbs.to_der().unwrap();
-    let context = SignContext { requester: "attacker".into(), purpose: "mint".into(), terminal: None };
+    let context = SignContext { requester: "attacker".into(), purpose: "mint".into(), ..Default::default() };
     let leaf_sig = owner.sign(&slot_key, SignScheme::EcdsaSha256, &tbs_der, &context).unwrap();
     drop(owner);
     drop(guard);

@@ -285,3 +285,41 @@ fn known_hosts_rules_match_as_openssh_does() {
     assert!(recs.iter().filter(|r| r["decision"] == "deny").all(|r| r["reason"].as_str().unwrap().contains("is known as nothing in known_hosts")
         || r["reason"].as_str().unwrap().contains("is known as [build.test]:2222")), "{recs:#?}");
 }
+
+/// A client that hangs up while its request waits behind another's touch gets nothing signed:
+/// the request is dropped before it reaches the token (no PIN, no touch, no signature), and
+/// the audit log says so. The client still there is served.
+#[test]
+fn a_request_whose_client_hung_up_while_queued_never_reaches_the_token() {
+    let (agent, audit) = agent_with_config("", &[]);
+    agent.mock(&["touch", "delay:1500"]);
+    let blob = key_blob(&agent.key_line("9c"));
+    let mut first = UnixStream::connect(&agent.socket).unwrap();
+    first.write_all(&frame(&sign_request(&blob, b"the first request", 0))).unwrap();
+    // The token is now waiting for the first request's touch (announced after a second).
+    agent.wait_log("Touch YubiKey");
+    let mut second = UnixStream::connect(&agent.socket).unwrap();
+    second.write_all(&frame(&sign_request(&blob, b"the second request", 0))).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    drop(second);
+    let mut len = [0u8; 4];
+    std::io::Read::read_exact(&mut first, &mut len).unwrap();
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    std::io::Read::read_exact(&mut first, &mut answer).unwrap();
+    assert_eq!(answer[0], 14, "the first request is signed");
+    agent.wait_log("hung up before its turn");
+    // The record follows the log line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut recs = records(&audit);
+    while recs.iter().filter(|r| r["event"] == "sign").count() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        recs = records(&audit);
+    }
+    let signs: Vec<_> = recs.iter().filter(|r| r["event"] == "sign").collect();
+    assert_eq!(signs.len(), 2, "{recs:#?}");
+    assert_eq!(signs.iter().filter(|r| r["decision"] == "allow").count(), 1, "{recs:#?}");
+    let dropped = signs.iter().find(|r| r["decision"] == "error").unwrap();
+    assert!(dropped["reason"].as_str().unwrap().contains("the client hung up before its turn; nothing was signed"), "{dropped:?}");
+    // Only one touch was ever asked for.
+    assert_eq!(agent.log_text().matches("Touch YubiKey").count(), 1, "{}", agent.log_text());
+}

@@ -263,6 +263,7 @@ pub async fn handle(tokens: Vec<TokenHandle>, details: &[u8], requester: &crate:
         purpose: purpose((!request.no_key).then_some(request.slot), request.protect_management_key, request.change_pin.is_some(), request.change_puk.is_some()),
         // PIN prompts go to the terminal `keytap setup` runs in.
         terminal: requester.terminal.clone(),
+        ..Default::default()
     };
     let plan = Plan {
         generate: (!request.no_key).then_some(generate),

@@ -60,7 +60,7 @@ pub fn prove_with_owner(owner: &mut Owner, request: &ProveRequest) -> Result<Pro
     let context = SignContext {
         requester: format!("keytap attest (pid {})", std::process::id()),
         purpose: "prove this worker's identity (PIV attestation)".into(),
-        terminal: None,
+        ..Default::default()
     };
     assemble(&attestation, &key.public_key, request, |bytes| Ok(owner.sign(&key, scheme, bytes, &context)?))
 }

@@ -24,6 +24,8 @@ pub struct SignContext {
     pub purpose: String,
     /// The requester's terminal, where a PIN prompt is drawn when there is no desktop.
     pub terminal: Option<Terminal>,
+    /// Set when the requester hangs up: a request still queued is then dropped unrun.
+    pub gone: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The token and everything needed to use it, owned by one thread (or, for one-shot CLI
@@ -396,12 +398,14 @@ impl TokenHandle {
 
     /// Sign with `key` on the owner thread.
     pub async fn sign(&self, key: KeyInfo, scheme: SignScheme, data: Vec<u8>, context: SignContext) -> TokenResult<Vec<u8>> {
-        self.run_sign(move |owner| owner.sign(&key, scheme, &data, &context)).await?
+        let gone = context.gone.clone();
+        self.run_sign(gone, move |owner| owner.sign(&key, scheme, &data, &context)).await?
     }
 
     /// Sign with an sk key on the owner thread.
     pub async fn sign_sk(&self, request: SkSignRequest, context: SignContext) -> TokenResult<SkAssertion> {
-        self.run_sign(move |owner| owner.sign_sk(&request, &context)).await?
+        let gone = context.gone.clone();
+        self.run_sign(gone, move |owner| owner.sign_sk(&request, &context)).await?
     }
 
     /// Signature requests queued or running on the owner thread now.
@@ -410,9 +414,9 @@ impl TokenHandle {
     }
 
     /// `run` for a signature: refused when `MAX_SIGNS_WAITING` are already waiting, and
-    /// skipped on the owner thread when its requester has gone (no touch, PIN prompt or
-    /// signature for nobody).
-    async fn run_sign<R, F>(&self, f: F) -> TokenResult<TokenResult<R>>
+    /// skipped on the owner thread when its requester has gone (`gone` set, or nobody awaits
+    /// the answer): no touch, PIN prompt or signature for nobody.
+    async fn run_sign<R, F>(&self, gone: Option<Arc<std::sync::atomic::AtomicBool>>, f: F) -> TokenResult<TokenResult<R>>
     where
         R: Send + 'static,
         F: FnOnce(&mut Owner) -> TokenResult<R> + Send + 'static,
@@ -426,6 +430,10 @@ impl TokenHandle {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |owner| {
             if reply.is_closed() {
+                return;
+            }
+            if gone.is_some_and(|g| g.load(Ordering::SeqCst)) {
+                let _ = reply.send(Err(TokenError::Other("the client hung up before its turn; nothing was signed".into())));
                 return;
             }
             let result = f(owner);
@@ -603,7 +611,7 @@ mod tests {
     }
 
     fn context() -> SignContext {
-        SignContext { requester: "git (pid 1)".into(), purpose: "sign a git commit or tag".into(), terminal: None }
+        SignContext { requester: "git (pid 1)".into(), purpose: "sign a git commit or tag".into(), ..Default::default() }
     }
 
     #[test]
@@ -723,6 +731,31 @@ mod tests {
         let token = Gated { inner: MockToken::open(dir).unwrap(), gate: Some(gate), signed: signed.clone() };
         let handle = TokenHandle::spawn("slow".into(), Box::new(token), Scripted::new(&[]), OwnerOptions::default());
         (handle, open, signed)
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_whose_client_hung_up_is_dropped_unsigned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slow, open, signed) = gated_counting(dir.path());
+        let key = MockToken::open(dir.path()).unwrap().keys().unwrap().into_iter().find(|k| k.slot == Slot::CARD_AUTHENTICATION).unwrap();
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hung_up = SignContext { gone: Some(gone.clone()), ..context() };
+        let queued = {
+            let (slow, key) = (slow.clone(), key.clone());
+            tokio::spawn(async move { slow.sign(key, SignScheme::RsaPkcs1Sha256, b"x".to_vec(), hung_up).await })
+        };
+        while slow.signs_waiting() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // The agent sets this when the client's socket closes (it still awaits the answer).
+        gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        open.send(()).unwrap();
+        let err = queued.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("hung up before its turn"), "{err}");
+        assert_eq!(signed.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // A client still there is served as before.
+        slow.sign(key, SignScheme::RsaPkcs1Sha256, b"x".to_vec(), context()).await.unwrap();
+        assert_eq!(signed.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
