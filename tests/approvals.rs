@@ -110,11 +110,11 @@ fn one_yes_is_remembered_per_program_key_purpose_and_destination_until_cleared_o
     assert_eq!(prompts(&seen).len(), 8);
 
     // Forwarded uses are asked every time.
-    let remote = format!("ssh-keygen -Y sign -U -n file -f {} {}", agent.key_file("9e").display(), dir.path().join("remote-msg").display());
-    std::fs::write(dir.path().join("remote-msg"), b"x").unwrap();
+    let remote_msg = dir.path().join("remote-msg");
+    std::fs::write(&remote_msg, b"x").unwrap();
     for _ in 0..2 {
         let _ = std::fs::remove_file(dir.path().join("remote-msg.sig"));
-        let out = sshd.ssh(&agent).args(["-A", "-o", "IdentitiesOnly=yes", "-i"]).arg(agent.key_file("9d")).arg(&remote).output().unwrap();
+        let out = sshd.sign_through_forwarded_agent(&agent, "9d", "9e", &remote_msg);
         assert!(out.status.success(), "{}\n{}", text(&out), agent.log_text());
     }
     let forwarded = prompts(&seen).iter().filter(|p| p.starts_with("FORWARDED agent:")).count();

@@ -116,8 +116,7 @@ fn a_forwarded_confirmation_says_so_first() {
     let sshd = Sshd::start(&[agent.key_line("9e")], &[]);
     let msg = agent.dir.path().join("fwd");
     std::fs::write(&msg, b"x").unwrap();
-    let remote = format!("ssh-keygen -Y sign -U -n file -f {} {}", agent.key_file("9d").display(), msg.display());
-    let out = sshd.ssh(&agent).args(["-A", "-o", "IdentitiesOnly=yes", "-i"]).arg(agent.key_file("9e")).arg(remote).output().unwrap();
+    let out = sshd.sign_through_forwarded_agent(&agent, "9e", "9d", &msg);
     assert!(!out.status.success(), "{}", text(&out));
     let shown = std::fs::read_to_string(&seen).unwrap();
     // The peer on this agent's socket is the ssh client that forwards it.

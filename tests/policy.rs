@@ -147,8 +147,7 @@ fn forwarded_use_of_a_silent_key_needs_a_confirmation_by_default() {
     let sshd = Sshd::start(&[agent.key_line("9e")], &[]);
     let msg = agent.dir.path().join("fwd");
     std::fs::write(&msg, b"x").unwrap();
-    let remote = format!("ssh-keygen -Y sign -U -n file -f {} {}", agent.key_file("9d").display(), msg.display());
-    let out = sshd.ssh(&agent).args(["-A", "-o", "IdentitiesOnly=yes", "-i"]).arg(agent.key_file("9e")).arg(remote).output().unwrap();
+    let out = sshd.sign_through_forwarded_agent(&agent, "9e", "9d", &msg);
     assert!(!out.status.success(), "{}", text(&out));
     let last = sign_records(&audit).into_iter().last().unwrap();
     assert_eq!(last["forwarded"], true);

@@ -344,6 +344,14 @@ impl Sshd {
             .arg(format!("{}@127.0.0.1", user()));
         cmd
     }
+
+    /// Log in with `login_slot`'s key, forwarding `agent`, and run `ssh-keygen -Y sign`
+    /// (namespace `file`) of `message` with `sign_slot`'s key on the server's side: a
+    /// signature asked for through the forwarded agent.
+    pub fn sign_through_forwarded_agent(&self, agent: &Agent, login_slot: &str, sign_slot: &str, message: &Path) -> Output {
+        let remote = format!("ssh-keygen -Y sign -U -n file -f {} {}", agent.key_file(sign_slot).display(), message.display());
+        self.ssh(agent).args(["-A", "-o", "IdentitiesOnly=yes", "-i"]).arg(agent.key_file(login_slot)).arg(remote).output().unwrap()
+    }
 }
 
 impl Drop for Sshd {
