@@ -188,20 +188,11 @@ fn step_at_mut<'a>(root: &'a mut Node, path: &[usize]) -> &'a mut Node {
     }
 }
 
-/// The pipeline text with each command step's signature written in: into the text as it is
-/// where that can be done exactly (comments, quoting and anchors kept, each signature the
+/// The pipeline text with each command step's signature written in, one signature at a time
+/// (so each step's text can be made while the token signs the next one): into the text as it
+/// is where that can be done exactly (comments, quoting and anchors kept, each signature the
 /// step's first key), otherwise the whole document written again in block style (a document
 /// with aliases, a step that already has a `signature`).
-pub fn signed_text(text: &str, parsed: &Parsed, signatures: &[(Vec<usize>, StepSignature)]) -> String {
-    let mut writer = SignedText::new(text, parsed);
-    for (path, sig) in signatures {
-        writer.add(path, sig.clone());
-    }
-    writer.finish()
-}
-
-/// `signed_text` one signature at a time, so each step's text can be made while the token
-/// signs the next one.
 pub struct SignedText<'a> {
     text: &'a str,
     parsed: &'a Parsed,
@@ -282,7 +273,8 @@ pub fn signature_of(step: &Node) -> Result<Option<StepSignature>, String> {
 }
 
 /// A scalar as go-pipeline puts it in a string field.
-fn sprint(node: &Node, what: &str) -> Result<String, String> {
+/// `what` names the value in errors (formatted only then).
+fn sprint(node: &Node, what: impl std::fmt::Display) -> Result<String, String> {
     if let Some(text) = node.str_text() {
         return Ok(text.to_string());
     }
@@ -299,7 +291,7 @@ fn string_map(node: &Node, what: &str) -> Result<Option<Vec<(String, String)>>, 
         Kind::Map(entries) => {
             let mut out = Vec::with_capacity(entries.len());
             for (k, v) in entries {
-                let value = sprint(v, "").map_err(|_| sprint(v, &format!("a value of {what}")).expect_err("fails again"))?;
+                let value = sprint(v, format_args!("a value of {what}"))?;
                 out.push((map_key(k).map_err(|e| e.0)?, value));
             }
             Ok((!out.is_empty()).then_some(out))
@@ -670,6 +662,14 @@ mod tests {
             }
         };
         Node { kind, line: 0, offset: crate::buildkite::yaml::NOWHERE, col: 0 }
+    }
+
+    fn signed_text(text: &str, parsed: &Parsed, signatures: &[(Vec<usize>, StepSignature)]) -> String {
+        let mut writer = SignedText::new(text, parsed);
+        for (path, sig) in signatures {
+            writer.add(path, sig.clone());
+        }
+        writer.finish()
     }
 
     fn sign_all(text: &str) -> (String, Node) {

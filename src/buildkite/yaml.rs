@@ -778,15 +778,20 @@ fn push_flow_string(out: &mut String, t: &str) {
 
 /// A string on one line in block context: plain where it reads back as the same string.
 fn push_string(out: &mut String, t: &str) {
-    // Words, base64url and field names like `env::NAME`: plain, checked in one cheap pass.
-    let word = t.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
-        && !t.ends_with(':')
-        && t.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':'));
-    if (word || plain_safe(t)) && resolve_special(t).is_none() {
+    if string_reads_back_plain(t) {
         out.push_str(t);
     } else {
         out.push_str(&double_quoted(t));
     }
+}
+
+/// Whether the string `t`, written plain in block context, reads back as that string.
+fn string_reads_back_plain(t: &str) -> bool {
+    // Words, base64url and field names like `env::NAME` pass in one cheap pass.
+    let word = t.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+        && !t.ends_with(':')
+        && t.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':'));
+    (word || plain_safe(t)) && resolve_special(t).is_none()
 }
 
 fn pad(out: &mut String, n: usize) {
@@ -873,7 +878,7 @@ fn scalar_text(s: &Scalar, indent: usize) -> String {
         }
         // A plain string that cannot be written plain again (a folded multi-line one) reads
         // the same quoted.
-    } else if plain_safe(&s.text) && matches!(resolve(&s.text), Value::Str(_)) {
+    } else if string_reads_back_plain(&s.text) {
         return s.text.clone();
     }
     if let Some(block) = literal_block(&s.text, indent + 2) {
