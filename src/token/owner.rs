@@ -380,7 +380,8 @@ impl TokenHandle {
         self.shared.info.read().expect("info lock").clone()
     }
 
-    /// Run `f` on the owner thread and wait for its result.
+    /// Run `f` on the owner thread and wait for its result. A job whose caller stopped
+    /// waiting before its turn (a requester gone) is dropped unrun.
     pub async fn run<R, F>(&self, f: F) -> TokenResult<R>
     where
         R: Send + 'static,
@@ -388,7 +389,9 @@ impl TokenHandle {
     {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |owner| {
-            let _ = reply.send(f(owner));
+            if !reply.is_closed() {
+                let _ = reply.send(f(owner));
+            }
         });
         self.tx
             .send(Message::Run(job))
@@ -414,8 +417,8 @@ impl TokenHandle {
     }
 
     /// `run` for a signature: refused when `MAX_SIGNS_WAITING` are already waiting, and
-    /// skipped on the owner thread when its requester has gone (`gone` set, or nobody awaits
-    /// the answer): no touch, PIN prompt or signature for nobody.
+    /// skipped on the owner thread when its requester has gone (`gone` set, or, as for every
+    /// job, nobody awaits the answer): no touch, PIN prompt or signature for nobody.
     async fn run_sign<R, F>(&self, gone: Option<Arc<std::sync::atomic::AtomicBool>>, f: F) -> TokenResult<TokenResult<R>>
     where
         R: Send + 'static,
@@ -427,24 +430,16 @@ impl TokenHandle {
         if waiting >= MAX_SIGNS_WAITING {
             return Err(TokenError::Busy(waiting));
         }
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |owner| {
-            if reply.is_closed() {
-                return;
-            }
+        self.run(move |owner| {
             if gone.is_some_and(|g| g.load(Ordering::SeqCst)) {
-                let _ = reply.send(Err(TokenError::Other("the client hung up before its turn; nothing was signed".into())));
-                return;
+                return Err(TokenError::Other("the client hung up before its turn; nothing was signed".into()));
             }
             let result = f(owner);
             // No longer waiting once the answer is on its way.
             drop(guard);
-            let _ = reply.send(result);
-        });
-        self.tx
-            .send(Message::Run(job))
-            .map_err(|_| TokenError::Other("the token's owner thread has stopped; restart keytap".into()))?;
-        answer.await.map_err(|_| TokenError::Other("the token's owner thread failed; see the agent log".into()))
+            result
+        })
+        .await
     }
 
     /// Ask the owner to re-read the key list soon.
